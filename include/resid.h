@@ -1,0 +1,327 @@
+/*
+ * resid.h - the public API of resid, a toolkit that explains a transformer's
+ * next-token prediction by taking its residual stream apart.
+ *
+ * A tour in five calls:
+ *
+ *     resid_error err;
+ *     resid_model *m;
+ *     if (resid_model_open("stories260K.bin", NULL, &m, &err) != RESID_OK) {
+ *         fprintf(stderr, "%s\n", err.msg);
+ *         return 1;
+ *     }
+ *     int32_t *ids; int32_t n;
+ *     resid_encode_opts eo = resid_encode_defaults(resid_model_tokenizer(m));
+ *     resid_tokenize(resid_model_tokenizer(m), "Once upon a time", -1, &eo, &ids, &n, &err);
+ *     resid_trace_opts to = resid_trace_defaults();
+ *     resid_trace *tr;
+ *     resid_forward(m, ids, n, &to, &tr, &err);   // tr->x_in, tr->attn_out, ...
+ *     resid_trace_free(tr); free(ids); resid_model_free(m);
+ *
+ * Conventions:
+ *  - Every fallible call returns a resid_status (RESID_OK == 0) and, when
+ *    `err` is not NULL, fills it with a message that names the file or the
+ *    argument and the problem. The library never prints and never exits.
+ *  - Objects come in _open/_new and _free pairs. _free(NULL) is a no-op.
+ *  - Arrays returned through `T **out` are owned by the caller and freed with
+ *    free(). Pointers returned as `const` are owned by the object they came
+ *    from and live as long as it does.
+ *  - Shapes are given in comments as [dim0][dim1]..., row-major, 0-based.
+ *    Notation follows METHOD.md: L layers, D = d_model, H heads, d_h = d_head,
+ *    N = d_ffn (FFN neurons per layer), V = n_vocab, T tokens.
+ */
+#ifndef RESID_H
+#define RESID_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define RESID_VERSION "0.1.0"
+
+/* ------------------------------------------------------------------------- */
+/* Errors                                                                    */
+/* ------------------------------------------------------------------------- */
+
+typedef enum resid_status {
+    RESID_OK = 0,
+    RESID_E_IO = -1,          /* a file could not be opened, read or mapped */
+    RESID_E_FORMAT = -2,      /* a file is malformed, truncated or lies */
+    RESID_E_UNSUPPORTED = -3, /* well-formed, but an architecture/dtype we lack */
+    RESID_E_ARG = -4,         /* a bad argument: out-of-range id, bad option */
+    RESID_E_NOMEM = -5,       /* an allocation failed or exceeded the cap */
+    RESID_E_TOKENIZE = -6,    /* text cannot be tokenized (invalid UTF-8, ...) */
+    RESID_E_CONTEXT = -7,     /* the prompt is longer than the model's context */
+} resid_status;
+
+typedef struct resid_error {
+    resid_status code;
+    char msg[512];
+} resid_error;
+
+/* A short constant name for a status, e.g. "format error". */
+const char *resid_status_str(resid_status s);
+
+/* ------------------------------------------------------------------------- */
+/* Models                                                                    */
+/* ------------------------------------------------------------------------- */
+
+typedef enum resid_arch {
+    RESID_ARCH_UNKNOWN = 0,
+    RESID_ARCH_GPT2 = 1,  /* LayerNorm, learned positions, gelu(tanh), biases */
+    RESID_ARCH_LLAMA = 2, /* RMSNorm, RoPE, SwiGLU, GQA, no biases */
+} resid_arch;
+
+typedef enum resid_format {
+    RESID_FORMAT_HF = 1,      /* folder with config.json + *.safetensors */
+    RESID_FORMAT_GGUF = 2,    /* GGUF v2/v3 file */
+    RESID_FORMAT_LLAMA2C = 3, /* llama2.c .bin checkpoint */
+} resid_format;
+
+typedef enum resid_dtype {
+    RESID_DTYPE_F32 = 0,
+    RESID_DTYPE_F16 = 1,
+    RESID_DTYPE_BF16 = 2,
+    RESID_DTYPE_Q8_0 = 3,
+    RESID_DTYPE_Q4_0 = 4,
+    RESID_DTYPE_Q4_K = 5,
+    RESID_DTYPE_Q6_K = 6,
+    RESID_DTYPE_COUNT
+} resid_dtype;
+
+typedef enum resid_rope {
+    RESID_ROPE_NONE = 0,        /* learned absolute positions (GPT-2) */
+    RESID_ROPE_INTERLEAVED = 1, /* pairs (2i, 2i+1): llama2.c, GGUF, Meta */
+    RESID_ROPE_HALVES = 2,      /* pairs (i, i+d_h/2): Hugging Face rotate_half */
+} resid_rope;
+
+const char *resid_arch_name(resid_arch a);
+const char *resid_format_name(resid_format f);
+const char *resid_dtype_name(resid_dtype t);
+
+typedef struct resid_model resid_model;
+typedef struct resid_tokenizer resid_tokenizer;
+
+typedef struct resid_model_info {
+    resid_arch arch;
+    resid_format format;
+    int32_t n_layer;   /* L */
+    int32_t d_model;   /* D */
+    int32_t n_head;    /* H (query heads) */
+    int32_t n_kv_head; /* key/value heads (GQA); == n_head without GQA */
+    int32_t d_head;    /* d_h = D / H */
+    int32_t d_ffn;     /* N, FFN neurons per layer */
+    int32_t n_vocab;   /* V */
+    int32_t n_ctx;     /* maximum positions */
+    float norm_eps;    /* LayerNorm / RMSNorm epsilon, from the file */
+    float rope_theta;  /* RoPE base (Llama) */
+    resid_rope rope;
+    bool tied_output;  /* unembedding shares the token embedding */
+    bool has_bias;     /* GPT-2 style biases everywhere */
+    int64_t n_params;  /* learned parameters (mask buffers excluded) */
+    int64_t n_bytes;   /* bytes of the tensors as stored */
+    int32_t n_tensors;
+    /* Number of tensors of each dtype, indexed by resid_dtype. */
+    int32_t dtype_count[RESID_DTYPE_COUNT];
+    const char *name; /* from the file's metadata, or the path */
+    const char *path;
+} resid_model_info;
+
+typedef struct resid_open_opts {
+    /* llama2.c: the tokenizer.bin to use. NULL looks for tokenizer.bin and
+     * tok<V>.bin beside the checkpoint. Other formats: overrides the
+     * tokenizer found in the model (any path resid_tokenizer_open accepts). */
+    const char *tokenizer_path;
+} resid_open_opts;
+
+/* Opens a model. The format is detected from the path: a directory is a
+ * Hugging Face folder, a file starting with "GGUF" is GGUF, anything else is
+ * tried as a llama2.c checkpoint. Weights are memory-mapped; F32 tensors are
+ * used in place. A model without a tokenizer opens fine:
+ * resid_model_tokenizer() then returns NULL. `opts` may be NULL. */
+resid_status resid_model_open(const char *path, const resid_open_opts *opts,
+                              resid_model **out, resid_error *err);
+void resid_model_free(resid_model *m);
+const resid_model_info *resid_model_get_info(const resid_model *m);
+/* NULL when the model came without one. Owned by the model. */
+const resid_tokenizer *resid_model_tokenizer(const resid_model *m);
+
+typedef struct resid_tensor_info {
+    const char *name;     /* as in the file */
+    const char *role;     /* e.g. "blk.3.ffn_down", see src/model/arch.c */
+    resid_dtype dtype;
+    int64_t n_rows;       /* logical [n_rows][n_cols]; for matrices [out][in] */
+    int64_t n_cols;
+    bool transposed;      /* stored as [n_cols][n_rows] (GPT-2 Conv1D) */
+} resid_tensor_info;
+
+/* i in [0, info->n_tensors). */
+resid_status resid_model_tensor(const resid_model *m, int32_t i,
+                                resid_tensor_info *out, resid_error *err);
+
+/* ------------------------------------------------------------------------- */
+/* Tokenizers                                                                */
+/* ------------------------------------------------------------------------- */
+
+typedef enum resid_tokenizer_kind {
+    RESID_TOKENIZER_BPE = 1, /* byte-level BPE: GPT-2, Llama 3 */
+    RESID_TOKENIZER_SPM = 2, /* SentencePiece-style BPE: Llama 1/2 */
+} resid_tokenizer_kind;
+
+/* Opens a tokenizer alone: a GGUF file (vocab-only or full), a
+ * tokenizer.json, a vocab.json (merges.txt beside it), a folder holding one
+ * of those, or a llama2.c tokenizer.bin. */
+resid_status resid_tokenizer_open(const char *path, resid_tokenizer **out,
+                                  resid_error *err);
+void resid_tokenizer_free(resid_tokenizer *t);
+
+resid_tokenizer_kind resid_tokenizer_get_kind(const resid_tokenizer *t);
+int32_t resid_tokenizer_n_vocab(const resid_tokenizer *t);
+int32_t resid_tokenizer_bos(const resid_tokenizer *t); /* -1 if none */
+int32_t resid_tokenizer_eos(const resid_tokenizer *t); /* -1 if none */
+
+typedef struct resid_encode_opts {
+    bool add_bos;       /* prepend BOS (default: what the model does) */
+    bool parse_special; /* "<s>" in text becomes the special token */
+} resid_encode_opts;
+
+resid_encode_opts resid_encode_defaults(const resid_tokenizer *t);
+
+/* Encodes `len` bytes of UTF-8 (len < 0: NUL-terminated). Invalid UTF-8 is
+ * an error (RESID_E_TOKENIZE) naming the byte offset. *ids is malloc'd. */
+resid_status resid_tokenize(const resid_tokenizer *t, const char *text,
+                            int64_t len, const resid_encode_opts *opts,
+                            int32_t **ids, int32_t *n_ids, resid_error *err);
+
+/* The bytes token `id` decodes to when it follows `prev` (pass -1 at the
+ * start; SentencePiece drops the leading space after BOS). NULL if id is out
+ * of range. The bytes are owned by the tokenizer; *len receives the length. */
+const char *resid_token_bytes(const resid_tokenizer *t, int32_t prev,
+                              int32_t id, size_t *len);
+
+/* The piece as stored in the vocabulary (e.g. "▁the", "Ġthe", "<0x0A>"). */
+const char *resid_token_piece(const resid_tokenizer *t, int32_t id);
+
+/* Decodes ids to text exactly; *text is malloc'd and NUL-terminated. */
+resid_status resid_detokenize(const resid_tokenizer *t, const int32_t *ids,
+                              int32_t n_ids, char **text, size_t *len,
+                              resid_error *err);
+
+/* ------------------------------------------------------------------------- */
+/* Forward pass and the trace                                                */
+/* ------------------------------------------------------------------------- */
+
+/* What a trace records. Combine with |. */
+enum resid_capture {
+    RESID_CAP_RESID = 1u << 0,  /* x_in, attn_out (a), x_mid, ffn_out (f) */
+    RESID_CAP_HEADS = 1u << 1,  /* per-head attention outputs, no b_O */
+    RESID_CAP_ATTN = 1u << 2,   /* attention weights (post-softmax) */
+    RESID_CAP_VALUES = 1u << 3, /* value vectors at every position */
+    RESID_CAP_COEF = 1u << 4,   /* FFN coefficients m */
+    RESID_CAP_LOGITS = 1u << 5, /* logits */
+    RESID_CAP_ALL = 0x3fu,
+};
+
+typedef enum resid_positions {
+    RESID_POS_AUTO = 0, /* ALL when T <= auto_max_pos, else LAST */
+    RESID_POS_ALL = 1,  /* decompose every position */
+    RESID_POS_LAST = 2, /* decompose only t* = T-1 */
+} resid_positions;
+
+/* Hooks: intervene during the forward pass. A hook is called at each point
+ * below, for every layer, with the rows of the current call; it may read or
+ * modify `data` in place, and the forward pass continues with what it left.
+ * Zero a neuron: set ffn_coef column k to 0. Zero a head: zero its d_h
+ * columns of ATTN_MIX. Patch or steer: write into RESID_IN / ATTN_OUT. */
+typedef enum resid_hook_point {
+    RESID_HOOK_RESID_IN = 0,     /* x_in[l]      data [n_rows][D]        */
+    RESID_HOOK_VALUES = 1,       /* values       data [n_rows][H_kv*d_h] */
+    RESID_HOOK_ATTN_WEIGHTS = 2, /* alpha        data [H][n_rows][n_ctx] */
+    RESID_HOOK_ATTN_MIX = 3,     /* sum_j a v_j  data [n_rows][H*d_h]    */
+    RESID_HOOK_ATTN_OUT = 4,     /* a[l]         data [n_rows][D]        */
+    RESID_HOOK_FFN_COEF = 5,     /* m[l]         data [n_rows][N]        */
+    RESID_HOOK_FFN_OUT = 6,      /* f[l]         data [n_rows][D]        */
+    RESID_HOOK_COUNT
+} resid_hook_point;
+
+typedef struct resid_hook_event {
+    resid_hook_point point;
+    int32_t layer;
+    int32_t pos0;   /* absolute position of row 0 */
+    int32_t n_rows; /* positions in this call */
+    int32_t n_ctx;  /* ATTN_WEIGHTS: keys visible = pos0 + n_rows */
+    int32_t width;  /* floats per row (per head row for ATTN_WEIGHTS) */
+    float *data;
+} resid_hook_event;
+
+typedef void (*resid_hook_fn)(void *user, const resid_hook_event *ev);
+
+typedef struct resid_trace_opts {
+    uint32_t capture;         /* RESID_CAP_* flags */
+    resid_positions positions;
+    int32_t auto_max_pos;     /* AUTO threshold (default 64) */
+    resid_hook_fn hook;       /* NULL: no interventions */
+    void *hook_user;
+} resid_trace_opts;
+
+resid_trace_opts resid_trace_defaults(void);
+
+/* The trace of one forward pass. All arrays are NULL unless captured. Rows
+ * cover the captured positions pos_first .. n_tokens-1 (n_cap of them);
+ * "[n_cap]" below means those rows. Memory, in floats:
+ *   RESID:  (4L+1)·n_cap·D      HEADS: L·n_cap·H·D     ATTN: L·H·n_cap·T
+ *   VALUES: L·T·H_kv·d_h        COEF:  L·n_cap·N       LOGITS: n_cap·V
+ * resid_trace_bytes() computes the total before running. */
+typedef struct resid_trace {
+    int32_t n_tokens; /* T */
+    int32_t pos_first;
+    int32_t n_cap; /* n_tokens - pos_first */
+    int32_t n_layer, d_model, n_head, n_kv_head, d_head, d_ffn, n_vocab;
+    resid_arch arch;
+    int32_t *tokens; /* [T] */
+
+    float *x_in;     /* [L+1][n_cap][D]; x_in[L] is x_L, the final residual */
+    float *attn_out; /* a     [L][n_cap][D], includes b_O */
+    float *x_mid;    /* x_mid [L][n_cap][D] */
+    float *ffn_out;  /* f     [L][n_cap][D], includes b_2 */
+    float *head_out; /* [L][n_cap][H][D]: sum_j alpha v_j W_O^h, no b_O */
+    float *attn;     /* [L][H][n_cap][T]: alpha, zero above the diagonal */
+    float *values;   /* [L][T][H_kv][d_h]: v_j incl. V bias, every position */
+    float *ffn_coef; /* m     [L][n_cap][N] */
+    float *final_mean;  /* [n_cap]: final-norm mean (GPT-2) or 0 (RMSNorm) */
+    float *final_scale; /* [n_cap]: sigma_f = sqrt(var+eps) or sqrt(ms+eps) */
+    float *logits;      /* [n_cap][V], the model's own logits */
+} resid_trace;
+
+/* Size in bytes of the trace resid_forward would allocate. */
+size_t resid_trace_bytes(const resid_model *m, int32_t n_tokens,
+                         const resid_trace_opts *opts);
+
+/* Runs tokens[0..n) from position 0 and records what opts asks for. Errors:
+ * RESID_E_CONTEXT when n > n_ctx, RESID_E_ARG for a token id >= V or n < 1. */
+resid_status resid_forward(const resid_model *m, const int32_t *tokens,
+                           int32_t n, const resid_trace_opts *opts,
+                           resid_trace **out, resid_error *err);
+void resid_trace_free(resid_trace *t);
+
+/* Incremental evaluation with a key/value cache, for generation. */
+typedef struct resid_session resid_session;
+
+resid_status resid_session_new(const resid_model *m, resid_session **out,
+                               resid_error *err);
+void resid_session_free(resid_session *s);
+/* Appends n tokens; writes the logits of the last one to logits[V] if not
+ * NULL. `hook` (may be NULL) sees the same events as in resid_forward. */
+resid_status resid_session_eval(resid_session *s, const int32_t *tokens,
+                                int32_t n, float *logits, resid_error *err);
+int32_t resid_session_n_past(const resid_session *s);
+void resid_session_set_hook(resid_session *s, resid_hook_fn hook, void *user);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* RESID_H */

@@ -1,0 +1,141 @@
+#include "testutil.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+const char *tu_models_dir(void) {
+    const char *env = getenv("RESID_MODELS");
+    return (env && *env) ? env : RESID_MODELS_DEFAULT;
+}
+
+char *tu_model_path(const char *rel) {
+    const char *dir = tu_models_dir();
+    size_t n = strlen(dir) + strlen(rel) + 2;
+    char *p = malloc(n);
+    snprintf(p, n, "%s/%s", dir, rel);
+    if (access(p, R_OK) != 0) {
+        print_error("fixture missing: %s (set RESID_MODELS to the models folder)\n", p);
+        fail();
+    }
+    return p;
+}
+
+uint8_t *tu_read_file(const char *path, size_t *size) {
+    FILE *f = fopen(path, "rb");
+    if (!f) {
+        print_error("cannot open %s\n", path);
+        fail();
+    }
+    fseek(f, 0, SEEK_END);
+    long n = ftell(f);
+    fseek(f, 0, SEEK_SET);
+    uint8_t *buf = malloc((size_t)n + 1);
+    assert_non_null(buf);
+    assert_int_equal(fread(buf, 1, (size_t)n, f), (size_t)n);
+    buf[n] = 0;
+    fclose(f);
+    if (size) *size = (size_t)n;
+    return buf;
+}
+
+cJSON *tu_load_json(const char *rel) {
+    char *p = tu_model_path(rel);
+    size_t n;
+    uint8_t *buf = tu_read_file(p, &n);
+    cJSON *j = cJSON_ParseWithLength((const char *)buf, n);
+    if (!j) {
+        print_error("cannot parse JSON %s\n", p);
+        fail();
+    }
+    free(buf);
+    free(p);
+    return j;
+}
+
+float *tu_load_f32(const char *rel, size_t *n) {
+    char *p = tu_model_path(rel);
+    size_t size;
+    uint8_t *buf = tu_read_file(p, &size);
+    free(p);
+    *n = size / sizeof(float);
+    return (float *)buf;
+}
+
+resid_model *tu_open_model(const char *rel) {
+    char *p = tu_model_path(rel);
+    resid_model *m = NULL;
+    resid_error err;
+    if (resid_model_open(p, NULL, &m, &err) != RESID_OK) {
+        print_error("resid_model_open(%s): %s\n", p, err.msg);
+        fail();
+    }
+    free(p);
+    return m;
+}
+
+const char *tu_cli(void) {
+    const char *env = getenv("RESID_CLI");
+    return (env && *env) ? env : RESID_BINARY_DIR "/resid";
+}
+
+double tu_max_abs_diff(const float *a, const float *b, size_t n) {
+    double worst = 0;
+    for (size_t i = 0; i < n; i++) {
+        double d = fabs((double)a[i] - (double)b[i]);
+        if (d > worst || isnan(d)) worst = isnan(d) ? INFINITY : d;
+    }
+    return worst;
+}
+
+void tu_assert_close(const char *what, const float *a, const float *b,
+                     size_t n, double tol) {
+    double worst = 0;
+    size_t wi = 0;
+    for (size_t i = 0; i < n; i++) {
+        double d = fabs((double)a[i] - (double)b[i]);
+        if (isnan(d)) d = INFINITY;
+        if (d > worst) {
+            worst = d;
+            wi = i;
+        }
+    }
+    printf("  %-48s maxdiff %.3g (tol %.1g)\n", what, worst, tol);
+    if (!(worst <= tol)) {
+        print_error("%s: |diff| %.6g > %.3g at %zu (%.9g vs %.9g)\n", what,
+                    worst, tol, wi, (double)a[wi], (double)b[wi]);
+        fail();
+    }
+}
+
+char *tu_write_temp(const char *name, const void *data, size_t size) {
+    const char *tmp = getenv("TMPDIR");
+    if (!tmp) tmp = "/tmp";
+    size_t n = strlen(tmp) + strlen(name) + 32;
+    char *p = malloc(n);
+    snprintf(p, n, "%s/resid-%d-%s", tmp, (int)getpid(), name);
+    FILE *f = fopen(p, "wb");
+    assert_non_null(f);
+    if (size) assert_int_equal(fwrite(data, 1, size, f), size);
+    fclose(f);
+    return p;
+}
+
+char *tu_run(const char *cmd, int *status) {
+    FILE *p = popen(cmd, "r");
+    assert_non_null(p);
+    size_t cap = 4096, len = 0;
+    char *out = malloc(cap);
+    size_t r;
+    while ((r = fread(out + len, 1, cap - len - 1, p)) > 0) {
+        len += r;
+        if (cap - len < 1024) out = realloc(out, cap *= 2);
+    }
+    out[len] = 0;
+    int st = pclose(p);
+    *status = WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+    return out;
+}
