@@ -321,6 +321,18 @@ resid_status resid_session_eval(resid_session *s, const int32_t *tokens,
 int32_t resid_session_n_past(const resid_session *s);
 void resid_session_set_hook(resid_session *s, resid_hook_fn hook, void *user);
 
+/* ------------------------------------------------------------------------- */
+/* Attribution: lenses, unit scores, certified ranking (src/analysis/)       */
+/* ------------------------------------------------------------------------- */
+
+/* (section filled by the attribution work) */
+
+/* ------------------------------------------------------------------------- */
+/* Projections, distribution change, logit-lens grid, query analysis         */
+/* ------------------------------------------------------------------------- */
+
+/* (section filled by the query/projection work) */
+
 #ifdef __cplusplus
 }
 #endif
