@@ -325,7 +325,209 @@ void resid_session_set_hook(resid_session *s, resid_hook_fn hook, void *user);
 /* Attribution: lenses, unit scores, certified ranking (src/analysis/)       */
 /* ------------------------------------------------------------------------- */
 
-/* (section filled by the attribution work) */
+/*
+ * The explainer scores "units" (pieces of the residual stream at the
+ * prediction position t* = T-1, METHOD.md §3.2) by their log-probability
+ * increase for a target token w:
+ *
+ *     LPI(v; x) = log p(w | x + v) - log p(w | x),   p = softmax(bs(.)),
+ *
+ * where bs is the lens (the model's final norm, linearised) followed by the
+ * unembedding, and x is the residual the unit is added to (x_in[l][t*] for
+ * attention units, x_mid[l][t*] for FFN units). Scores are exact; the
+ * certified ranking returns exactly the top-K (or bottom-K) units an
+ * exhaustive scoring would, while scoring only a few of them through the
+ * vocabulary (METHOD.md §10).
+ *
+ *     resid_explain_opts eo = resid_explain_defaults();
+ *     resid_explainer *ex;
+ *     resid_explainer_new(m, tr, &eo, &ex, &err);  // tr: resid_forward trace
+ *     resid_rank_opts ro = resid_rank_defaults(RESID_UNIT_FFN_NEURON, 10);
+ *     resid_score *top; int64_t n; resid_rank_stats st;
+ *     resid_rank(ex, &ro, &top, &n, &st, &err);     // top[0] is the best
+ *     free(top); resid_explainer_free(ex);
+ *
+ * The trace must hold RESID_CAP_RESID | RESID_CAP_ATTN | RESID_CAP_VALUES |
+ * RESID_CAP_COEF (RESID_EXPLAIN_CAPTURE) and must cover t* (always true).
+ */
+
+/* How a vector is read in vocabulary space. */
+typedef enum resid_lens {
+    /* The paper's lens (default): the final norm linearised with the scale
+     * s of x_L = x_in[L][t*]. GPT-2: bs(v) = W_U·(γ_f ⊙ (v − mean(v)))/s,
+     * s = sqrt(var(x_L)+eps), the final-LN bias dropped. Llama:
+     * bs(v) = W_U·(γ_f ⊙ v)/s, s = sqrt(mean(x_L²)+eps). Linear in v. */
+    RESID_LENS_PAPER = 0,
+    /* The paper's lens plus the constant W_U·β_f in every context's logits,
+     * so that softmax(bs(x_L)) is the model's own distribution (GPT-2).
+     * Identical to PAPER for Llama. Unit vectors are projected as in PAPER,
+     * so sums over units still telescope. */
+    RESID_LENS_EXACT = 1,
+    /* The usual logit lens: every vector normalised by its own statistics,
+     * with the final-norm bias: bs(y) = W_U·LN_f(y). Not linear; only
+     * the layer-level view (resid_layer_table) accepts it. */
+    RESID_LENS_LOGIT = 2,
+} resid_lens;
+
+/* "paper", "exact", "logit-lens"; "?" for anything else. */
+const char *resid_lens_name(resid_lens lens);
+/* Parses those names; RESID_E_ARG for anything else. */
+resid_status resid_lens_parse(const char *s, resid_lens *out, resid_error *err);
+
+/* The granularities of METHOD.md §3.2, all at t*. Ids are 0-based. */
+typedef enum resid_unit_kind {
+    RESID_UNIT_ATTN_LAYER = 0, /* "aL":      a[l][t*] incl. b_O; ctx x_in[l] */
+    RESID_UNIT_FFN_LAYER = 1,  /* "fL":      f[l][t*] incl. b_2; ctx x_mid[l] */
+    RESID_UNIT_HEAD = 2,       /* "L_H":     sum_j α_j v_j W_O^h, no b_O */
+    RESID_UNIT_HEAD_POS = 3,   /* "L_H_J":   α_{t*,j} v_j W_O^h */
+    RESID_UNIT_ATTN_NEURON = 4,/* "L_H_N_J": α_{t*,j} v_j[n] W_O^h[n,:] */
+    RESID_UNIT_FFN_NEURON = 5, /* "L_K":     m_k[t*] fc2_k; ctx x_mid[l] */
+    RESID_UNIT_POS = 6,        /* "aL_J":    v1 subvalue, heads concatenated:
+                                  sum_h α^h_{t*,j} v^h_j W_O^h; ctx x_in[l] */
+    RESID_UNIT_KIND_COUNT
+} resid_unit_kind;
+
+/* Short names: "attn-layer", "ffn-layer", "head", "head-pos",
+ * "attn-neuron", "ffn-neuron", "pos". */
+const char *resid_unit_kind_name(resid_unit_kind k);
+
+/* One unit. Fields a kind does not use are -1. GQA: query head h reads
+ * key/value head h / (H / H_kv). */
+typedef struct resid_unit {
+    resid_unit_kind kind;
+    int32_t layer; /* l */
+    int32_t head;  /* h (HEAD, HEAD_POS, ATTN_NEURON) */
+    int32_t index; /* n (ATTN_NEURON, within the head) or k (FFN_NEURON) */
+    int32_t pos;   /* source position j (HEAD_POS, ATTN_NEURON, POS) */
+} resid_unit;
+
+/* Writes the id ("3_17", "a2", ...) into buf[n] (NUL-terminated, truncated
+ * to fit); returns the length it needed, like snprintf. */
+int resid_unit_format(const resid_unit *u, char *buf, size_t n);
+
+/* Parses an id of the expected kind ("L_K" and "L_H" look alike). When `tr`
+ * is not NULL each field is checked against its dimensions (layers, heads,
+ * d_head, d_ffn, tokens) and an out-of-range id is RESID_E_ARG naming the
+ * limit; malformed text is RESID_E_ARG too. */
+resid_status resid_unit_parse(const char *s, resid_unit_kind kind,
+                              const resid_trace *tr, resid_unit *out,
+                              resid_error *err);
+
+/* Per-unit scores. With a contrast token c, `contrast` is the increase of
+ * log p(w) − log p(c) when v is added: because both share the softmax
+ * normaliser this is bs_w(v) − bs_c(v), the logit-difference (linear,
+ * context-free); NAN without a contrast. */
+typedef struct resid_score {
+    resid_unit unit;
+    double lpi;       /* log p(w|x+v) − log p(w|x) */
+    double prob_inc;  /* p(w|x+v) − p(w|x) = p(w|x)·expm1(lpi) */
+    double bs_target; /* bs_w(v): the direct logit of the target */
+    double contrast;  /* bs_w(v) − bs_c(v), or NAN */
+    double coef;      /* m_k (FFN neuron), α (head-pos), α·v_j[n] (attn
+                         neuron); NAN for other kinds */
+} resid_score;
+
+/* The captures the explainer needs. */
+#define RESID_EXPLAIN_CAPTURE                                                 \
+    (RESID_CAP_RESID | RESID_CAP_ATTN | RESID_CAP_VALUES | RESID_CAP_COEF)
+
+typedef struct resid_explain_opts {
+    resid_lens lens;  /* default RESID_LENS_PAPER */
+    int32_t target;   /* w; -1: the model's argmax at t* (default) */
+    int32_t contrast; /* c for the contrast score; -1: none (default) */
+} resid_explain_opts;
+
+resid_explain_opts resid_explain_defaults(void);
+
+typedef struct resid_explainer resid_explainer;
+
+/* Precomputes, for every context x (x_in[l][t*], x_mid[l][t*], x_L), the
+ * lens values bs(x), log-sum-exp and p, and the bound vectors g of §10.
+ * The explainer keeps pointers to `m` and `tr`; both must outlive it.
+ * Errors: RESID_E_ARG for a target/contrast id out of [0, V), a trace of
+ * another model or one lacking RESID_EXPLAIN_CAPTURE; RESID_E_NOMEM. */
+resid_status resid_explainer_new(const resid_model *m, const resid_trace *tr,
+                                 const resid_explain_opts *opts,
+                                 resid_explainer **out, resid_error *err);
+void resid_explainer_free(resid_explainer *e);
+
+int32_t resid_explainer_target(const resid_explainer *e);
+int32_t resid_explainer_contrast(const resid_explainer *e); /* -1: none */
+resid_lens resid_explainer_lens(const resid_explainer *e);
+/* The lens scale s (σ_f or rms of x_L). */
+double resid_explainer_scale(const resid_explainer *e);
+/* p(w | x_L) in the explainer's lens (the model's probability for Llama
+ * and in the exact lens). */
+double resid_explainer_target_prob(const resid_explainer *e);
+
+/* Number of units of a kind, and the i-th in enumeration order: layers
+ * ascending, then head, then neuron, then source position (the order ties
+ * keep in rankings). */
+int64_t resid_unit_count(const resid_explainer *e, resid_unit_kind kind);
+resid_status resid_unit_at(const resid_explainer *e, resid_unit_kind kind,
+                           int64_t i, resid_unit *out, resid_error *err);
+
+/* Scores n arbitrary units exactly into out[n] (same order). Units are
+ * checked (RESID_E_ARG names the bad one). The lens must not be LOGIT. */
+resid_status resid_score_units(resid_explainer *e, const resid_unit *units,
+                               int64_t n, resid_score *out, resid_error *err);
+
+/* Scores every unit of a kind exactly (batched GEMMs), in enumeration
+ * order; *out is malloc'd, *n receives resid_unit_count(). */
+resid_status resid_score_all(resid_explainer *e, resid_unit_kind kind,
+                             resid_score **out, int64_t *n, resid_error *err);
+
+/* The layer table: per layer the attention and FFN layer scores and the
+ * target's probability entering the layer. Works in every lens (in the
+ * logit lens each residual is normalised by its own statistics). */
+typedef struct resid_layer_row {
+    double attn_lpi, ffn_lpi;             /* LPI of a[l] and of f[l] */
+    double attn_bs_target, ffn_bs_target; /* change of the target logit */
+    double p_in;  /* p(w | x_in[l][t*]) */
+    double p_mid; /* p(w | x_mid[l][t*]) */
+} resid_layer_row;
+
+/* out[L]. */
+resid_status resid_layer_table(resid_explainer *e, resid_layer_row *out,
+                               resid_error *err);
+
+/* What a ranking sorts by. LPI and PROB_INC are certified through the
+ * bounds of §10; LOGIT and CONTRAST are linear in v and computed exactly
+ * for every unit in O(D). */
+typedef enum resid_rank_key {
+    RESID_KEY_LPI = 0,
+    RESID_KEY_PROB_INC = 1,
+    RESID_KEY_LOGIT = 2,    /* bs_target */
+    RESID_KEY_CONTRAST = 3, /* needs a contrast token */
+} resid_rank_key;
+
+typedef struct resid_rank_opts {
+    resid_unit_kind kind;
+    int64_t k;          /* how many; clamped to the number of units */
+    bool bottom;        /* the k lowest instead of the k highest */
+    resid_rank_key key; /* default RESID_KEY_LPI */
+    int32_t layer;      /* only this layer; -1: all (default) */
+    bool exhaustive;    /* score every unit exactly (the reference path) */
+} resid_rank_opts;
+
+resid_rank_opts resid_rank_defaults(resid_unit_kind kind, int64_t k);
+
+typedef struct resid_rank_stats {
+    int64_t n_units;       /* units of the kind (in the layer filter) */
+    int64_t k_requested;
+    int64_t k;             /* returned: min(k_requested, n_units) */
+    bool clamped;          /* k_requested > n_units */
+    int64_t n_exact;       /* units whose LPI was computed through the vocabulary */
+    int64_t n_projections; /* vocabulary projections (GEMM rows) done */
+} resid_rank_stats;
+
+/* The top-k (or bottom-k) units by the key: best first (bottom: lowest
+ * first); ties keep enumeration order. The certified path returns the same
+ * units with bit-identical scores as the exhaustive one. *out is malloc'd
+ * (k entries, possibly 0); stats may be NULL. */
+resid_status resid_rank(resid_explainer *e, const resid_rank_opts *opts,
+                        resid_score **out, int64_t *n_out,
+                        resid_rank_stats *stats, resid_error *err);
 
 /* ------------------------------------------------------------------------- */
 /* Projections, distribution change, logit-lens grid, query analysis         */

@@ -58,6 +58,7 @@ struct resid_model {
     const char **roles; /* [n_tensors], owned strings */
 
     /* Owned storage. */
+    rs_tensor *tensor_store; /* the model's copies of the tensor views */
     float **owned_vecs;
     int32_t n_owned_vecs;
     rs_gguf *gguf;
