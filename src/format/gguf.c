@@ -425,6 +425,61 @@ static bool find_duplicate(const rs_tensor *t, int64_t n, int64_t *di, int64_t *
     return dup;
 }
 
+/* Checks each tensor's type, geometry and placement, and points its data
+ * into the image. */
+static resid_status place_tensors(rs_gguf *g, const tinfo *ti, const uint8_t *data,
+                                  size_t size, const char *label, resid_error *err) {
+    const uint64_t a = g->alignment, ds = g->data_offset;
+    const uint64_t n_tensors = (uint64_t)g->n_tensors;
+    for (uint64_t i = 0; i < n_tensors; i++) {
+        rs_tensor *t = &g->tensors[i];
+        resid_dtype dt;
+        if (!ggml_to_dtype(ti[i].ggml_type, &dt)) {
+            return rs_err(err, RESID_E_UNSUPPORTED,
+                        "%s: tensor '%.100s' has ggml type %u (%s), which resid does "
+                        "not support; supported: " GGUF_SUPPORTED_TYPES,
+                        label, t->name, ti[i].ggml_type,
+                        ggml_type_name(ti[i].ggml_type));
+        }
+        t->dtype = dt;
+        int64_t be = rs_dtype_block_elems(dt);
+        if (t->n_cols % be != 0) {
+            return rs_err(err, RESID_E_FORMAT,
+                          "%s: tensor '%.100s' has ne[0] = %" PRId64
+                          ", not a multiple of the %s block size %" PRId64,
+                          label, t->name, t->n_cols, ggml_type_name(ti[i].ggml_type),
+                          be);
+        }
+        size_t nb;
+        if (!rs_dtype_nbytes(dt, t->n_rows, t->n_cols, &nb)) {
+            return rs_err(err, RESID_E_FORMAT,
+                          "%s: tensor '%.100s': byte size of %" PRId64 " x %" PRId64
+                          " %s overflows",
+                          label, t->name, t->n_rows, t->n_cols,
+                          ggml_type_name(ti[i].ggml_type));
+        }
+        uint64_t off = ti[i].offset;
+        if (off % a != 0) {
+            return rs_err(err, RESID_E_FORMAT,
+                          "%s: tensor '%.100s' has data offset %" PRIu64
+                          ", not a multiple of the alignment %" PRIu64,
+                          label, t->name, off, a);
+        }
+        uint64_t room = size - ds; /* ds <= size here */
+        if (off > room || nb > room - off) {
+            return rs_err(err, RESID_E_FORMAT,
+                          "%s: tensor '%.100s' (%zu bytes at data offset %" PRIu64
+                          ", absolute %" PRIu64 ") runs past the end of the file "
+                          "(%zu bytes)",
+                          label, t->name, nb, off,
+                          off > UINT64_MAX - ds ? UINT64_MAX : ds + off, size);
+        }
+        t->data = data + ds + off;
+        t->n_bytes = nb;
+    }
+    return RESID_OK;
+}
+
 static resid_status parse_image(const uint8_t *data, size_t size, const char *label,
                                 rs_gguf *g, resid_error *err) {
     cursor cc = {.data = data, .size = size, .label = label, .err = err};
@@ -525,59 +580,9 @@ static resid_status parse_image(const uint8_t *data, size_t size, const char *la
                       label, ds, c->pos, a, size);
     }
 
-    for (uint64_t i = 0; i < n_tensors; i++) {
-        rs_tensor *t = &g->tensors[i];
-        resid_dtype dt;
-        if (!ggml_to_dtype(ti[i].ggml_type, &dt)) {
-            st = rs_err(err, RESID_E_UNSUPPORTED,
-                        "%s: tensor '%.100s' has ggml type %u (%s), which resid does "
-                        "not support; supported: " GGUF_SUPPORTED_TYPES,
-                        label, t->name, ti[i].ggml_type,
-                        ggml_type_name(ti[i].ggml_type));
-            free(ti);
-            return st;
-        }
-        t->dtype = dt;
-        int64_t be = rs_dtype_block_elems(dt);
-        if (t->n_cols % be != 0) {
-            free(ti);
-            return rs_err(err, RESID_E_FORMAT,
-                          "%s: tensor '%.100s' has ne[0] = %" PRId64
-                          ", not a multiple of the %s block size %" PRId64,
-                          label, t->name, t->n_cols, ggml_type_name(ti[i].ggml_type),
-                          be);
-        }
-        size_t nb;
-        if (!rs_dtype_nbytes(dt, t->n_rows, t->n_cols, &nb)) {
-            free(ti);
-            return rs_err(err, RESID_E_FORMAT,
-                          "%s: tensor '%.100s': byte size of %" PRId64 " x %" PRId64
-                          " %s overflows",
-                          label, t->name, t->n_rows, t->n_cols,
-                          ggml_type_name(ti[i].ggml_type));
-        }
-        uint64_t off = ti[i].offset;
-        if (off % a != 0) {
-            free(ti);
-            return rs_err(err, RESID_E_FORMAT,
-                          "%s: tensor '%.100s' has data offset %" PRIu64
-                          ", not a multiple of the alignment %" PRIu64,
-                          label, t->name, off, a);
-        }
-        uint64_t room = size - ds; /* ds <= size here */
-        if (off > room || nb > room - off) {
-            free(ti);
-            return rs_err(err, RESID_E_FORMAT,
-                          "%s: tensor '%.100s' (%zu bytes at data offset %" PRIu64
-                          ", absolute %" PRIu64 ") runs past the end of the file "
-                          "(%zu bytes)",
-                          label, t->name, nb, off,
-                          off > UINT64_MAX - ds ? UINT64_MAX : ds + off, size);
-        }
-        t->data = data + ds + off;
-        t->n_bytes = nb;
-    }
+    st = place_tensors(g, ti, data, size, label, err);
     free(ti);
+    if (st) return st;
 
     int64_t di, dj;
     if (find_duplicate(g->tensors, g->n_tensors, &di, &dj))
