@@ -1,0 +1,130 @@
+/*
+ * analysis.h - private state of the attribution core (lens.c, attrib.c,
+ * rank.c). Public API: the "Attribution" section of resid.h.
+ *
+ * Everything is at the prediction position t*. Every "context" x (the
+ * residual a unit is added to) gets its lens values precomputed once:
+ * context 2l = x_in[l][t*] (attention units of layer l), 2l+1 = x_mid[l][t*]
+ * (FFN units of layer l), 2L = x_L.
+ *
+ * A unit vector v is read through y = lensmap(v) = γ_f ⊙ centre(v) / s
+ * (centre = minus own mean for GPT-2, identity for Llama), so that
+ * bs(v) = W_U·y. "Directional" units (FFN neurons, attention neurons) are a
+ * scalar a times a fixed parameter row d; then bs(v) = (a/s)·P with
+ * P = W_U·(γ_f ⊙ centre(d)), one projection shared by all units on d.
+ */
+#ifndef RESID_ANALYSIS_H
+#define RESID_ANALYSIS_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "model/model.h"
+#include "resid.h"
+
+/* Rows per vocabulary-projection GEMM. Every projection goes through a GEMM
+ * of exactly this many rows (zero-padded), so a row's result does not
+ * depend on which other rows share its batch: the certified and exhaustive
+ * paths get bit-identical scores. */
+#define RS_PROJ_ROWS 32
+
+typedef struct rs_context {
+    float *logp;  /* [V] log p_t = b_t − lse(b), in the lens */
+    double pw;    /* p(w|x) */
+    double logpw; /* log p(w|x) */
+    float *g;     /* [D] U(v) = v·g: centre(γ ⊙ (W_U[w] − W_Uᵀp)) / s */
+} rs_context;
+
+/* Per-direction constants of one layer's directions (FFN rows or W_O rows),
+ * computed lazily. */
+typedef struct rs_dirstats {
+    int64_t n;     /* directions in the layer (N, or H·d_h) */
+    float *dg;     /* [n] d·g_ctx            (U = a·dg) */
+    float *dw;     /* [n] d·gw               (bs_w(v) = a·dw) */
+    float *dc;     /* [n] d·gc (contrast) or NULL */
+    float *nd;     /* [n] ‖γ ⊙ centre(d)‖ / s */
+    float *pmax;   /* [n] max_t P_t / s once projected, else NAN */
+    float *pmin;   /* [n] min_t P_t / s once projected, else NAN */
+} rs_dirstats;
+
+struct resid_explainer {
+    const resid_model *m;
+    const resid_trace *tr;
+    resid_lens lens;
+    int32_t target, contrast;
+    int32_t L, D, H, Hkv, dh, N, V, T;
+    int32_t tstar; /* row of t* in the trace (n_cap − 1) */
+    bool centre;   /* GPT-2 LayerNorm: centre vectors */
+    double s;      /* lens scale of x_L */
+
+    const float *wu;  /* [V][D] unembedding, float32 (maybe wu_own) */
+    float *wu_own;    /* owned dequantised copy, or NULL */
+    float *gamma;     /* [D] final-norm gain (ones if absent) */
+    double *wu_beta;  /* [V] W_U·β_f (GPT-2), or NULL */
+    double mnorm;     /* max_t ‖W_U[t]‖ */
+
+    rs_context *ctx;  /* [2L+1] */
+    float *gw;        /* [D] centre(γ ⊙ W_U[w]) / s: bs_w(v) = v·gw */
+    float *gc;        /* [D] same for the contrast token, or NULL */
+
+    rs_dirstats *ffn_dirs;  /* [L], lazily filled (n == 0 until then) */
+    rs_dirstats *attn_dirs; /* [L] */
+    float **wo_t;           /* [L] W_O transposed [H·d_h][D], lazily */
+
+    int64_t n_proj; /* projections done (for stats) */
+};
+
+/* ---- lens.c ---------------------------------------------------------- */
+
+/* y[D] = γ ⊙ centre(v) / s. */
+void rs_lensmap(const resid_explainer *e, const float *v, float *y);
+/* c[n][V] = y[n][D]·W_Uᵀ for n <= RS_PROJ_ROWS rows, through one GEMM of
+ * exactly RS_PROJ_ROWS rows. `pad` is scratch [RS_PROJ_ROWS][D]. */
+void rs_project(resid_explainer *e, const float *y, int n, float *pad, float *c);
+/* log Σ_t p_t·exp(κ c_t) for the context, double accumulation. If cmax
+ * is not NAN it must be max_t κ c_t (saves a pass). */
+double rs_lse_shift(const resid_explainer *e, const rs_context *cx,
+                    const float *c, float kappa, double cmax);
+/* LPI of κ·c in the context: κ c_w − rs_lse_shift. */
+double rs_lpi_from(const resid_explainer *e, const rs_context *cx, const float *c,
+                   float kappa);
+double rs_dot(const float *a, const float *b, int64_t n);
+
+/* ---- attrib.c -------------------------------------------------------- */
+
+bool rs_unit_is_directional(resid_unit_kind k);
+/* Context index of a unit (2l or 2l+1). */
+int rs_unit_ctx(const resid_unit *u);
+/* Number of units of a kind in layer l (or all layers when l < 0), and
+ * the enumeration → unit map. */
+int64_t rs_unit_count_layer(const resid_explainer *e, resid_unit_kind k, int32_t l);
+void rs_unit_from_index(const resid_explainer *e, resid_unit_kind k, int32_t l,
+                        int64_t i, resid_unit *u);
+/* Checks a unit against the explainer's dimensions. */
+resid_status rs_unit_check(const resid_explainer *e, const resid_unit *u,
+                           resid_error *err);
+/* Vector units: v[D]; directional units: the coefficient a and the
+ * direction (layer, row) with *dir_row. Returns the coefficient (NAN for
+ * vector kinds). */
+double rs_unit_coef(const resid_explainer *e, const resid_unit *u, int64_t *dir_row);
+void rs_unit_vector(resid_explainer *e, const resid_unit *u, float *v);
+/* The direction statistics of layer l for a directional kind (computed
+ * on first use). NULL on allocation failure. */
+rs_dirstats *rs_dirs(resid_explainer *e, resid_unit_kind k, int32_t l, resid_error *err);
+/* Writes direction `row` of layer l (unscaled parameter row) into d[D]. */
+void rs_dir_row(resid_explainer *e, resid_unit_kind k, int32_t l, int64_t row, float *d);
+/* Fills the cheap linear parts of a score (bs_target, contrast, coef, unit). */
+void rs_score_linear(resid_explainer *e, const resid_unit *u, resid_score *sc);
+/* Checks units and builds the per-layer data they need (W_Oᵀ, direction
+ * statistics). Call before the functions below. */
+resid_status rs_units_prepare(resid_explainer *e, const resid_unit *u, int64_t n,
+                              resid_error *err);
+/* Exact LPIs of n prepared units (any mix of kinds) into lpi[n]. Vector
+ * units are projected RS_PROJ_ROWS per GEMM, directional units once per
+ * distinct direction (which also fills the direction's pmax/pmin). */
+resid_status rs_exact_lpi(resid_explainer *e, const resid_unit *const *u, int64_t n,
+                          double *lpi, resid_error *err);
+/* Sets sc->lpi and sc->prob_inc = p(w|x)·expm1(lpi). */
+void rs_score_finish(resid_explainer *e, resid_score *sc, double lpi);
+
+#endif

@@ -1,0 +1,635 @@
+/*
+ * attrib.c - the units of METHOD.md §3.2 and their exact scores.
+ *
+ * A unit is either a vector built from the trace (layer outputs, heads,
+ * head × position and per-position subvalues), projected row by row, or a
+ * coefficient times a fixed parameter row (FFN neurons: m_k·fc2_k;
+ * attention neurons: α_j v_j[n]·W_O^h[n,:]), projected once per row and
+ * shared by every unit on it. Both go through rs_project, whose GEMM shape
+ * never changes, so a unit's score does not depend on its batch.
+ */
+#include <errno.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "analysis/analysis.h"
+#include "core/util.h"
+
+/* ---------------------------------------------------------------------- */
+/* Ids                                                                    */
+/* ---------------------------------------------------------------------- */
+
+const char *resid_unit_kind_name(resid_unit_kind k) {
+    switch (k) {
+    case RESID_UNIT_ATTN_LAYER: return "attn-layer";
+    case RESID_UNIT_FFN_LAYER: return "ffn-layer";
+    case RESID_UNIT_HEAD: return "head";
+    case RESID_UNIT_HEAD_POS: return "head-pos";
+    case RESID_UNIT_ATTN_NEURON: return "attn-neuron";
+    case RESID_UNIT_FFN_NEURON: return "ffn-neuron";
+    case RESID_UNIT_POS: return "pos";
+    default: return "?";
+    }
+}
+
+int resid_unit_format(const resid_unit *u, char *buf, size_t n) {
+    switch (u->kind) {
+    case RESID_UNIT_ATTN_LAYER: return snprintf(buf, n, "a%d", u->layer);
+    case RESID_UNIT_FFN_LAYER: return snprintf(buf, n, "f%d", u->layer);
+    case RESID_UNIT_HEAD: return snprintf(buf, n, "%d_%d", u->layer, u->head);
+    case RESID_UNIT_HEAD_POS: return snprintf(buf, n, "%d_%d_%d", u->layer, u->head, u->pos);
+    case RESID_UNIT_ATTN_NEURON:
+        return snprintf(buf, n, "%d_%d_%d_%d", u->layer, u->head, u->index, u->pos);
+    case RESID_UNIT_FFN_NEURON: return snprintf(buf, n, "%d_%d", u->layer, u->index);
+    case RESID_UNIT_POS: return snprintf(buf, n, "a%d_%d", u->layer, u->pos);
+    default: return snprintf(buf, n, "?");
+    }
+}
+
+/* Field layout of each kind's id: prefix letter (0: none) and the meaning
+ * of each '_'-separated number. */
+enum { F_LAYER, F_HEAD, F_INDEX_N, F_INDEX_K, F_POS };
+static const struct {
+    char prefix;
+    int n;
+    int fields[4];
+    const char *syntax;
+} id_syntax[RESID_UNIT_KIND_COUNT] = {
+    [RESID_UNIT_ATTN_LAYER] = {'a', 1, {F_LAYER}, "aL"},
+    [RESID_UNIT_FFN_LAYER] = {'f', 1, {F_LAYER}, "fL"},
+    [RESID_UNIT_HEAD] = {0, 2, {F_LAYER, F_HEAD}, "L_H"},
+    [RESID_UNIT_HEAD_POS] = {0, 3, {F_LAYER, F_HEAD, F_POS}, "L_H_J"},
+    [RESID_UNIT_ATTN_NEURON] = {0, 4, {F_LAYER, F_HEAD, F_INDEX_N, F_POS}, "L_H_N_J"},
+    [RESID_UNIT_FFN_NEURON] = {0, 2, {F_LAYER, F_INDEX_K}, "L_K"},
+    [RESID_UNIT_POS] = {'a', 2, {F_LAYER, F_POS}, "aL_J"},
+};
+
+resid_status resid_unit_parse(const char *s, resid_unit_kind kind, const resid_trace *tr,
+                              resid_unit *out, resid_error *err) {
+    if ((unsigned)kind >= RESID_UNIT_KIND_COUNT)
+        return rs_err(err, RESID_E_ARG, "unit kind %d unknown", (int)kind);
+    const char *syn = id_syntax[kind].syntax;
+    if (!s) return rs_err(err, RESID_E_ARG, "unit id missing (expected %s)", syn);
+    const char *p = s;
+    if (id_syntax[kind].prefix) {
+        if (*p != id_syntax[kind].prefix)
+            return rs_err(err, RESID_E_ARG, "unit id '%s': expected %s", s, syn);
+        p++;
+    }
+    resid_unit u = {kind, -1, -1, -1, -1};
+    for (int i = 0; i < id_syntax[kind].n; i++) {
+        if (i > 0) {
+            if (*p != '_') return rs_err(err, RESID_E_ARG, "unit id '%s': expected %s", s, syn);
+            p++;
+        }
+        if (*p < '0' || *p > '9')
+            return rs_err(err, RESID_E_ARG, "unit id '%s': expected %s", s, syn);
+        errno = 0;
+        char *end;
+        long v = strtol(p, &end, 10);
+        if (errno || v > INT32_MAX)
+            return rs_err(err, RESID_E_ARG, "unit id '%s': number too large", s);
+        p = end;
+        switch (id_syntax[kind].fields[i]) {
+        case F_LAYER: u.layer = (int32_t)v; break;
+        case F_HEAD: u.head = (int32_t)v; break;
+        case F_INDEX_N:
+        case F_INDEX_K: u.index = (int32_t)v; break;
+        case F_POS: u.pos = (int32_t)v; break;
+        }
+    }
+    if (*p) return rs_err(err, RESID_E_ARG, "unit id '%s': expected %s", s, syn);
+    if (tr) {
+        if (u.layer >= tr->n_layer)
+            return rs_err(err, RESID_E_ARG, "unit %s: layer %d out of range (model has %d)",
+                          s, u.layer, tr->n_layer);
+        if (u.head >= tr->n_head)
+            return rs_err(err, RESID_E_ARG, "unit %s: head %d out of range (model has %d)", s,
+                          u.head, tr->n_head);
+        if (kind == RESID_UNIT_ATTN_NEURON && u.index >= tr->d_head)
+            return rs_err(err, RESID_E_ARG,
+                          "unit %s: head dimension %d out of range (d_head is %d)", s, u.index,
+                          tr->d_head);
+        if (kind == RESID_UNIT_FFN_NEURON && u.index >= tr->d_ffn)
+            return rs_err(err, RESID_E_ARG,
+                          "unit %s: FFN neuron %d out of range (layer has %d)", s, u.index,
+                          tr->d_ffn);
+        if (u.pos >= tr->n_tokens)
+            return rs_err(err, RESID_E_ARG,
+                          "unit %s: position %d out of range (prompt has %d tokens)", s, u.pos,
+                          tr->n_tokens);
+    }
+    *out = u;
+    return RESID_OK;
+}
+
+/* ---------------------------------------------------------------------- */
+/* Enumeration                                                            */
+/* ---------------------------------------------------------------------- */
+
+bool rs_unit_is_directional(resid_unit_kind k) {
+    return k == RESID_UNIT_ATTN_NEURON || k == RESID_UNIT_FFN_NEURON;
+}
+
+int rs_unit_ctx(const resid_unit *u) {
+    bool ffn = u->kind == RESID_UNIT_FFN_LAYER || u->kind == RESID_UNIT_FFN_NEURON;
+    return 2 * u->layer + (ffn ? 1 : 0);
+}
+
+static int64_t per_layer(const resid_explainer *e, resid_unit_kind k) {
+    switch (k) {
+    case RESID_UNIT_ATTN_LAYER:
+    case RESID_UNIT_FFN_LAYER: return 1;
+    case RESID_UNIT_HEAD: return e->H;
+    case RESID_UNIT_HEAD_POS: return (int64_t)e->H * e->T;
+    case RESID_UNIT_ATTN_NEURON: return (int64_t)e->H * e->dh * e->T;
+    case RESID_UNIT_FFN_NEURON: return e->N;
+    case RESID_UNIT_POS: return e->T;
+    default: return 0;
+    }
+}
+
+int64_t rs_unit_count_layer(const resid_explainer *e, resid_unit_kind k, int32_t l) {
+    return per_layer(e, k) * (l < 0 ? e->L : 1);
+}
+
+int64_t resid_unit_count(const resid_explainer *e, resid_unit_kind kind) {
+    return rs_unit_count_layer(e, kind, -1);
+}
+
+void rs_unit_from_index(const resid_explainer *e, resid_unit_kind k, int32_t l, int64_t i,
+                        resid_unit *u) {
+    const int64_t pl = per_layer(e, k);
+    *u = (resid_unit){k, -1, -1, -1, -1};
+    if (l < 0) {
+        l = (int32_t)(i / pl);
+        i %= pl;
+    }
+    u->layer = l;
+    switch (k) {
+    case RESID_UNIT_HEAD: u->head = (int32_t)i; break;
+    case RESID_UNIT_HEAD_POS:
+        u->head = (int32_t)(i / e->T);
+        u->pos = (int32_t)(i % e->T);
+        break;
+    case RESID_UNIT_ATTN_NEURON:
+        u->pos = (int32_t)(i % e->T);
+        i /= e->T;
+        u->index = (int32_t)(i % e->dh);
+        u->head = (int32_t)(i / e->dh);
+        break;
+    case RESID_UNIT_FFN_NEURON: u->index = (int32_t)i; break;
+    case RESID_UNIT_POS: u->pos = (int32_t)i; break;
+    default: break;
+    }
+}
+
+resid_status resid_unit_at(const resid_explainer *e, resid_unit_kind kind, int64_t i,
+                           resid_unit *out, resid_error *err) {
+    if ((unsigned)kind >= RESID_UNIT_KIND_COUNT)
+        return rs_err(err, RESID_E_ARG, "unit kind %d unknown", (int)kind);
+    int64_t n = resid_unit_count(e, kind);
+    if (i < 0 || i >= n)
+        return rs_err(err, RESID_E_ARG, "%s unit %lld out of range (%lld units)",
+                      resid_unit_kind_name(kind), (long long)i, (long long)n);
+    rs_unit_from_index(e, kind, -1, i, out);
+    return RESID_OK;
+}
+
+resid_status rs_unit_check(const resid_explainer *e, const resid_unit *u, resid_error *err) {
+    char id[64];
+    if ((unsigned)u->kind >= RESID_UNIT_KIND_COUNT)
+        return rs_err(err, RESID_E_ARG, "unit kind %d unknown", (int)u->kind);
+    resid_unit_format(u, id, sizeof id);
+    const resid_unit_kind k = u->kind;
+    bool head = k == RESID_UNIT_HEAD || k == RESID_UNIT_HEAD_POS || k == RESID_UNIT_ATTN_NEURON;
+    bool pos = k == RESID_UNIT_HEAD_POS || k == RESID_UNIT_ATTN_NEURON || k == RESID_UNIT_POS;
+    if (u->layer < 0 || u->layer >= e->L)
+        return rs_err(err, RESID_E_ARG, "unit %s: layer out of range [0, %d)", id, e->L);
+    if (head && (u->head < 0 || u->head >= e->H))
+        return rs_err(err, RESID_E_ARG, "unit %s: head out of range [0, %d)", id, e->H);
+    if (pos && (u->pos < 0 || u->pos >= e->T))
+        return rs_err(err, RESID_E_ARG, "unit %s: position out of range [0, %d)", id, e->T);
+    if (k == RESID_UNIT_ATTN_NEURON && (u->index < 0 || u->index >= e->dh))
+        return rs_err(err, RESID_E_ARG, "unit %s: head dimension out of range [0, %d)", id,
+                      e->dh);
+    if (k == RESID_UNIT_FFN_NEURON && (u->index < 0 || u->index >= e->N))
+        return rs_err(err, RESID_E_ARG, "unit %s: FFN neuron out of range [0, %d)", id, e->N);
+    return RESID_OK;
+}
+
+/* ---------------------------------------------------------------------- */
+/* Unit vectors                                                           */
+/* ---------------------------------------------------------------------- */
+
+static inline float alpha_at(const resid_explainer *e, int32_t l, int32_t h, int32_t j) {
+    const resid_trace *tr = e->tr;
+    return tr->attn[(((size_t)l * e->H + h) * tr->n_cap + e->tstar) * e->T + j];
+}
+
+static inline const float *value_at(const resid_explainer *e, int32_t l, int32_t h,
+                                    int32_t j) {
+    int32_t kvh = h / (e->H / e->Hkv);
+    return e->tr->values + (((size_t)l * e->T + j) * e->Hkv + kvh) * e->dh;
+}
+
+/* W_O of layer l transposed: row h·d_h+n is W_O^h[n,:]. NULL on OOM. */
+static const float *wo_t(resid_explainer *e, int32_t l) {
+    if (e->wo_t[l]) return e->wo_t[l];
+    const rs_tensor *wo = e->m->layers[l].wo;
+    const int64_t D = e->D, HD = (int64_t)e->H * e->dh;
+    float *tmp = malloc((size_t)(D * HD) * sizeof(float));
+    float *t = malloc((size_t)(D * HD) * sizeof(float));
+    if (!tmp || !t) {
+        free(tmp), free(t);
+        return NULL;
+    }
+    rs_tensor_rows(wo, 0, D, tmp);
+    for (int64_t d = 0; d < D; d++)
+        for (int64_t c = 0; c < HD; c++) t[c * D + d] = tmp[d * HD + c];
+    free(tmp);
+    e->wo_t[l] = t;
+    return t;
+}
+
+double rs_unit_coef(const resid_explainer *e, const resid_unit *u, int64_t *dir_row) {
+    switch (u->kind) {
+    case RESID_UNIT_FFN_NEURON:
+        if (dir_row) *dir_row = u->index;
+        return e->tr->ffn_coef[((size_t)u->layer * e->tr->n_cap + e->tstar) * e->N + u->index];
+    case RESID_UNIT_ATTN_NEURON:
+        if (dir_row) *dir_row = (int64_t)u->head * e->dh + u->index;
+        return (double)(alpha_at(e, u->layer, u->head, u->pos) *
+                        value_at(e, u->layer, u->head, u->pos)[u->index]);
+    case RESID_UNIT_HEAD_POS: return alpha_at(e, u->layer, u->head, u->pos);
+    default: return NAN;
+    }
+}
+
+/* v[D] of a vector unit (also works for directional ones). The caller has
+ * made wo_t(l) available (rs_units_prepare). */
+void rs_unit_vector(resid_explainer *e, const resid_unit *u, float *v) {
+    const int D = e->D, dh = e->dh, l = u->layer;
+    const resid_trace *tr = e->tr;
+    const size_t row = ((size_t)l * tr->n_cap + e->tstar) * D;
+    if (u->kind == RESID_UNIT_ATTN_LAYER) {
+        memcpy(v, tr->attn_out + row, (size_t)D * sizeof(float));
+        return;
+    }
+    if (u->kind == RESID_UNIT_FFN_LAYER) {
+        memcpy(v, tr->ffn_out + row, (size_t)D * sizeof(float));
+        return;
+    }
+    if (u->kind == RESID_UNIT_FFN_NEURON) {
+        float a = (float)rs_unit_coef(e, u, NULL);
+        rs_tensor_col(e->m->layers[l].w_down, u->index, v);
+        for (int d = 0; d < D; d++) v[d] *= a;
+        return;
+    }
+    /* Attention units: v = Σ_{h,n} z[h·d_h+n] · W_O^h[n,:]. */
+    const float *wt = e->wo_t[l];
+    double acc[D];
+    memset(acc, 0, sizeof acc);
+    int h0 = 0, h1 = e->H;
+    if (u->kind != RESID_UNIT_POS) h0 = u->head, h1 = u->head + 1;
+    for (int h = h0; h < h1; h++) {
+        float z[dh];
+        memset(z, 0, sizeof z);
+        for (int j = 0; j < e->T; j++) {
+            if (u->kind != RESID_UNIT_HEAD && j != u->pos) continue;
+            float a = alpha_at(e, l, h, j);
+            const float *vj = value_at(e, l, h, j);
+            for (int n = 0; n < dh; n++) z[n] += a * vj[n];
+        }
+        for (int n = 0; n < dh; n++) {
+            if (u->kind == RESID_UNIT_ATTN_NEURON && n != u->index) continue;
+            const float *w = wt + ((size_t)h * dh + n) * D;
+            for (int d = 0; d < D; d++) acc[d] += (double)z[n] * w[d];
+        }
+    }
+    for (int d = 0; d < D; d++) v[d] = (float)acc[d];
+}
+
+/* ---------------------------------------------------------------------- */
+/* Direction statistics                                                   */
+/* ---------------------------------------------------------------------- */
+
+void rs_dir_row(resid_explainer *e, resid_unit_kind k, int32_t l, int64_t row, float *d) {
+    if (k == RESID_UNIT_FFN_NEURON)
+        rs_tensor_col(e->m->layers[l].w_down, row, d);
+    else
+        memcpy(d, e->wo_t[l] + (size_t)row * e->D, (size_t)e->D * sizeof(float));
+}
+
+rs_dirstats *rs_dirs(resid_explainer *e, resid_unit_kind k, int32_t l, resid_error *err) {
+    const bool ffn = k == RESID_UNIT_FFN_NEURON;
+    rs_dirstats *ds = ffn ? &e->ffn_dirs[l] : &e->attn_dirs[l];
+    if (ds->n) return ds;
+    const int64_t D = e->D, n = ffn ? e->N : (int64_t)e->H * e->dh;
+    /* rows[n][D]: the directions as rows. */
+    float *rows = malloc((size_t)(n * D) * sizeof(float));
+    rs_dirstats t;
+    memset(&t, 0, sizeof t);
+    t.n = n;
+    t.dg = malloc((size_t)n * sizeof(float));
+    t.dw = malloc((size_t)n * sizeof(float));
+    t.nd = malloc((size_t)n * sizeof(float));
+    t.pmax = malloc((size_t)n * sizeof(float));
+    t.pmin = malloc((size_t)n * sizeof(float));
+    t.dc = e->gc ? malloc((size_t)n * sizeof(float)) : NULL;
+    if (!rows || !t.dg || !t.dw || !t.nd || !t.pmax || !t.pmin || (e->gc && !t.dc) ||
+        (!ffn && !wo_t(e, l))) {
+        free(rows), free(t.dg), free(t.dw), free(t.nd), free(t.pmax), free(t.pmin), free(t.dc);
+        rs_err(err, RESID_E_NOMEM, "direction statistics: out of memory");
+        return NULL;
+    }
+    if (ffn) {
+        const rs_tensor *wd = e->m->layers[l].w_down; /* [D][N] */
+        if (wd->transposed) {
+            /* stored [N][D]: column k is contiguous */
+            for (int64_t c = 0; c < n; c++) rs_tensor_col(wd, c, rows + c * D);
+        } else {
+            float *tmp = malloc((size_t)(n * D) * sizeof(float));
+            if (!tmp) {
+                free(rows), free(t.dg), free(t.dw), free(t.nd), free(t.pmax), free(t.pmin);
+                free(t.dc);
+                rs_err(err, RESID_E_NOMEM, "direction statistics: out of memory");
+                return NULL;
+            }
+            rs_tensor_rows(wd, 0, D, tmp);
+            for (int64_t d = 0; d < D; d++)
+                for (int64_t c = 0; c < n; c++) rows[c * D + d] = tmp[d * n + c];
+            free(tmp);
+        }
+    } else {
+        memcpy(rows, e->wo_t[l], (size_t)(n * D) * sizeof(float));
+    }
+    const float *g = e->ctx[2 * l + (ffn ? 1 : 0)].g;
+#pragma omp parallel for schedule(static)
+    for (int64_t c = 0; c < n; c++) {
+        const float *r = rows + c * D;
+        t.dg[c] = (float)rs_dot(r, g, D);
+        t.dw[c] = (float)rs_dot(r, e->gw, D);
+        if (t.dc) t.dc[c] = (float)rs_dot(r, e->gc, D);
+        double mean = 0, ss = 0;
+        if (e->centre) {
+            for (int64_t d = 0; d < D; d++) mean += r[d];
+            mean /= (double)D;
+        }
+        for (int64_t d = 0; d < D; d++) {
+            double y = e->gamma[d] * (r[d] - mean) / e->s;
+            ss += y * y;
+        }
+        t.nd[c] = (float)(sqrt(ss) * (1 + 1e-6));
+        t.pmax[c] = NAN;
+        t.pmin[c] = NAN;
+    }
+    free(rows);
+    *ds = t;
+    return ds;
+}
+
+/* ---------------------------------------------------------------------- */
+/* Exact scores                                                           */
+/* ---------------------------------------------------------------------- */
+
+void rs_score_linear(resid_explainer *e, const resid_unit *u, resid_score *sc) {
+    sc->unit = *u;
+    sc->coef = rs_unit_coef(e, u, NULL);
+    sc->contrast = NAN;
+    if (rs_unit_is_directional(u->kind)) {
+        int64_t row;
+        double a = rs_unit_coef(e, u, &row);
+        rs_dirstats *ds = u->kind == RESID_UNIT_FFN_NEURON ? &e->ffn_dirs[u->layer]
+                                                           : &e->attn_dirs[u->layer];
+        sc->bs_target = a * ds->dw[row];
+        if (ds->dc) sc->contrast = a * ((double)ds->dw[row] - ds->dc[row]);
+        return;
+    }
+    float v[e->D];
+    rs_unit_vector(e, u, v);
+    sc->bs_target = rs_dot(v, e->gw, e->D);
+    if (e->gc) sc->contrast = sc->bs_target - rs_dot(v, e->gc, e->D);
+}
+
+/* Makes the lazily built per-layer data (W_Oᵀ, direction statistics) of
+ * every unit's layer available. */
+static resid_status prepare(resid_explainer *e, const resid_unit *u, int64_t n,
+                            resid_error *err) {
+    for (int64_t i = 0; i < n; i++) {
+        resid_status st = rs_unit_check(e, &u[i], err);
+        if (st) return st;
+        const resid_unit_kind k = u[i].kind;
+        const int32_t l = u[i].layer;
+        if (k != RESID_UNIT_ATTN_LAYER && k != RESID_UNIT_FFN_LAYER &&
+            k != RESID_UNIT_FFN_NEURON && !wo_t(e, l))
+            return rs_err(err, RESID_E_NOMEM, "W_O of layer %d: out of memory", l);
+        if (rs_unit_is_directional(k) && !rs_dirs(e, k, l, err)) return RESID_E_NOMEM;
+    }
+    return RESID_OK;
+}
+
+/* LPIs of vector units, RS_PROJ_ROWS at a time. */
+static resid_status exact_vectors(resid_explainer *e, const resid_unit *const *u, int64_t n,
+                                  double *lpi, resid_error *err) {
+    const int D = e->D, V = e->V;
+    float *y = malloc((size_t)RS_PROJ_ROWS * D * sizeof(float));
+    float *pad = malloc((size_t)RS_PROJ_ROWS * D * sizeof(float));
+    float *c = malloc((size_t)RS_PROJ_ROWS * V * sizeof(float));
+    float *v = malloc((size_t)D * sizeof(float));
+    if (!y || !pad || !c || !v) {
+        free(y), free(pad), free(c), free(v);
+        return rs_err(err, RESID_E_NOMEM, "scoring: out of memory");
+    }
+    for (int64_t i0 = 0; i0 < n; i0 += RS_PROJ_ROWS) {
+        int nb = (int)(n - i0 < RS_PROJ_ROWS ? n - i0 : RS_PROJ_ROWS);
+        for (int r = 0; r < nb; r++) {
+            rs_unit_vector(e, u[i0 + r], v);
+            rs_lensmap(e, v, y + (size_t)r * D);
+        }
+        rs_project(e, y, nb, pad, c);
+#pragma omp parallel for schedule(static)
+        for (int r = 0; r < nb; r++)
+            lpi[i0 + r] = rs_lpi_from(e, &e->ctx[rs_unit_ctx(u[i0 + r])], c + (size_t)r * V, 1.0f);
+    }
+    free(y), free(pad), free(c), free(v);
+    return RESID_OK;
+}
+
+typedef struct dir_ref {
+    int64_t key; /* (kind, layer, row) packed */
+    int64_t unit;
+} dir_ref;
+
+static int cmp_dir_ref(const void *a, const void *b) {
+    const dir_ref *x = a, *y = b;
+    if (x->key != y->key) return x->key < y->key ? -1 : 1;
+    return x->unit < y->unit ? -1 : x->unit > y->unit;
+}
+
+/* LPIs of directional units: each distinct direction is projected once,
+ * RS_PROJ_ROWS directions per GEMM, and records its max/min. */
+static resid_status exact_directional(resid_explainer *e, const resid_unit *const *u,
+                                      int64_t n, double *lpi, resid_error *err) {
+    const int D = e->D, V = e->V;
+    const int64_t maxrow = (int64_t)e->N > (int64_t)e->H * e->dh ? e->N : (int64_t)e->H * e->dh;
+    dir_ref *refs = malloc((size_t)n * sizeof *refs);
+    float *y = malloc((size_t)RS_PROJ_ROWS * D * sizeof(float));
+    float *pad = malloc((size_t)RS_PROJ_ROWS * D * sizeof(float));
+    float *c = malloc((size_t)RS_PROJ_ROWS * V * sizeof(float));
+    float *d = malloc((size_t)D * sizeof(float));
+    int64_t *first = malloc((RS_PROJ_ROWS + 1) * sizeof(int64_t));
+    if (!refs || !y || !pad || !c || !d || !first) {
+        free(refs), free(y), free(pad), free(c), free(d), free(first);
+        return rs_err(err, RESID_E_NOMEM, "scoring: out of memory");
+    }
+    for (int64_t i = 0; i < n; i++) {
+        int64_t row;
+        rs_unit_coef(e, u[i], &row);
+        refs[i].key = ((int64_t)u[i]->kind * e->L + u[i]->layer) * maxrow + row;
+        refs[i].unit = i;
+    }
+    qsort(refs, (size_t)n, sizeof *refs, cmp_dir_ref);
+    int64_t i = 0;
+    while (i < n) {
+        /* gather up to RS_PROJ_ROWS distinct directions starting at refs[i] */
+        int nb = 0;
+        int64_t j = i;
+        while (j < n && nb < RS_PROJ_ROWS) {
+            first[nb] = j;
+            const resid_unit *uu = u[refs[j].unit];
+            int64_t row;
+            rs_unit_coef(e, uu, &row);
+            rs_dir_row(e, uu->kind, uu->layer, row, d);
+            rs_lensmap(e, d, y + (size_t)nb * D);
+            int64_t key = refs[j].key;
+            while (j < n && refs[j].key == key) j++;
+            nb++;
+        }
+        first[nb] = j;
+        rs_project(e, y, nb, pad, c);
+#pragma omp parallel for schedule(dynamic)
+        for (int r = 0; r < nb; r++) {
+            const float *P = c + (size_t)r * V;
+            const resid_unit *u0 = u[refs[first[r]].unit];
+            int64_t row;
+            rs_unit_coef(e, u0, &row);
+            rs_dirstats *ds = u0->kind == RESID_UNIT_FFN_NEURON ? &e->ffn_dirs[u0->layer]
+                                                                : &e->attn_dirs[u0->layer];
+            if (isnan(ds->pmax[row])) {
+                float mx = -INFINITY, mn = INFINITY;
+                for (int t = 0; t < V; t++) {
+                    if (P[t] > mx) mx = P[t];
+                    if (P[t] < mn) mn = P[t];
+                }
+                ds->pmax[row] = mx;
+                ds->pmin[row] = mn;
+            }
+            for (int64_t q = first[r]; q < first[r + 1]; q++) {
+                const resid_unit *uq = u[refs[q].unit];
+                float a = (float)rs_unit_coef(e, uq, NULL);
+                lpi[refs[q].unit] = rs_lpi_from(e, &e->ctx[rs_unit_ctx(uq)], P, a);
+            }
+        }
+        i = j;
+    }
+    free(refs), free(y), free(pad), free(c), free(d), free(first);
+    return RESID_OK;
+}
+
+/* Exact LPIs of any mix of units (pointers), checked and prepared. */
+resid_status rs_exact_lpi(resid_explainer *e, const resid_unit *const *u, int64_t n,
+                          double *lpi, resid_error *err) {
+    if (e->lens == RESID_LENS_LOGIT)
+        return rs_err(err, RESID_E_ARG,
+                      "the logit lens is not linear: only the layer table accepts it");
+    const resid_unit **vec = malloc((size_t)(n ? n : 1) * sizeof *vec);
+    const resid_unit **dir = malloc((size_t)(n ? n : 1) * sizeof *dir);
+    int64_t *vi = malloc((size_t)(n ? n : 1) * sizeof *vi);
+    int64_t *di = malloc((size_t)(n ? n : 1) * sizeof *di);
+    double *lv = malloc((size_t)(n ? n : 1) * sizeof *lv);
+    double *ld = malloc((size_t)(n ? n : 1) * sizeof *ld);
+    resid_status st = RESID_OK;
+    if (!vec || !dir || !vi || !di || !lv || !ld) {
+        st = rs_err(err, RESID_E_NOMEM, "scoring: out of memory");
+        goto done;
+    }
+    int64_t nv = 0, nd = 0;
+    for (int64_t i = 0; i < n; i++) {
+        if (rs_unit_is_directional(u[i]->kind))
+            dir[nd] = u[i], di[nd++] = i;
+        else
+            vec[nv] = u[i], vi[nv++] = i;
+    }
+    if (nv && (st = exact_vectors(e, vec, nv, lv, err))) goto done;
+    if (nd && (st = exact_directional(e, dir, nd, ld, err))) goto done;
+    for (int64_t i = 0; i < nv; i++) lpi[vi[i]] = lv[i];
+    for (int64_t i = 0; i < nd; i++) lpi[di[i]] = ld[i];
+done:
+    free(vec), free(dir), free(vi), free(di), free(lv), free(ld);
+    return st;
+}
+
+resid_status rs_units_prepare(resid_explainer *e, const resid_unit *u, int64_t n,
+                              resid_error *err) {
+    return prepare(e, u, n, err);
+}
+
+/* Completes a score from its exact LPI. */
+void rs_score_finish(resid_explainer *e, resid_score *sc, double lpi) {
+    sc->lpi = lpi;
+    sc->prob_inc = e->ctx[rs_unit_ctx(&sc->unit)].pw * expm1(lpi);
+}
+
+resid_status resid_score_units(resid_explainer *e, const resid_unit *units, int64_t n,
+                               resid_score *out, resid_error *err) {
+    if (n < 0 || (n > 0 && (!units || !out)))
+        return rs_err(err, RESID_E_ARG, "score: bad unit list");
+    if (e->lens == RESID_LENS_LOGIT)
+        return rs_err(err, RESID_E_ARG,
+                      "the logit lens is not linear: only the layer table accepts it");
+    resid_status st = prepare(e, units, n, err);
+    if (st) return st;
+    const resid_unit **p = malloc((size_t)(n ? n : 1) * sizeof *p);
+    double *lpi = malloc((size_t)(n ? n : 1) * sizeof *lpi);
+    if (!p || !lpi) {
+        free(p), free(lpi);
+        return rs_err(err, RESID_E_NOMEM, "score: out of memory");
+    }
+    for (int64_t i = 0; i < n; i++) p[i] = &units[i];
+    st = rs_exact_lpi(e, p, n, lpi, err);
+    if (!st)
+        for (int64_t i = 0; i < n; i++) {
+            rs_score_linear(e, &units[i], &out[i]);
+            rs_score_finish(e, &out[i], lpi[i]);
+        }
+    free(p), free(lpi);
+    return st;
+}
+
+resid_status resid_score_all(resid_explainer *e, resid_unit_kind kind, resid_score **out,
+                             int64_t *n, resid_error *err) {
+    *out = NULL;
+    *n = 0;
+    if ((unsigned)kind >= RESID_UNIT_KIND_COUNT)
+        return rs_err(err, RESID_E_ARG, "unit kind %d unknown", (int)kind);
+    int64_t cnt = resid_unit_count(e, kind);
+    resid_unit *u = malloc((size_t)(cnt ? cnt : 1) * sizeof *u);
+    resid_score *sc = malloc((size_t)(cnt ? cnt : 1) * sizeof *sc);
+    if (!u || !sc) {
+        free(u), free(sc);
+        return rs_err(err, RESID_E_NOMEM, "score: out of memory (%lld units)", (long long)cnt);
+    }
+    for (int64_t i = 0; i < cnt; i++) rs_unit_from_index(e, kind, -1, i, &u[i]);
+    resid_status st = resid_score_units(e, u, cnt, sc, err);
+    free(u);
+    if (st) {
+        free(sc);
+        return st;
+    }
+    *out = sc;
+    *n = cnt;
+    return RESID_OK;
+}

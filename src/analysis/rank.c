@@ -1,0 +1,332 @@
+/*
+ * rank.c - exact top-K / bottom-K units, certified by bounds (METHOD.md §10).
+ *
+ * With b = bs(x), p = softmax(b) and c = bs(v):
+ *
+ *   LPI = c_w − log E_p[e^c]  <=  c_w − E_p[c] = v·g            (Jensen)
+ *   LPI >= c_w − max_t c_t                                       (max)
+ *   LPI >= v·g − (max_t c_t − min_t c_t)² / 8                    (Hoeffding)
+ *
+ * Every unit gets [lo, up] from O(D) work: max_t |c_t| <= ‖W_U‖_row·‖y‖
+ * (y = lensmap(v)), or, once a direction has been projected, its exact
+ * max/min. Units are visited in order of their optimistic bound and scored
+ * exactly in batches; the search stops when the next optimistic bound is
+ * below the K-th best exact score, so every unit not visited is provably
+ * outside the answer. Ties keep the enumeration order, as in the exhaustive
+ * path, and the exact scores are computed by the same code: the two paths
+ * return the same list, bit for bit.
+ */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "analysis/analysis.h"
+#include "core/util.h"
+
+resid_rank_opts resid_rank_defaults(resid_unit_kind kind, int64_t k) {
+    resid_rank_opts o = {kind, k, false, RESID_KEY_LPI, -1, false};
+    return o;
+}
+
+/* The ranking value of a finished score (before the bottom flip). */
+static double key_of(resid_rank_key key, const resid_score *sc) {
+    switch (key) {
+    case RESID_KEY_PROB_INC: return sc->prob_inc;
+    case RESID_KEY_LOGIT: return sc->bs_target;
+    case RESID_KEY_CONTRAST: return sc->contrast;
+    default: return sc->lpi;
+    }
+}
+
+/* ---------------------------------------------------------------------- */
+/* A bounded heap of the K best (value, index): root is the worst kept.   */
+/* ---------------------------------------------------------------------- */
+
+typedef struct kv {
+    double v;
+    int64_t i;
+} kv;
+
+/* a ranks below b: lower value, or equal value and later index */
+static inline bool worse(kv a, kv b) { return a.v < b.v || (a.v == b.v && a.i > b.i); }
+
+typedef struct heap {
+    kv *a;
+    int64_t n, cap;
+} heap;
+
+static void heap_down(heap *h, int64_t i) {
+    for (;;) {
+        int64_t l = 2 * i + 1, r = l + 1, m = i;
+        if (l < h->n && worse(h->a[l], h->a[m])) m = l;
+        if (r < h->n && worse(h->a[r], h->a[m])) m = r;
+        if (m == i) return;
+        kv t = h->a[i];
+        h->a[i] = h->a[m], h->a[m] = t;
+        i = m;
+    }
+}
+
+static void heap_push(heap *h, kv x) {
+    if (h->n < h->cap) {
+        int64_t i = h->n++;
+        h->a[i] = x;
+        while (i > 0) {
+            int64_t p = (i - 1) / 2;
+            if (!worse(h->a[i], h->a[p])) break;
+            kv t = h->a[i];
+            h->a[i] = h->a[p], h->a[p] = t;
+            i = p;
+        }
+    } else if (h->cap > 0 && worse(h->a[0], x)) {
+        h->a[0] = x;
+        heap_down(h, 0);
+    }
+}
+
+static int cmp_best_first(const void *pa, const void *pb) {
+    kv a = *(const kv *)pa, b = *(const kv *)pb;
+    if (worse(a, b)) return 1;
+    if (worse(b, a)) return -1;
+    return 0;
+}
+
+/* ---------------------------------------------------------------------- */
+/* Bounds                                                                 */
+/* ---------------------------------------------------------------------- */
+
+/* [lo, up] on the LPI of unit u, widened by a rounding allowance. */
+static void lpi_bounds(resid_explainer *e, const resid_unit *u, float *vbuf, float *ybuf,
+                       double *lo, double *up) {
+    double U, cw, ny, lo1, lo2;
+    if (rs_unit_is_directional(u->kind)) {
+        int64_t row;
+        double a = rs_unit_coef(e, u, &row);
+        const rs_dirstats *ds = u->kind == RESID_UNIT_FFN_NEURON ? &e->ffn_dirs[u->layer]
+                                                                 : &e->attn_dirs[u->layer];
+        U = a * ds->dg[row];
+        cw = a * ds->dw[row];
+        ny = fabs(a) * ds->nd[row];
+        if (!isnan(ds->pmax[row])) {
+            double mx = a >= 0 ? a * ds->pmax[row] : a * ds->pmin[row];
+            double range = fabs(a) * ((double)ds->pmax[row] - ds->pmin[row]);
+            lo1 = cw - mx;
+            lo2 = U - range * range / 8;
+        } else {
+            lo1 = cw - e->mnorm * ny;
+            lo2 = U - e->mnorm * e->mnorm * ny * ny / 2;
+        }
+    } else {
+        rs_unit_vector(e, u, vbuf);
+        rs_lensmap(e, vbuf, ybuf);
+        const rs_context *cx = &e->ctx[rs_unit_ctx(u)];
+        U = rs_dot(vbuf, cx->g, e->D);
+        cw = rs_dot(vbuf, e->gw, e->D);
+        double ss = 0;
+        for (int d = 0; d < e->D; d++) ss += (double)ybuf[d] * ybuf[d];
+        ny = sqrt(ss);
+        lo1 = cw - e->mnorm * ny;
+        lo2 = U - e->mnorm * e->mnorm * ny * ny / 2;
+    }
+    /* float32 projections and log-probabilities: allow for their rounding */
+    double tol = 1e-5 * (1 + fabs(U) + e->mnorm * ny);
+    *up = U + tol;
+    *lo = (lo1 > lo2 ? lo1 : lo2) - tol;
+    if (*lo > *up) *lo = *up; /* cannot happen in exact arithmetic */
+}
+
+/* ---------------------------------------------------------------------- */
+/* Ranking                                                                */
+/* ---------------------------------------------------------------------- */
+
+typedef struct rank_job {
+    resid_explainer *e;
+    const resid_rank_opts *o;
+    resid_unit *u;   /* [n] enumeration */
+    int64_t n, k;
+    double *lpi;     /* [n] exact LPI or NAN */
+    double *sk;      /* [n] signed key (flipped for bottom) of scored units */
+    int64_t n_exact;
+} rank_job;
+
+static double signed_key(const rank_job *j, double key) { return j->o->bottom ? -key : key; }
+
+/* Scores units idx[0..m) exactly, fills lpi/sk. */
+static resid_status score_exact(rank_job *j, const int64_t *idx, int64_t m, resid_error *err) {
+    const resid_unit **p = malloc((size_t)(m ? m : 1) * sizeof *p);
+    double *l = malloc((size_t)(m ? m : 1) * sizeof *l);
+    if (!p || !l) {
+        free(p), free(l);
+        return rs_err(err, RESID_E_NOMEM, "rank: out of memory");
+    }
+    for (int64_t i = 0; i < m; i++) p[i] = &j->u[idx[i]];
+    resid_status st = rs_exact_lpi(j->e, p, m, l, err);
+    if (!st)
+        for (int64_t i = 0; i < m; i++) {
+            resid_score sc;
+            rs_score_linear(j->e, p[i], &sc);
+            rs_score_finish(j->e, &sc, l[i]);
+            j->lpi[idx[i]] = l[i];
+            j->sk[idx[i]] = signed_key(j, key_of(j->o->key, &sc));
+        }
+    j->n_exact += st ? 0 : m;
+    free(p), free(l);
+    return st;
+}
+
+static int cmp_kv_desc(const void *pa, const void *pb) { return cmp_best_first(pa, pb); }
+
+/* Units sharing unit i's direction: [*b0, *b1) in enumeration order. */
+static void direction_group(const rank_job *j, int64_t i, int64_t *b0, int64_t *b1) {
+    if (j->o->kind == RESID_UNIT_ATTN_NEURON) {
+        const int64_t T = j->e->T;
+        *b0 = i - i % T;
+        *b1 = *b0 + T;
+    } else {
+        *b0 = i;
+        *b1 = i + 1;
+    }
+}
+
+static resid_status certified(rank_job *j, heap *h, resid_error *err) {
+    resid_explainer *e = j->e;
+    const int64_t n = j->n;
+    const resid_rank_key key = j->o->key;
+    kv *ord = malloc((size_t)n * sizeof *ord);
+    int64_t *batch = malloc((size_t)RS_PROJ_ROWS * (j->e->T + 1) * sizeof *batch);
+    float *vb = malloc((size_t)e->D * sizeof(float)), *yb = malloc((size_t)e->D * sizeof(float));
+    if (!ord || !batch || !vb || !yb) {
+        free(ord), free(batch), free(vb), free(yb);
+        return rs_err(err, RESID_E_NOMEM, "rank: out of memory");
+    }
+    /* Optimistic bound of every unit in signed-key space. */
+    for (int64_t i = 0; i < n; i++) {
+        double lo, up;
+        lpi_bounds(e, &j->u[i], vb, yb, &lo, &up);
+        double best = j->o->bottom ? lo : up;
+        if (key == RESID_KEY_PROB_INC) {
+            double pw = e->ctx[rs_unit_ctx(&j->u[i])].pw;
+            best = pw * expm1(best);
+        }
+        best = signed_key(j, best);
+        ord[i] = (kv){isnan(best) ? INFINITY : best, i};
+    }
+    qsort(ord, (size_t)n, sizeof *ord, cmp_kv_desc);
+    const bool dirl = rs_unit_is_directional(j->o->kind);
+    resid_status st = RESID_OK;
+    int64_t pos = 0;
+    while (pos < n) {
+        int64_t m = 0;
+        int rows = 0;
+        while (pos < n && rows < RS_PROJ_ROWS) {
+            kv x = ord[pos];
+            if (h->n == h->cap && x.v < h->a[0].v) break;
+            pos++;
+            if (!isnan(j->lpi[x.i])) continue;
+            if (dirl) {
+                int64_t b0, b1;
+                direction_group(j, x.i, &b0, &b1);
+                for (int64_t q = b0; q < b1; q++) batch[m++] = q;
+            } else {
+                batch[m++] = x.i;
+            }
+            rows++;
+        }
+        if (m == 0) break;
+        if ((st = score_exact(j, batch, m, err))) break;
+        for (int64_t q = 0; q < m; q++) heap_push(h, (kv){j->sk[batch[q]], batch[q]});
+        if (h->n == h->cap && pos < n && ord[pos].v < h->a[0].v) break;
+    }
+    free(ord), free(batch), free(vb), free(yb);
+    return st;
+}
+
+resid_status resid_rank(resid_explainer *e, const resid_rank_opts *opts, resid_score **out,
+                        int64_t *n_out, resid_rank_stats *stats, resid_error *err) {
+    *out = NULL;
+    *n_out = 0;
+    if (!opts) return rs_err(err, RESID_E_ARG, "rank: options required");
+    const resid_rank_opts o = *opts;
+    if ((unsigned)o.kind >= RESID_UNIT_KIND_COUNT)
+        return rs_err(err, RESID_E_ARG, "rank: unit kind %d unknown", (int)o.kind);
+    if (o.key < RESID_KEY_LPI || o.key > RESID_KEY_CONTRAST)
+        return rs_err(err, RESID_E_ARG, "rank: key %d unknown", (int)o.key);
+    if (o.key == RESID_KEY_CONTRAST && e->contrast < 0)
+        return rs_err(err, RESID_E_ARG, "rank: the contrast key needs a contrast token");
+    if (o.layer < -1 || o.layer >= e->L)
+        return rs_err(err, RESID_E_ARG, "rank: layer %d out of range [0, %d)", o.layer, e->L);
+    if (o.k < 0) return rs_err(err, RESID_E_ARG, "rank: k = %lld is negative", (long long)o.k);
+    if (e->lens == RESID_LENS_LOGIT)
+        return rs_err(err, RESID_E_ARG,
+                      "the logit lens is not linear: only the layer table accepts it");
+
+    rank_job j = {e, &o, NULL, rs_unit_count_layer(e, o.kind, o.layer), 0, NULL, NULL, 0};
+    j.k = o.k < j.n ? o.k : j.n;
+    const int64_t proj0 = e->n_proj;
+    const int64_t n = j.n;
+    j.u = malloc((size_t)(n ? n : 1) * sizeof *j.u);
+    j.lpi = malloc((size_t)(n ? n : 1) * sizeof *j.lpi);
+    j.sk = malloc((size_t)(n ? n : 1) * sizeof *j.sk);
+    heap h = {malloc((size_t)(j.k ? j.k : 1) * sizeof(kv)), 0, j.k};
+    resid_score *res = malloc((size_t)(j.k ? j.k : 1) * sizeof *res);
+    resid_status st = RESID_OK;
+    if (!j.u || !j.lpi || !j.sk || !h.a || !res) {
+        st = rs_err(err, RESID_E_NOMEM, "rank: out of memory (%lld units)", (long long)n);
+        goto done;
+    }
+    for (int64_t i = 0; i < n; i++) {
+        rs_unit_from_index(e, o.kind, o.layer, i, &j.u[i]);
+        j.lpi[i] = NAN;
+    }
+    if ((st = rs_units_prepare(e, j.u, n, err))) goto done;
+
+    if (o.exhaustive) {
+        int64_t *all = malloc((size_t)(n ? n : 1) * sizeof *all);
+        if (!all) {
+            st = rs_err(err, RESID_E_NOMEM, "rank: out of memory");
+            goto done;
+        }
+        for (int64_t i = 0; i < n; i++) all[i] = i;
+        st = score_exact(&j, all, n, err);
+        free(all);
+        if (st) goto done;
+        for (int64_t i = 0; i < n; i++) heap_push(&h, (kv){j.sk[i], i});
+    } else if (o.key == RESID_KEY_LOGIT || o.key == RESID_KEY_CONTRAST) {
+        /* Linear keys are exact in O(D): select, then score the winners. */
+        for (int64_t i = 0; i < n; i++) {
+            resid_score sc;
+            rs_score_linear(e, &j.u[i], &sc);
+            heap_push(&h, (kv){signed_key(&j, key_of(o.key, &sc)), i});
+        }
+        int64_t *win = malloc((size_t)(h.n ? h.n : 1) * sizeof *win);
+        if (!win) {
+            st = rs_err(err, RESID_E_NOMEM, "rank: out of memory");
+            goto done;
+        }
+        for (int64_t q = 0; q < h.n; q++) win[q] = h.a[q].i;
+        st = score_exact(&j, win, h.n, err);
+        free(win);
+        if (st) goto done;
+    } else if (j.k > 0) {
+        if ((st = certified(&j, &h, err))) goto done;
+    }
+    qsort(h.a, (size_t)h.n, sizeof(kv), cmp_best_first);
+    for (int64_t q = 0; q < h.n; q++) {
+        rs_score_linear(e, &j.u[h.a[q].i], &res[q]);
+        rs_score_finish(e, &res[q], j.lpi[h.a[q].i]);
+    }
+    if (stats) {
+        stats->n_units = n;
+        stats->k_requested = o.k;
+        stats->k = h.n;
+        stats->clamped = o.k > n;
+        stats->n_exact = j.n_exact;
+        stats->n_projections = e->n_proj - proj0;
+    }
+    *out = res;
+    *n_out = h.n;
+    res = NULL;
+done:
+    free(j.u), free(j.lpi), free(j.sk), free(h.a), free(res);
+    return st;
+}
