@@ -12,7 +12,7 @@
 
 #include "testutil.h"
 
-#include "tokenizer/tokenizer.h"
+#include "tokenizer/tok_internal.h"
 
 /* ------------------------------------------------------------------------- */
 /* Helpers                                                                   */
@@ -198,6 +198,137 @@ static void test_spm_llama2c(void **state) {
     assert_true(round_trips(t, ids, n, "I believe the meaning of life is", 32));
     free(ids);
     resid_tokenizer_free(t);
+}
+
+/* A Llama-2-style tokenizer.json (BPE + byte_fallback, Prepend/Replace
+ * normalizer) made from the SPM GGUF the way Hugging Face's
+ * SentencePieceExtractor does: every split of a piece into two pieces is a
+ * merge, ordered by the merged piece's score. Must reproduce the vectors. */
+typedef struct merge3 {
+    float score;
+    int32_t res, l, r;
+} merge3;
+
+static int cmp_merge3(const void *a, const void *b) {
+    const merge3 *x = a, *y = b;
+    if (x->score != y->score) return x->score > y->score ? -1 : 1;
+    if (x->res != y->res) return x->res < y->res ? -1 : 1;
+    if (x->l != y->l) return x->l < y->l ? -1 : 1;
+    return (x->r > y->r) - (x->r < y->r);
+}
+
+static void test_spm_tokenizer_json(void **state) {
+    (void)state;
+    resid_tokenizer *g = open_tok("llama.cpp-vocab/ggml-vocab-llama-spm.gguf");
+    cJSON *root = cJSON_CreateObject();
+    cJSON *added = cJSON_AddArrayToObject(root, "added_tokens");
+    for (int32_t i = 0; i < 3; i++) {
+        cJSON *a = cJSON_CreateObject();
+        cJSON_AddNumberToObject(a, "id", i);
+        cJSON_AddStringToObject(a, "content", g->piece[i]);
+        cJSON_AddBoolToObject(a, "special", true);
+        cJSON_AddItemToArray(added, a);
+    }
+    cJSON *norm = cJSON_AddObjectToObject(root, "normalizer");
+    cJSON_AddStringToObject(norm, "type", "Sequence");
+    cJSON *ns = cJSON_AddArrayToObject(norm, "normalizers");
+    cJSON *pp = cJSON_CreateObject();
+    cJSON_AddStringToObject(pp, "type", "Prepend");
+    cJSON_AddStringToObject(pp, "prepend", "\xE2\x96\x81");
+    cJSON_AddItemToArray(ns, pp);
+    cJSON *model = cJSON_AddObjectToObject(root, "model");
+    cJSON_AddStringToObject(model, "type", "BPE");
+    cJSON_AddStringToObject(model, "unk_token", "<unk>");
+    cJSON_AddBoolToObject(model, "byte_fallback", true);
+    cJSON *vocab = cJSON_AddObjectToObject(model, "vocab");
+    size_t n_m = 0, cap_m = 1 << 16;
+    merge3 *m = malloc(cap_m * sizeof *m);
+    for (int32_t i = 0; i < g->n_vocab; i++) {
+        cJSON_AddNumberToObject(vocab, g->piece[i], i);
+        if (g->type[i] != RS_TOK_NORMAL) continue;
+        const char *p = g->piece[i];
+        size_t len = g->piece_len[i];
+        for (size_t k = 1; k < len; k++) {
+            if (((uint8_t)p[k] & 0xC0) == 0x80) continue; /* inside a character */
+            int32_t l = rs_tok_lookup(g, p, k), r = rs_tok_lookup(g, p + k, len - k);
+            if (l < 0 || r < 0) continue;
+            if (n_m == cap_m) m = realloc(m, (cap_m *= 2) * sizeof *m);
+            m[n_m++] = (merge3){g->score[i], i, l, r};
+        }
+    }
+    qsort(m, n_m, sizeof *m, cmp_merge3);
+    cJSON *merges = cJSON_AddArrayToObject(model, "merges");
+    for (size_t k = 0; k < n_m; k++) {
+        const char *pair[2] = {g->piece[m[k].l], g->piece[m[k].r]};
+        cJSON_AddItemToArray(merges, cJSON_CreateStringArray(pair, 2));
+    }
+    char *txt = cJSON_PrintUnformatted(root);
+    char *path = tu_write_temp("llama2-tokenizer.json", txt, strlen(txt));
+    resid_error err = {0};
+    resid_tokenizer *t = NULL;
+    if (resid_tokenizer_open(path, &t, &err) != RESID_OK) {
+        print_error("%s\n", err.msg);
+        fail();
+    }
+    assert_int_equal(resid_tokenizer_get_kind(t), RESID_TOKENIZER_SPM);
+    assert_int_equal(resid_tokenizer_bos(t), 1);
+    assert_int_equal(resid_tokenizer_eos(t), 2);
+    print_message("tokenizer.json from the SPM GGUF: %zu merges\n", n_m);
+    run_vectors(t, "ggml-vocab-llama-spm.gguf", "tokenizer.json (BPE + byte_fallback)");
+    resid_tokenizer_free(t);
+    free(path);
+    free(txt);
+    free(m);
+    cJSON_Delete(root);
+    resid_tokenizer_free(g);
+}
+
+/* The Llama-3 pre-tokenizer, taken from a tokenizer.json Split regex:
+ * with ignore_merges every word in the vocab is one token, so the ids show
+ * where the regex cut. Words worked out by hand from the regex. */
+static void test_llama3_regex_json(void **state) {
+    (void)state;
+    cJSON *root = cJSON_CreateObject();
+    cJSON *pre = cJSON_AddObjectToObject(root, "pre_tokenizer");
+    cJSON_AddStringToObject(pre, "type", "Sequence");
+    cJSON *list = cJSON_AddArrayToObject(pre, "pretokenizers");
+    cJSON *split = cJSON_CreateObject();
+    cJSON_AddStringToObject(split, "type", "Split");
+    cJSON_AddStringToObject(cJSON_AddObjectToObject(split, "pattern"), "Regex", RS_REGEX_LLAMA3);
+    cJSON_AddItemToArray(list, split);
+    cJSON *bl = cJSON_CreateObject();
+    cJSON_AddStringToObject(bl, "type", "ByteLevel");
+    cJSON_AddItemToArray(list, bl);
+    cJSON *model = cJSON_AddObjectToObject(root, "model");
+    cJSON_AddStringToObject(model, "type", "BPE");
+    cJSON_AddBoolToObject(model, "ignore_merges", true);
+    cJSON *vocab = cJSON_AddObjectToObject(model, "vocab");
+    for (int b = 0; b < 256; b++) {
+        char buf[8] = {0};
+        rs_utf8_put(rs_bpe_byte_to_cp((uint8_t)b), buf);
+        cJSON_AddNumberToObject(vocab, buf, b);
+    }
+    /* Hello | " " | 123 | 456 | 7 | 's | \n\n | " x" */
+    const char *words[] = {"Hello", "123", "456", "'s", "\xC4\x8A\xC4\x8A", "\xC4\xA0x"};
+    for (int k = 0; k < 6; k++) cJSON_AddNumberToObject(vocab, words[k], 256 + k);
+    cJSON_AddArrayToObject(model, "merges");
+    char *txt = cJSON_PrintUnformatted(root);
+    char *path = tu_write_temp("llama3-tokenizer.json", txt, strlen(txt));
+    resid_error err = {0};
+    resid_tokenizer *t = NULL;
+    assert_int_equal(resid_tokenizer_open(path, &t, &err), RESID_OK);
+    const char *s = "Hello 1234567's\n\n x";
+    int32_t n;
+    int32_t *ids = encode(t, s, strlen(s), false, false, &n);
+    const int32_t want[] = {256, ' ', 257, 258, '7', 259, 260, 261};
+    assert_int_equal(n, 8);
+    assert_memory_equal(ids, want, sizeof want);
+    assert_true(round_trips(t, ids, n, s, strlen(s)));
+    free(ids);
+    resid_tokenizer_free(t);
+    free(path);
+    free(txt);
+    cJSON_Delete(root);
 }
 
 /* ------------------------------------------------------------------------- */
@@ -527,6 +658,8 @@ int main(void) {
         cmocka_unit_test(test_gpt2_tokenizer_json),
         cmocka_unit_test(test_spm_gguf),
         cmocka_unit_test(test_spm_llama2c),
+        cmocka_unit_test(test_spm_tokenizer_json),
+        cmocka_unit_test(test_llama3_regex_json),
         cmocka_unit_test(test_tok512_vs_gguf),
         cmocka_unit_test(test_llama2_vs_naive),
         cmocka_unit_test(test_reference_prompts),

@@ -200,7 +200,7 @@ static resid_status l2c_scan(const uint8_t *d, size_t size, const char *path,
 
 static resid_status l2c_build(const uint8_t *d, size_t size, const char *path,
                               resid_tokenizer **out, resid_error *err) {
-    int64_t n;
+    int64_t n = 0;
     resid_status st = l2c_scan(d, size, path, &n, err);
     if (st != RESID_OK) return st;
     resid_tokenizer *t;
@@ -236,7 +236,8 @@ static resid_status l2c_build(const uint8_t *d, size_t size, const char *path,
         }
         st = rs_tok_set_piece(t, i, buf, k, err);
         if (i == 0 && k == 5 && memcmp(buf, "<unk>", 5) == 0) t->type[i] = RS_TOK_UNKNOWN;
-        if ((i == 1 || i == 2) && (k == 3 || k == 4) && buf[0] == '<')
+        if ((i == 1 && k == 3 && memcmp(buf, "<s>", 3) == 0) ||
+            (i == 2 && k == 4 && memcmp(buf, "</s>", 4) == 0))
             t->type[i] = RS_TOK_CONTROL;
         if (i >= 3 && i <= 258 && k == 6 && memcmp(buf, "<0x", 3) == 0 && buf[5] == '>')
             t->type[i] = RS_TOK_BYTE;
@@ -320,14 +321,14 @@ static resid_status vocab_from_json(const cJSON *vocab, const cJSON *added,
     if (st != RESID_OK) return st;
     for (int64_t i = 0; i < n; i++) t->type[i] = RS_TOK_UNUSED; /* gaps */
     cJSON_ArrayForEach(e, vocab) {
-        int32_t id;
-        json_id(e, &id);
+        int32_t id = 0;
+        json_id(e, &id); /* checked above */
         if (st == RESID_OK) st = rs_tok_set_piece(t, id, e->string, strlen(e->string), err);
         t->type[id] = RS_TOK_NORMAL;
     }
     cJSON_ArrayForEach(e, added) {
-        int32_t id;
-        json_id(cJSON_GetObjectItemCaseSensitive(e, "id"), &id);
+        int32_t id = 0;
+        json_id(cJSON_GetObjectItemCaseSensitive(e, "id"), &id); /* checked above */
         const char *c = cJSON_GetObjectItemCaseSensitive(e, "content")->valuestring;
         if (st == RESID_OK) st = rs_tok_set_piece(t, id, c, strlen(c), err);
         t->type[id] = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(e, "special")) ? RS_TOK_CONTROL
