@@ -57,7 +57,7 @@ static int32_t *json_ids(const cJSON *arr, int *n) {
 
 /* ---- stories260K ---- */
 
-/* Greedy decoding of 199 tokens after BOS, as run.c does with -n 200. */
+/* Greedy decoding of 200 tokens after BOS, as run.c does with -n 200. */
 static void greedy_check(const char *rel) {
     resid_model *m = tu_open_model(rel);
     const resid_tokenizer *tok = resid_model_tokenizer(m);
@@ -76,7 +76,7 @@ static void greedy_check(const char *rel) {
     int32_t tok_id = 1, prev = 1;
     char *text = calloc(1, 1 << 16);
     size_t tl = 0;
-    for (int step = 0; step < 199; step++) {
+    for (int step = 0; step < 200; step++) {
         assert_int_equal(resid_session_eval(s, &tok_id, 1, logits, &err), RESID_OK);
         int next = argmax_f(logits, V);
         assert_int_equal(next, cJSON_GetArrayItem(greedy, step)->valueint);
