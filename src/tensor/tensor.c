@@ -323,7 +323,7 @@ float rs_tensor_get(const rs_tensor *t, int64_t r, int64_t c) {
 /* ---------------------------------------------------------------------- */
 
 /* Below this many multiply-adds a single thread beats waking the team. */
-#define MATMUL_PAR_MIN_WORK (1 << 15)
+#define MATMUL_PAR_MIN_WORK (1 << 16)
 /* Rows of a quantised matrix dequantised at once for the sgemm path; the
  * panel is also capped in bytes so wide matrices stay cache-sized. */
 #define PANEL_MAX_ROWS 256
@@ -331,19 +331,41 @@ float rs_tensor_get(const rs_tensor *t, int64_t r, int64_t c) {
 /* Up to this many tokens, dot products beat sgemm on dequantised rows. */
 #define MATMUL_DOT_MAX_T 4
 
-/* sum_i a[i]*b[i], vectorised (the simd reduction allows reassociation). */
+/* sum_i a[i]*b[i]. Four independent 8-float accumulators (GCC/Clang
+ * vector extensions: AVX registers with -march=native, SSE pairs without)
+ * hide the add latency; no -ffast-math needed. */
+typedef float v8f __attribute__((vector_size(32)));
+/* The same vector read through a float pointer: unaligned, may alias. */
+typedef float v8f_u __attribute__((vector_size(32), aligned(4), may_alias));
+
 static inline float dot_f32(const float *a, const float *b, int64_t n) {
-    float s = 0.0f;
-#pragma omp simd reduction(+ : s)
-    for (int64_t i = 0; i < n; i++) s += a[i] * b[i];
+    v8f s0 = {0}, s1 = {0}, s2 = {0}, s3 = {0};
+    int64_t i = 0;
+    for (; i + 32 <= n; i += 32) {
+        s0 += *(const v8f_u *)(a + i) * *(const v8f_u *)(b + i);
+        s1 += *(const v8f_u *)(a + i + 8) * *(const v8f_u *)(b + i + 8);
+        s2 += *(const v8f_u *)(a + i + 16) * *(const v8f_u *)(b + i + 16);
+        s3 += *(const v8f_u *)(a + i + 24) * *(const v8f_u *)(b + i + 24);
+    }
+    for (; i + 8 <= n; i += 8) s0 += *(const v8f_u *)(a + i) * *(const v8f_u *)(b + i);
+    s0 = (s0 + s1) + (s2 + s3);
+    float s = ((s0[0] + s0[4]) + (s0[1] + s0[5])) + ((s0[2] + s0[6]) + (s0[3] + s0[7]));
+    for (; i < n; i++) s += a[i] * b[i];
     return s;
 }
 
-/* y[n_rows] = W[n_rows][n_cols] x (+ bias), W float32 row-major. */
+/* y[n_rows] = W[n_rows][n_cols] x (+ bias), W float32 row-major. Small
+ * matrices stay on this thread: starting a team costs more than they do. */
 static void matvec_f32(const float *w, const float *x, int64_t n_rows, int64_t n_cols,
                        float *y, const float *bias) {
-    const int64_t work = n_rows * n_cols;
-#pragma omp parallel for schedule(static) if (work >= MATMUL_PAR_MIN_WORK)
+    if (n_rows * n_cols < MATMUL_PAR_MIN_WORK) {
+        for (int64_t r = 0; r < n_rows; r++) {
+            const float v = dot_f32(w + r * n_cols, x, n_cols);
+            y[r] = bias ? v + bias[r] : v;
+        }
+        return;
+    }
+#pragma omp parallel for schedule(static)
     for (int64_t r = 0; r < n_rows; r++) {
         const float v = dot_f32(w + r * n_cols, x, n_cols);
         y[r] = bias ? v + bias[r] : v;
