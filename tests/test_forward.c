@@ -273,16 +273,16 @@ static void gpt2_check(const char *dir, const char *model_rel) {
             softmax_d(lg, V, p);
             const cJSON *rid = cJSON_GetObjectItem(row, "ids");
             const cJSON *rlp = cJSON_GetObjectItem(row, "logprobs");
-            /* our top-10 by value, stable */
-            int top[10];
-            for (int r = 0; r < 10; r++) {
-                int best = -1;
-                for (int i = 0; i < V; i++) {
-                    bool used = false;
-                    for (int q = 0; q < r; q++) used |= top[q] == i;
-                    if (!used && (best < 0 || lg[i] > lg[best])) best = i;
+            /* our top-10 by value (ties keep the lower id), one pass */
+            int top[10], nt = 0;
+            for (int i = 0; i < V; i++) {
+                if (nt == 10 && !(lg[i] > lg[top[9]])) continue;
+                int r = nt < 10 ? nt++ : 9;
+                while (r > 0 && lg[i] > lg[top[r - 1]]) {
+                    top[r] = top[r - 1];
+                    r--;
                 }
-                top[r] = best;
+                top[r] = i;
             }
             for (int r = 0; r < 10; r++) {
                 int id = cJSON_GetArrayItem(rid, r)->valueint;
