@@ -12,19 +12,18 @@ static const char help[] =
     "\n"
     "Greedy generation: appends the most probable token, N times, and prints\n"
     "the decoded text, prompt included, as it is produced. Stops early at the\n"
-    "BOS or EOS token (as llama2.c's run.c does) or when the context is full.\n"
+    "BOS token (as llama2.c's run.c does) or EOS, or when the context is full.\n"
     "An empty prompt (-p \"\") starts from BOS alone (GPT-2: <|endoftext|>).\n"
     "Without a tokenizer (--ids) the token ids are printed instead of text.\n"
     "\n"
-    "Options:\n" CLI_HELP_PROMPT
-    "  -n, --tokens N       how many tokens to generate (default 32)\n"
+    "Options:\n" CLI_HELP_PROMPT "  -n, --tokens N       how many tokens to generate (default 32)\n"
     "      --json           print {\"tokens\":[...], \"generated\":[{\"id\",\"text\"}...],\n"
-    "                       \"text\":\"...\", \"stop\":\"length|eos|context\"} at the end\n"
-    CLI_HELP_GLOBAL
-    "\n"
+    "                       \"text\":\"...\", \"stop\":\"length|eos|context\"} at the "
+    "end\n" CLI_HELP_GLOBAL "\n"
     "Examples:\n"
     "  resid generate $RESID_MODELS/tinyllamas/stories260K.bin -p \"\" -n 200\n"
-    "  resid generate $RESID_MODELS/tinyllamas/stories260K.bin -p \"Once upon a time\" -n 40 --json\n";
+    "  resid generate $RESID_MODELS/tinyllamas/stories260K.bin -p \"Once upon a time\" -n 40 "
+    "--json\n";
 
 static int on_opt(const cli_command *cmd, void *user, int opt, const char *arg) {
     if (opt != 'n') return cli_usage_error(cmd, "unknown option");
@@ -61,8 +60,8 @@ static int run(const cli_command *cmd, int argc, char **argv) {
     };
     int32_t n_gen = 32;
     cli_args a;
-    int r = cli_parse(cmd, argc, argv, CLI_OPT_PROMPT | CLI_OPT_JSON, extra, "n:", on_opt, &n_gen,
-                      &a);
+    int r =
+        cli_parse(cmd, argc, argv, CLI_OPT_PROMPT | CLI_OPT_JSON, extra, "n:", on_opt, &n_gen, &a);
     if (r != CLI_CONTINUE) return r;
     resid_model *m;
     if ((r = cli_open_model(&a, &m)) != CLI_EXIT_OK) return r;
@@ -91,7 +90,8 @@ static int run(const cli_command *cmd, int argc, char **argv) {
     if (r != CLI_EXIT_OK) goto done;
 
     if (!a.json)
-        for (int32_t i = 0; i < n; i++) emit(tok, i ? ids[i - 1] : -1, ids[i], i == 0);
+        for (int32_t i = 0; i < n; i++)
+            emit(tok, i ? ids[i - 1] : -1, ids[i], i == 0);
     const int32_t n_prompt = n;
     int32_t bos = tok ? resid_tokenizer_bos(tok) : -1, eos = tok ? resid_tokenizer_eos(tok) : -1;
     const char *stop = "length";
@@ -134,8 +134,10 @@ static int run(const cli_command *cmd, int argc, char **argv) {
         }
         for (int32_t i = n_prompt; ok && i < n; i++) {
             cJSON *e = cli_json_token(tok, ids[i - 1], ids[i]);
-            if (!e) ok = false;
-            else cJSON_AddItemToArray(gen, e);
+            if (!e)
+                ok = false;
+            else
+                cJSON_AddItemToArray(gen, e);
         }
         if (ok && tok) {
             char *text;

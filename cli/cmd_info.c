@@ -17,8 +17,7 @@ static const char help[] =
     "\n"
     "Options:\n"
     "      --tensors        also list every tensor: name, role, dtype, shape\n"
-    "      --json           print JSON instead of text (see docs/cli.md)\n" CLI_HELP_GLOBAL
-    "\n"
+    "      --json           print JSON instead of text (see docs/cli.md)\n" CLI_HELP_GLOBAL "\n"
     "Examples:\n"
     "  resid info $RESID_MODELS/tinyllamas/stories260K.bin\n"
     "  resid info $RESID_MODELS/tinyllamas/stories260K.bin --tensors --json\n";
@@ -77,11 +76,13 @@ static cJSON *info_json(const resid_model *m, bool tensors) {
     cJSON_AddNumberToObject(o, "n_tensors", in->n_tensors);
     cJSON *dt = cJSON_AddObjectToObject(o, "dtypes");
     for (int d = 0; dt && d < RESID_DTYPE_COUNT; d++)
-        if (in->dtype_count[d]) cJSON_AddNumberToObject(dt, resid_dtype_name(d), in->dtype_count[d]);
+        if (in->dtype_count[d])
+            cJSON_AddNumberToObject(dt, resid_dtype_name(d), in->dtype_count[d]);
     if (tok) {
         cJSON *t = cJSON_AddObjectToObject(o, "tokenizer");
         if (t) {
-            cJSON_AddStringToObject(t, "kind", cli_tokenizer_kind_name(resid_tokenizer_get_kind(tok)));
+            cJSON_AddStringToObject(t, "kind",
+                                    cli_tokenizer_kind_name(resid_tokenizer_get_kind(tok)));
             cJSON_AddNumberToObject(t, "n_vocab", resid_tokenizer_n_vocab(tok));
             cJSON_AddNumberToObject(t, "bos", resid_tokenizer_bos(tok));
             cJSON_AddNumberToObject(t, "eos", resid_tokenizer_eos(tok));
@@ -116,7 +117,8 @@ static cJSON *info_json(const resid_model *m, bool tensors) {
 static void human(char *buf, size_t n, double v, const char *unit) {
     const char *suffix[] = {"", " K", " M", " G", " T"};
     int k = 0;
-    while (v >= 1000 && k < 4) v /= 1000, k++;
+    while (v >= 1000 && k < 4)
+        v /= 1000, k++;
     snprintf(buf, n, k ? "%.2f%s%s" : "%.0f%s%s", v, suffix[k], unit);
 }
 

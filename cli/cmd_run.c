@@ -16,11 +16,9 @@ static const char help[] =
     "for a model that adds no BOS (GPT-2) the BOS/EOS token (<|endoftext|>) is\n"
     "used instead, with a note on stderr.\n"
     "\n"
-    "Options:\n" CLI_HELP_PROMPT
-    "  -k, --top K          how many tokens to show (default 10)\n"
+    "Options:\n" CLI_HELP_PROMPT "  -k, --top K          how many tokens to show (default 10)\n"
     "      --json           print {\"tokens\":[...], \"top\":[{\"id\",\"text\",\"prob\",\n"
-    "                       \"logprob\"}...]}\n" CLI_HELP_GLOBAL
-    "\n"
+    "                       \"logprob\"}...]}\n" CLI_HELP_GLOBAL "\n"
     "Examples:\n"
     "  resid run $RESID_MODELS/tinyllamas/stories260K.bin -p \"Once upon a\"\n"
     "  resid run $RESID_MODELS/tinyllamas/stories260K.bin --ids 1,403,407 --top 5 --json\n";
@@ -53,14 +51,16 @@ static void rank_logits(const float *logits, int32_t V, ranked *out) {
     for (int32_t i = 0; i < V; i++)
         if (logits[i] > mx) mx = logits[i];
     double sum = 0;
-    for (int32_t i = 0; i < V; i++) sum += exp((double)logits[i] - mx);
+    for (int32_t i = 0; i < V; i++)
+        sum += exp((double)logits[i] - mx);
     double lse = mx + log(sum);
-    for (int32_t i = 0; i < V; i++) out[i] = (ranked){i, (double)logits[i] - lse};
+    for (int32_t i = 0; i < V; i++)
+        out[i] = (ranked){i, (double)logits[i] - lse};
     qsort(out, (size_t)V, sizeof *out, cmp_ranked);
 }
 
-static int print_top(const resid_tokenizer *tok, const int32_t *ids, int32_t n,
-                     const ranked *r, int32_t k, bool json) {
+static int print_top(const resid_tokenizer *tok, const int32_t *ids, int32_t n, const ranked *r,
+                     int32_t k, bool json) {
     int32_t last = ids[n - 1];
     if (json) {
         cJSON *root = cJSON_CreateObject();
@@ -86,7 +86,8 @@ static int print_top(const resid_tokenizer *tok, const int32_t *ids, int32_t n,
         return cli_json_print(root);
     }
     printf("%d prompt tokens:", n);
-    for (int32_t i = 0; i < n; i++) printf(" %d", ids[i]);
+    for (int32_t i = 0; i < n; i++)
+        printf(" %d", ids[i]);
     printf("\n%4s %7s  %-24s %10s %10s\n", "rank", "id", "token", "prob", "logprob");
     for (int32_t i = 0; i < k; i++) {
         printf("%4d %7d  ", i + 1, r[i].id);

@@ -18,15 +18,14 @@ static const char help[] =
     "in the vocabulary, and the decoded text (quoted, control bytes escaped).\n"
     "\n"
     "Options:\n" CLI_HELP_PROMPT
-    "      --json           print {\"tokens\":[{\"id\":..,\"piece\":..,\"text\":..}]}\n"
-    CLI_HELP_GLOBAL
-    "\n"
+    "      --json           print "
+    "{\"tokens\":[{\"id\":..,\"piece\":..,\"text\":..}]}\n" CLI_HELP_GLOBAL "\n"
     "Examples:\n"
     "  resid tokenize $RESID_MODELS/tinyllamas/stories260K.bin -p \"Once upon a time\"\n"
-    "  resid tokenize $RESID_MODELS/tinyllamas/tok512.bin -p \"Once upon a time\" --no-bos --json\n";
+    "  resid tokenize $RESID_MODELS/tinyllamas/tok512.bin -p \"Once upon a time\" --no-bos "
+    "--json\n";
 
-static int print_tokens(const resid_tokenizer *tok, const int32_t *ids, int32_t n,
-                        bool json) {
+static int print_tokens(const resid_tokenizer *tok, const int32_t *ids, int32_t n, bool json) {
     if (json) {
         cJSON *root = cJSON_CreateObject();
         cJSON *arr = root ? cli_json_tokens(tok, ids, n) : NULL;

@@ -63,14 +63,14 @@ enum {
     OPT_JSON,
 };
 
-int cli_parse_int(const cli_command *cmd, const char *name, const char *s,
-                  long lo, long hi, long *out) {
+int cli_parse_int(const cli_command *cmd, const char *name, const char *s, long lo, long hi,
+                  long *out) {
     char *end;
     errno = 0;
     long v = strtol(s, &end, 10);
     if (!*s || *end || errno == ERANGE || v < lo || v > hi)
-        return cli_usage_error(cmd, "%s expects an integer in [%ld, %ld], got '%s'", name,
-                               lo, hi, s);
+        return cli_usage_error(cmd, "%s expects an integer in [%ld, %ld], got '%s'", name, lo, hi,
+                               s);
     *out = v;
     return CLI_CONTINUE;
 }
@@ -83,7 +83,8 @@ void cli_set_threads(int n) {
 
 /* Appends entries of src (zero-terminated) to dst at *n. */
 static void add_opts(struct option *dst, size_t *n, const struct option *src) {
-    for (; src && src->name; src++) dst[(*n)++] = *src;
+    for (; src && src->name; src++)
+        dst[(*n)++] = *src;
 }
 
 /* The name an option was given as, for error messages. */
@@ -92,8 +93,8 @@ static const char *opt_text(char **argv, int idx) {
 }
 
 int cli_parse(const cli_command *cmd, int argc, char **argv, unsigned features,
-              const struct option *extra, const char *extra_short,
-              cli_opt_fn fn, void *user, cli_args *out) {
+              const struct option *extra, const char *extra_short, cli_opt_fn fn, void *user,
+              cli_args *out) {
     static const struct option global_opts[] = {
         {"tokenizer", required_argument, NULL, OPT_TOKENIZER},
         {"threads", required_argument, NULL, OPT_THREADS},
@@ -112,7 +113,8 @@ int cli_parse(const cli_command *cmd, int argc, char **argv, unsigned features,
         {NULL, 0, NULL, 0},
     };
     size_t n_extra = 0;
-    for (const struct option *o = extra; o && o->name; o++) n_extra++;
+    for (const struct option *o = extra; o && o->name; o++)
+        n_extra++;
     struct option *opts = calloc(n_extra + 16, sizeof *opts);
     char *shortopts = malloc(strlen(extra_short ? extra_short : "") + 8);
     if (!opts || !shortopts) {
@@ -131,12 +133,13 @@ int cli_parse(const cli_command *cmd, int argc, char **argv, unsigned features,
 
     *out = cli_globals;
     out->model = NULL;
+    out->rest = NULL;
+    out->n_rest = 0;
     int ret = CLI_CONTINUE;
     opterr = 0;
     optind = 1;
     int c;
-    while (ret == CLI_CONTINUE &&
-           (c = getopt_long(argc, argv, shortopts, opts, NULL)) != -1) {
+    while (ret == CLI_CONTINUE && (c = getopt_long(argc, argv, shortopts, opts, NULL)) != -1) {
         long v;
         switch (c) {
         case 'h':
@@ -177,10 +180,13 @@ int cli_parse(const cli_command *cmd, int argc, char **argv, unsigned features,
     if (ret == CLI_CONTINUE) {
         if (optind >= argc)
             ret = cli_usage_error(cmd, "missing MODEL");
-        else if (optind + 1 < argc)
+        else if (optind + 1 < argc && !(features & CLI_OPT_REST))
             ret = cli_usage_error(cmd, "unexpected argument '%s'", argv[optind + 1]);
-        else
+        else {
             out->model = argv[optind];
+            out->rest = argv + optind + 1;
+            out->n_rest = argc - optind - 1;
+        }
     }
     if (ret == CLI_CONTINUE && out->prompt && out->ids)
         ret = cli_usage_error(cmd, "give either -p TEXT or --ids LIST, not both");
@@ -222,7 +228,8 @@ static bool is_gguf_without_tensors(const char *path) {
     fclose(f);
     if (got != sizeof h || memcmp(h, "GGUF", 4) != 0) return false;
     uint64_t n = 0;
-    for (int i = 7; i >= 0; i--) n = (n << 8) | h[8 + i];
+    for (int i = 7; i >= 0; i--)
+        n = (n << 8) | h[8 + i];
     return n == 0;
 }
 
@@ -247,8 +254,7 @@ static bool is_tokenizer_path(const char *path) {
     return is_gguf_without_tensors(path);
 }
 
-int cli_open_for_tokenizer(const cli_args *args, resid_model **model,
-                           resid_tokenizer **owned_tok,
+int cli_open_for_tokenizer(const cli_args *args, resid_model **model, resid_tokenizer **owned_tok,
                            const resid_tokenizer **tok) {
     *model = NULL;
     *owned_tok = NULL;
@@ -271,7 +277,8 @@ int cli_open_for_tokenizer(const cli_args *args, resid_model **model,
         resid_error terr;
         const char *tpath = args->tokenizer_path ? args->tokenizer_path : args->model;
         if (resid_tokenizer_open(tpath, owned_tok, &terr) != RESID_OK) return cli_lib_error(&err);
-        fprintf(stderr, "resid: note: %s does not open as a model (%s); using the tokenizer in %s\n",
+        fprintf(stderr,
+                "resid: note: %s does not open as a model (%s); using the tokenizer in %s\n",
                 args->model, err.msg, tpath);
         *tok = *owned_tok;
         return CLI_EXIT_OK;
@@ -295,16 +302,18 @@ const char *cli_tokenizer_kind_name(resid_tokenizer_kind k) {
 /* ------------------------------------------------------------------------- */
 
 /* Parses "1,42,99" (spaces allowed around the numbers). */
-static int parse_id_list(const cli_command *cmd, const char *s, int32_t n_vocab,
-                         int32_t **ids, int32_t *n_ids) {
+static int parse_id_list(const cli_command *cmd, const char *s, int32_t n_vocab, int32_t **ids,
+                         int32_t *n_ids) {
     size_t cap = 1;
-    for (const char *p = s; *p; p++) cap += *p == ',';
+    for (const char *p = s; *p; p++)
+        cap += *p == ',';
     int32_t *v = malloc(cap * sizeof *v);
     if (!v) return cli_error("out of memory");
     size_t n = 0;
     const char *p = s;
     for (;;) {
-        while (*p == ' ') p++;
+        while (*p == ' ')
+            p++;
         if (!isdigit((unsigned char)*p)) {
             free(v);
             return cli_usage_error(cmd, "--ids expects comma-separated token ids, got '%s'", s);
@@ -319,7 +328,8 @@ static int parse_id_list(const cli_command *cmd, const char *s, int32_t n_vocab,
         }
         v[n++] = (int32_t)id;
         p = end;
-        while (*p == ' ') p++;
+        while (*p == ' ')
+            p++;
         if (!*p) break;
         if (*p != ',') {
             free(v);
@@ -332,9 +342,8 @@ static int parse_id_list(const cli_command *cmd, const char *s, int32_t n_vocab,
     return CLI_EXIT_OK;
 }
 
-int cli_prompt_ids(const cli_command *cmd, const cli_args *args,
-                   const resid_tokenizer *tok, int32_t n_vocab,
-                   unsigned flags, int32_t **ids, int32_t *n_ids) {
+int cli_prompt_ids(const cli_command *cmd, const cli_args *args, const resid_tokenizer *tok,
+                   int32_t n_vocab, unsigned flags, int32_t **ids, int32_t *n_ids) {
     *ids = NULL;
     *n_ids = 0;
     if (args->ids) return parse_id_list(cmd, args->ids, n_vocab, ids, n_ids);
@@ -377,10 +386,14 @@ static int utf8_len(const unsigned char *s, size_t n) {
     int len;
     uint32_t min;
     if (c < 0x80) return 1;
-    if (c >= 0xC2 && c <= 0xDF) len = 2, min = 0x80;
-    else if (c >= 0xE0 && c <= 0xEF) len = 3, min = 0x800;
-    else if (c >= 0xF0 && c <= 0xF4) len = 4, min = 0x10000;
-    else return 0;
+    if (c >= 0xC2 && c <= 0xDF)
+        len = 2, min = 0x80;
+    else if (c >= 0xE0 && c <= 0xEF)
+        len = 3, min = 0x800;
+    else if (c >= 0xF0 && c <= 0xF4)
+        len = 4, min = 0x10000;
+    else
+        return 0;
     if ((size_t)len > n) return 0;
     uint32_t cp = c & (0x7F >> len);
     for (int i = 1; i < len; i++) {
@@ -404,13 +417,20 @@ int cli_fput_quoted(FILE *f, const char *s, size_t n) {
             w++;
             continue;
         }
-        if (c == '\n') w += fprintf(f, "\\n");
-        else if (c == '\t') w += fprintf(f, "\\t");
-        else if (c == '\r') w += fprintf(f, "\\r");
-        else if (c == '\\') w += fprintf(f, "\\\\");
-        else if (c == '"') w += fprintf(f, "\\\"");
-        else if (c < 0x20 || c == 0x7F || l == 0) w += fprintf(f, "\\x%02x", c);
-        else w += fputc(c, f) != EOF;
+        if (c == '\n')
+            w += fprintf(f, "\\n");
+        else if (c == '\t')
+            w += fprintf(f, "\\t");
+        else if (c == '\r')
+            w += fprintf(f, "\\r");
+        else if (c == '\\')
+            w += fprintf(f, "\\\\");
+        else if (c == '"')
+            w += fprintf(f, "\\\"");
+        else if (c < 0x20 || c == 0x7F || l == 0)
+            w += fprintf(f, "\\x%02x", c);
+        else
+            w += fputc(c, f) != EOF;
         i++;
     }
     fputc('"', f);
@@ -419,9 +439,11 @@ int cli_fput_quoted(FILE *f, const char *s, size_t n) {
 
 void cli_fput_padded(FILE *f, const char *s, int width) {
     int w = 0;
-    for (const unsigned char *u = (const unsigned char *)s; *u; u++) w += (*u & 0xC0) != 0x80;
+    for (const unsigned char *u = (const unsigned char *)s; *u; u++)
+        w += (*u & 0xC0) != 0x80;
     fputs(s, f);
-    for (; w < width; w++) fputc(' ', f);
+    for (; w < width; w++)
+        fputc(' ', f);
 }
 
 cJSON *cli_json_float(float v) {
@@ -495,8 +517,7 @@ fail:
     return NULL;
 }
 
-cJSON *cli_json_tokens(const resid_tokenizer *tok, const int32_t *ids,
-                       int32_t n) {
+cJSON *cli_json_tokens(const resid_tokenizer *tok, const int32_t *ids, int32_t n) {
     cJSON *arr = cJSON_CreateArray();
     if (!arr) return NULL;
     for (int32_t i = 0; i < n; i++) {

@@ -38,17 +38,17 @@ struct cli_command {
 };
 
 /* Help text blocks shared by the commands' help strings. */
-#define CLI_HELP_PROMPT                                                        \
-    "  -p, --prompt TEXT    the prompt (UTF-8, taken literally)\n"             \
-    "      --ids LIST       token ids instead of text, e.g. --ids 1,42,99\n"   \
-    "                       (needed for models without a tokenizer)\n"         \
-    "      --no-bos         do not add the BOS token the model normally adds\n" \
-    "      --parse-special  turn special-token text (<s>, <|endoftext|>) into\n" \
+#define CLI_HELP_PROMPT                                                                            \
+    "  -p, --prompt TEXT    the prompt (UTF-8, taken literally)\n"                                 \
+    "      --ids LIST       token ids instead of text, e.g. --ids 1,42,99\n"                       \
+    "                       (needed for models without a tokenizer)\n"                             \
+    "      --no-bos         do not add the BOS token the model normally adds\n"                    \
+    "      --parse-special  turn special-token text (<s>, <|endoftext|>) into\n"                   \
     "                       the special tokens\n"
-#define CLI_HELP_GLOBAL                                                        \
-    "      --tokenizer PATH a tokenizer to use instead of the model's own\n"   \
-    "                       (llama2.c tokenizer.bin, tokenizer.json, GGUF)\n"  \
-    "      --threads N      number of threads (OpenMP and OpenBLAS)\n"         \
+#define CLI_HELP_GLOBAL                                                                            \
+    "      --tokenizer PATH a tokenizer to use instead of the model's own\n"                       \
+    "                       (llama2.c tokenizer.bin, tokenizer.json, GGUF)\n"                      \
+    "      --threads N      number of threads (OpenMP and OpenBLAS)\n"                             \
     "  -h, --help           show this help\n"
 
 /* Option sets a command can ask cli_parse for (besides the global ones:
@@ -56,17 +56,20 @@ struct cli_command {
 enum {
     CLI_OPT_PROMPT = 1u << 0, /* -p, --ids, --no-bos, --parse-special */
     CLI_OPT_JSON = 1u << 1,   /* --json */
+    CLI_OPT_REST = 1u << 2,   /* positionals after MODEL are allowed */
 };
 
 typedef struct cli_args {
-    const char *model;          /* the positional MODEL argument */
-    const char *prompt;         /* -p; NULL if not given */
-    const char *ids;            /* --ids text; NULL if not given */
+    const char *model;  /* the positional MODEL argument */
+    const char *prompt; /* -p; NULL if not given */
+    const char *ids;    /* --ids text; NULL if not given */
     bool no_bos;
     bool parse_special;
     bool json;
     const char *tokenizer_path; /* --tokenizer */
     int threads;                /* --threads, 0 = default */
+    char **rest;                /* positionals after MODEL (CLI_OPT_REST) */
+    int n_rest;
 } cli_args;
 
 /* Global options given before the command name (resid --threads 2 run ...);
@@ -76,8 +79,7 @@ extern cli_args cli_globals;
 /* A command's own options: called for every option code found in `extra`.
  * Returns CLI_CONTINUE, or an exit code (after printing the error with
  * cli_usage_error). */
-typedef int (*cli_opt_fn)(const cli_command *cmd, void *user, int opt,
-                          const char *arg);
+typedef int (*cli_opt_fn)(const cli_command *cmd, void *user, int opt, const char *arg);
 
 /* Parses argv (argv[0] = command name) with getopt_long: the global options,
  * the sets in `features`, and the command's `extra` options (a table ending
@@ -87,8 +89,8 @@ typedef int (*cli_opt_fn)(const cli_command *cmd, void *user, int opt,
  * Returns CLI_CONTINUE, CLI_EXIT_OK after printing --help, or
  * CLI_EXIT_USAGE after printing a one-line error. */
 int cli_parse(const cli_command *cmd, int argc, char **argv, unsigned features,
-              const struct option *extra, const char *extra_short,
-              cli_opt_fn fn, void *user, cli_args *out);
+              const struct option *extra, const char *extra_short, cli_opt_fn fn, void *user,
+              cli_args *out);
 
 /* "resid CMD: <message> (see resid CMD --help)" on stderr; returns 2. */
 int cli_usage_error(const cli_command *cmd, const char *fmt, ...)
@@ -100,8 +102,8 @@ int cli_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 
 /* Parses a decimal integer in [lo, hi] for option `name`. Returns
  * CLI_CONTINUE or a usage error. */
-int cli_parse_int(const cli_command *cmd, const char *name, const char *s,
-                  long lo, long hi, long *out);
+int cli_parse_int(const cli_command *cmd, const char *name, const char *s, long lo, long hi,
+                  long *out);
 
 /* Sets the OpenMP and OpenBLAS thread counts (n > 0). */
 void cli_set_threads(int n);
@@ -115,8 +117,7 @@ int cli_open_model(const cli_args *args, resid_model **out);
  * tokenizer (a note goes to stderr). --tokenizer overrides the tokenizer.
  * *model may be NULL on success; *tok then must be freed by the caller
  * (*owned_tok is set). Returns 0 or 1 (printed). */
-int cli_open_for_tokenizer(const cli_args *args, resid_model **model,
-                           resid_tokenizer **owned_tok,
+int cli_open_for_tokenizer(const cli_args *args, resid_model **model, resid_tokenizer **owned_tok,
                            const resid_tokenizer **tok);
 
 /* Flags for cli_prompt_ids. */
@@ -130,9 +131,8 @@ enum {
  * -p tokenized (BOS as resid_encode_defaults says, unless --no-bos).
  * `tok` may be NULL (then -p is an error that points to --ids). *ids is
  * malloc'd. Returns 0, 1 (library error) or 2 (usage). */
-int cli_prompt_ids(const cli_command *cmd, const cli_args *args,
-                   const resid_tokenizer *tok, int32_t n_vocab,
-                   unsigned flags, int32_t **ids, int32_t *n_ids);
+int cli_prompt_ids(const cli_command *cmd, const cli_args *args, const resid_tokenizer *tok,
+                   int32_t n_vocab, unsigned flags, int32_t **ids, int32_t *n_ids);
 
 /* Writes bytes as a double-quoted C-like string: \n \t \r \\ \" escaped,
  * other control bytes and invalid UTF-8 bytes as \xNN, valid UTF-8 raw.
@@ -157,8 +157,7 @@ bool cli_json_add_text(cJSON *obj, const char *name, const char *s, size_t n);
  * tokenizer). NULL on out of memory. */
 cJSON *cli_json_token(const resid_tokenizer *tok, int32_t prev, int32_t id);
 /* [{id,text}...] for ids[0..n) decoded in sequence (prev = previous id). */
-cJSON *cli_json_tokens(const resid_tokenizer *tok, const int32_t *ids,
-                       int32_t n);
+cJSON *cli_json_tokens(const resid_tokenizer *tok, const int32_t *ids, int32_t n);
 
 /* The one JSON output path: prints `root` unformatted plus a newline on
  * stdout and frees it. root == NULL means an allocation failed. Returns the

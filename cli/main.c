@@ -9,10 +9,10 @@
 
 /* The command table. Adding a command: cli/cmd_<name>.c defining
  * `const cli_command cli_cmd_<name>`, and one X(<name>) line here. */
-#define CLI_COMMANDS                                                           \
-    X(info)                                                                    \
-    X(tokenize)                                                                \
-    X(run)                                                                     \
+#define CLI_COMMANDS                                                                               \
+    X(info)                                                                                        \
+    X(tokenize)                                                                                    \
+    X(run)                                                                                         \
     X(generate)
 
 #define X(name) extern const cli_command cli_cmd_##name;
@@ -27,15 +27,14 @@ static const cli_command *const commands[] = {
 #define N_COMMANDS ((int)(sizeof commands / sizeof commands[0]))
 
 static void print_help(FILE *f) {
-    fprintf(f,
-            "Usage: resid [GLOBAL OPTIONS] COMMAND MODEL [OPTIONS]\n"
-            "\n"
-            "resid explains a transformer's next-token prediction by taking its\n"
-            "residual stream apart. MODEL is a GGUF file, a Hugging Face folder\n"
-            "(config.json + *.safetensors) or a llama2.c checkpoint (.bin; its\n"
-            "tokenizer.bin or tok<V>.bin is looked for beside it).\n"
-            "\n"
-            "Commands:\n");
+    fprintf(f, "Usage: resid [GLOBAL OPTIONS] COMMAND MODEL [OPTIONS]\n"
+               "\n"
+               "resid explains a transformer's next-token prediction by taking its\n"
+               "residual stream apart. MODEL is a GGUF file, a Hugging Face folder\n"
+               "(config.json + *.safetensors) or a llama2.c checkpoint (.bin; its\n"
+               "tokenizer.bin or tok<V>.bin is looked for beside it).\n"
+               "\n"
+               "Commands:\n");
     for (int i = 0; i < N_COMMANDS; i++)
         fprintf(f, "  %-10s %s\n", commands[i]->name, commands[i]->summary);
     fprintf(f,
@@ -50,8 +49,7 @@ static void print_help(FILE *f) {
 
 /* Value of a global option given as "--name VALUE" or "--name=VALUE";
  * NULL if argv[*i] is not that option. Advances *i past the value. */
-static const char *global_value(int argc, char **argv, int *i, const char *name,
-                                bool *missing) {
+static const char *global_value(int argc, char **argv, int *i, const char *name, bool *missing) {
     size_t n = strlen(name);
     const char *a = argv[*i];
     if (strncmp(a, name, n) != 0) return NULL;

@@ -21,7 +21,8 @@
 /* s in single quotes for sh, ' written as '\''. malloc'd. */
 static char *sh_quote(const char *s) {
     size_t n = 3;
-    for (const char *p = s; *p; p++) n += *p == '\'' ? 4 : 1;
+    for (const char *p = s; *p; p++)
+        n += *p == '\'' ? 4 : 1;
     char *q = malloc(n), *o = q;
     *o++ = '\'';
     for (const char *p = s; *p; p++) {
@@ -168,7 +169,8 @@ static void test_info_stories(void **state) {
         cJSON_ArrayForEach(t, ts) {
             const cJSON *sh = cJSON_GetObjectItem(t, "shape");
             assert_int_equal(cJSON_GetArraySize(sh), 2);
-            total += cJSON_GetArrayItem(sh, 0)->valuedouble * cJSON_GetArrayItem(sh, 1)->valuedouble;
+            total +=
+                cJSON_GetArrayItem(sh, 0)->valuedouble * cJSON_GetArrayItem(sh, 1)->valuedouble;
             assert_non_null(cJSON_GetObjectItem(t, "role")->valuestring);
         }
         /* tied output: the embedding is listed once */
@@ -231,7 +233,8 @@ static void test_tokenize_stories(void **state) {
     int32_t *ref;
     int32_t n_ref;
     resid_error err;
-    assert_int_equal(resid_tokenize(tok, "Once upon a time", -1, &eo, &ref, &n_ref, &err), RESID_OK);
+    assert_int_equal(resid_tokenize(tok, "Once upon a time", -1, &eo, &ref, &n_ref, &err),
+                     RESID_OK);
 
     char *m = model_arg("tinyllamas/stories260K.bin");
     char *args = fmt("tokenize %s -p 'Once upon a time' --json", m);
@@ -276,7 +279,8 @@ static void test_tokenize_stories(void **state) {
     ids = token_ids(cJSON_GetObjectItem(j, "tokens"), &n);
     const cJSON *want = cJSON_GetObjectItem(p, "ids");
     assert_int_equal(n, cJSON_GetArraySize(want));
-    for (int i = 0; i < n; i++) assert_int_equal(ids[i], cJSON_GetArrayItem(want, i)->valueint);
+    for (int i = 0; i < n; i++)
+        assert_int_equal(ids[i], cJSON_GetArrayItem(want, i)->valueint);
     free(ids);
     cJSON_Delete(j);
     cJSON_Delete(fr);
@@ -379,7 +383,8 @@ static void test_tokenize_vocab_gguf(void **state) {
     j = run_json(args);
     ids = token_ids(cJSON_GetObjectItem(j, "tokens"), &n);
     assert_true(n > 2);
-    for (int i = 0; i < n; i++) assert_int_not_equal(ids[i], 50256);
+    for (int i = 0; i < n; i++)
+        assert_int_not_equal(ids[i], 50256);
     free(ids);
     cJSON_Delete(j);
     free(args);
@@ -440,7 +445,8 @@ static void test_run_stories(void **state) {
     double mx = lg[0], z = 0;
     for (int i = 1; i < 512; i++)
         if (lg[i] > lg[amax]) amax = i, mx = lg[i];
-    for (int i = 0; i < 512; i++) z += exp(lg[i] - mx);
+    for (int i = 0; i < 512; i++)
+        z += exp(lg[i] - mx);
 
     double sum = 0, prev = 2, worst = 0;
     int rank = 0;
@@ -673,7 +679,8 @@ static void test_errors(void **state) {
 
     /* longer than the context (512) */
     char *ids = malloc(600 * 4 + 1), *p = ids;
-    for (int i = 0; i < 600; i++) p += sprintf(p, i ? ",%d" : "%d", i ? 300 : 1);
+    for (int i = 0; i < 600; i++)
+        p += sprintf(p, i ? ",%d" : "%d", i ? 300 : 1);
     args = fmt("run %s --ids %s", m, ids);
     expect_error(args, 1, "512");
     free(args);
@@ -739,8 +746,8 @@ static void test_global_options(void **state) {
 }
 
 static void test_help(void **state) {
-    const char *cmds[] = {"--help", "-h", "info --help", "tokenize --help", "run --help",
-                          "generate -h", "run x --help"};
+    const char *cmds[] = {"--help",     "-h",          "info --help", "tokenize --help",
+                          "run --help", "generate -h", "run x --help"};
     for (size_t i = 0; i < sizeof cmds / sizeof cmds[0]; i++) {
         int st;
         char *out = run_cli(cmds[i], false, &st);
