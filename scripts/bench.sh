@@ -1,0 +1,208 @@
+#!/usr/bin/env bash
+# bench.sh - resid's benchmarks, each measured side by side with a peer in the
+# same run; the ratio is the figure. Called by `make bench` as
+#
+#     scripts/bench.sh BUILD_DIR
+#
+# (BUILD_DIR should be a Release build; timings of a Debug build mean little).
+#
+#  1. forward, full trace: resid_forward with RESID_CAP_ALL + RESID_POS_ALL on
+#     16 tokens of a GPT-2-small-sized model with random weights, against a
+#     hand-written PyTorch CPU forward keeping the same captures
+#     (bench/peer_forward.py, Debian's python3-torch on /usr/bin/python3).
+#     Their last-position logits must agree, so the comparison is honest.
+#  2. peak RSS of that resid run, as a multiple of the F32 weight bytes.
+#  3. greedy generation, tokens/s, against llama2.c's run.c, on
+#     tinyllamas/stories260K.bin and on a random checkpoint of stories15M's
+#     shape. run.c is NOT part of this repository and this script neither
+#     fetches nor builds it. To include it, build it yourself with the flags of
+#     resid's Release build and point LLAMA2C_RUN at the binary:
+#         git clone https://github.com/karpathy/llama2.c && cd llama2.c
+#         gcc -O2 -march=native -fopenmp -o run run.c -lm
+#         LLAMA2C_RUN=$PWD/run make bench
+#     Without LLAMA2C_RUN, resid's tokens/s are printed with no peer.
+#  4. (attribution: `resid explain` timings go here once the API exists.)
+#
+# Environment:
+#   OMP_NUM_THREADS / OPENBLAS_NUM_THREADS  threads for everyone (default 2;
+#                                            torch.set_num_threads gets the same)
+#   RESID_MODELS   fixture models (default ../shared/models beside the tree)
+#   LLAMA2C_RUN    a built llama2.c `run` binary (optional, see above)
+#   BENCH_RUNS     timed repetitions per figure (default 7 forward, 5 generate)
+#
+# Every figure ends up in the table at the end: medians of the runs, their
+# ratio, the ratio of the best runs (fastest vs fastest: more robust when other
+# jobs share the CPU, whose load average is printed too), the target, and
+# PASS/MISS on the median ratio. PASS/MISS is informational: the script exits
+# 0 unless a step failed to run.
+set -uo pipefail
+
+if [ $# -ne 1 ]; then
+  echo "usage: $0 BUILD_DIR" >&2
+  exit 2
+fi
+root=$(cd "$(dirname "$0")/.." && pwd)
+build=$(cd "$1" 2>/dev/null && pwd) || { echo "bench: $1: no such build directory" >&2; exit 2; }
+out="$build/bench"
+mkdir -p "$out"
+models=${RESID_MODELS:-$root/../shared/models}
+threads=${OMP_NUM_THREADS:-${OPENBLAS_NUM_THREADS:-2}}
+export OMP_NUM_THREADS=$threads OPENBLAS_NUM_THREADS=$threads
+runs_fwd=${BENCH_RUNS:-7}
+runs_gen=${BENCH_RUNS:-5}
+py=/usr/bin/python3 # Debian's python, where python3-torch installs
+failed=0
+rows=()
+
+note() { echo "bench: $*" >&2; }
+fail() { note "FAILED: $*"; failed=1; }
+# val KEY FILE: the value of a `key=value` line
+val() { sed -n "s/^$1=//p" "$2" | tail -n 1; }
+# calc EXPR: floating-point arithmetic
+calc() { awk "BEGIN { printf \"%.4g\", $1 }"; }
+# verdict VALUE OP TARGET: PASS/MISS (empty VALUE: n/a)
+verdict() {
+  [ -z "$1" ] && { echo "n/a"; return; }
+  awk -v v="$1" -v t="$3" -v op="$2" 'BEGIN {
+    ok = (op == "<=") ? v <= t : (op == ">=") ? v >= t : (op == "<") ? v < t : v > t
+    print ok ? "PASS" : "MISS" }'
+}
+# row NAME RESID PEER RATIO BEST-RATIO TARGET STATUS (RESID, PEER, RATIO: medians)
+row() { rows+=("$(printf '%-40s|%11s|%11s|%8s|%8s|%7s|%6s' "$@")"); }
+
+# ---- setup -----------------------------------------------------------------
+load0=$(cut -d' ' -f1-3 /proc/loadavg 2>/dev/null)
+"$root/scripts/deps.sh" python3-torch || fail "scripts/deps.sh python3-torch"
+btype=$(sed -n 's/^CMAKE_BUILD_TYPE:[A-Z]*=//p' "$build/CMakeCache.txt" 2>/dev/null)
+[ "$btype" = "Release" ] || note "warning: $build is a '$btype' build; timings need Release"
+note "threads: $threads (OMP_NUM_THREADS, OPENBLAS_NUM_THREADS, torch.set_num_threads)"
+cmake --build "$build" -j "$(nproc 2>/dev/null || echo 2)" \
+  --target make_gpt2 make_llama2c bench_forward bench_generate >&2 ||
+  { fail "building the bench targets"; exit 1; }
+
+# ---- 1. forward with the full trace, 16 tokens, vs PyTorch ------------------
+gpt2="$out/gpt2-small-random"
+if [ ! -f "$gpt2/config.json" ] || [ ! -f "$gpt2/model.safetensors" ]; then
+  "$build/make_gpt2" "$gpt2" >&2 || fail "make_gpt2"
+fi
+# "The quick brown fox jumps over the lazy dog.\nThe dog is very happy" (GPT-2 BPE)
+ids=464,2068,7586,21831,18045,625,262,16931,3290,13,198,464,3290,318,845,3772
+fwd_log="$out/forward.resid.txt" peer_log="$out/forward.peer.txt"
+r_ms="" p_ms="" r_min="" p_min="" dlogit="" rss="" wbytes=""
+if "$build/bench_forward" "$gpt2" --ids "$ids" --runs "$runs_fwd" \
+     --logits-out "$out/forward.resid_logits_last.f32" >"$fwd_log"; then
+  cat "$fwd_log" >&2
+  r_ms=$(val resid_forward_ms_median "$fwd_log")
+  r_min=$(val resid_forward_ms_min "$fwd_log")
+  rss=$(val resid_peak_rss_bytes "$fwd_log")
+  wbytes=$(val resid_weight_bytes "$fwd_log")
+else
+  fail "bench_forward"
+fi
+if "$py" "$root/bench/peer_forward.py" "$gpt2" --ids "$ids" --threads "$threads" \
+     --runs "$runs_fwd" ${r_ms:+--compare "$out/forward.resid_logits_last.f32"} >"$peer_log"; then
+  cat "$peer_log" >&2
+  p_ms=$(val peer_forward_ms_median "$peer_log")
+  p_min=$(val peer_forward_ms_min "$peer_log")
+  dlogit=$(val max_abs_dlogit_last "$peer_log")
+else
+  fail "peer_forward.py"
+fi
+ratio="" bratio=""
+[ -n "$r_ms" ] && [ -n "$p_ms" ] && ratio=$(calc "$r_ms / $p_ms") && bratio=$(calc "$r_min / $p_min")
+[ -n "$r_ms" ] && r_ms=$(calc "$r_ms")
+[ -n "$p_ms" ] && p_ms=$(calc "$p_ms")
+row "forward, full trace, 16 tok (ms)" "${r_ms:-n/a}" "${p_ms:-n/a}" "${ratio:-n/a}" \
+  "${bratio:-n/a}" "<= 0.5" "$(verdict "$ratio" "<=" 0.5)"
+row "  agreement: max|dlogit| last position" "${dlogit:-n/a}" "(torch)" "" "" "< 1e-3" \
+  "$(verdict "$dlogit" "<" 0.001)"
+
+# ---- 2. peak RSS of the resid forward -------------------------------------
+rss_ratio=""; [ -n "$rss" ] && [ -n "$wbytes" ] && rss_ratio=$(calc "$rss / $wbytes")
+row "peak RSS / F32 weight bytes (MB)" "$( [ -n "$rss" ] && calc "$rss / 1e6" || echo n/a)" \
+  "$( [ -n "$wbytes" ] && calc "$wbytes / 1e6" || echo n/a)" "${rss_ratio:-n/a}" "" "<= 1.2" \
+  "$(verdict "$rss_ratio" "<=" 1.2)"
+
+# ---- 3. greedy generation vs llama2.c run.c ---------------------------------
+run_c=${LLAMA2C_RUN:-}
+if [ -n "$run_c" ] && [ ! -x "$run_c" ]; then
+  note "LLAMA2C_RUN=$run_c is not an executable; skipping run.c"
+  run_c=""
+fi
+[ -z "$run_c" ] && note "LLAMA2C_RUN not set: generation is timed for resid only (see the" \
+  "comment at the top of scripts/bench.sh for how to build llama2.c's run)"
+
+# gen_bench NAME MODEL TOKENIZER STEPS: alternates resid and run.c runs, so
+# both see the same machine load, and records the medians.
+gen_bench() {
+  local name=$1 model=$2 tok=$3 steps=$4 tag=$5
+  local r_tps=() c_tps=() i t
+  local rlog="$out/gen.$tag.resid.txt" clog="$out/gen.$tag.runc.txt"
+  for ((i = 0; i < runs_gen; i++)); do
+    if "$build/bench_generate" "$model" --tokenizer "$tok" --steps "$steps" --runs 1 \
+         --text-out "$out/gen.$tag.resid.out" >"$rlog"; then
+      r_tps+=("$(val resid_gen_tok_s_median "$rlog")")
+    else
+      fail "bench_generate $model"; break
+    fi
+    if [ -n "$run_c" ]; then
+      if "$run_c" "$model" -z "$tok" -t 0.0 -n "$steps" >"$out/gen.$tag.runc.out" 2>"$clog"; then
+        t=$(sed -n 's/^achieved tok\/s: //p' "$clog")
+        [ -n "$t" ] && c_tps+=("$t")
+      else
+        fail "run.c on $model"; run_c=""
+      fi
+    fi
+  done
+  median() { printf '%s\n' "$@" | sort -g | awk '{ v[NR] = $1 } END {
+    if (NR == 0) exit; print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
+  local rm cm rb cb ratio="" bratio="" same=""
+  rm=$( [ ${#r_tps[@]} -gt 0 ] && median "${r_tps[@]}")
+  cm=$( [ ${#c_tps[@]} -gt 0 ] && median "${c_tps[@]}")
+  rb=$( [ ${#r_tps[@]} -gt 0 ] && printf '%s\n' "${r_tps[@]}" | sort -g | tail -n 1)
+  cb=$( [ ${#c_tps[@]} -gt 0 ] && printf '%s\n' "${c_tps[@]}" | sort -g | tail -n 1)
+  [ -n "$rm" ] && [ -n "$cm" ] && ratio=$(calc "$rm / $cm") && bratio=$(calc "$rb / $cb")
+  [ -n "$rm" ] && rm=$(calc "$rm")
+  [ -n "$cm" ] && cm=$(calc "$cm")
+  note "$name: resid tok/s ${r_tps[*]:-}; run.c tok/s ${c_tps[*]:-}"
+  row "gen $name (tok/s)" "${rm:-n/a}" "${cm:-n/a}" "${ratio:-n/a}" "${bratio:-n/a}" ">= 1.0" \
+    "$(verdict "$ratio" ">=" 1.0)"
+  if [ -n "$cm" ] && [ -f "$out/gen.$tag.resid.out" ]; then
+    if cmp -s "$out/gen.$tag.resid.out" "$out/gen.$tag.runc.out"; then same=yes; else same=NO; fi
+    row "  same greedy text as run.c" "$same" "" "" "" "yes" \
+      "$([ "$same" = yes ] && echo PASS || echo MISS)"
+  fi
+}
+
+s260="$models/tinyllamas/stories260K.bin"
+if [ -f "$s260" ] && [ -f "$models/tinyllamas/tok512.bin" ]; then
+  gen_bench "stories260K, 256 steps" "$s260" "$models/tinyllamas/tok512.bin" 256 s260k
+else
+  note "$s260 not found (RESID_MODELS?): skipping stories260K"
+fi
+r15="$out/llama2c-15M-shape-random.bin"
+[ -f "$r15" ] || "$build/make_llama2c" "$r15" >&2 || fail "make_llama2c"
+if [ -f "$r15" ] && [ -f "$models/llama2c/tokenizer.bin" ]; then
+  gen_bench "random 15M shape, 256 steps" "$r15" "$models/llama2c/tokenizer.bin" 256 r15m
+else
+  note "$models/llama2c/tokenizer.bin not found: skipping the 15M-shape checkpoint"
+fi
+
+# ---- 4. attribution ----------------------------------------------------------
+# TODO(attribution): once `resid explain` / the attribution API lands, time it
+# here on $gpt2 with the same 16 ids (e.g. a bench/bench_explain.c next to
+# bench_forward.c) against its peer, and add a row to the table.
+row "explain (attribution)" "n/a" "" "" "" "" "todo"
+
+# ---- the table ------------------------------------------------------------------
+echo
+echo "resid bench: $threads threads, build $build ($btype); load average" \
+  "at start: $load0, at end: $(cut -d' ' -f1-3 /proc/loadavg 2>/dev/null)"
+printf '%-40s|%11s|%11s|%8s|%8s|%7s|%6s\n' "figure (median of runs)" "resid" "peer" "ratio" \
+  "best" "target" "status"
+printf '%s\n' "----------------------------------------+-----------+-----------+--------+--------+-------+------"
+printf '%s\n' "${rows[@]}"
+echo "peers: forward = PyTorch $(val peer_torch_version "$peer_log" 2>/dev/null || true) (bench/peer_forward.py);" \
+  "RSS = F32 weight bytes; gen = llama2.c run.c${LLAMA2C_RUN:+ ($LLAMA2C_RUN)}"
+[ "$failed" -eq 0 ] || { echo "bench: some steps FAILED to run (see above)"; exit 1; }
+exit 0
