@@ -27,6 +27,8 @@
  * depend on which other rows share its batch: the certified and exhaustive
  * paths get bit-identical scores. */
 #define RS_PROJ_ROWS 32
+/* Below this many floats of work a loop runs on one thread. */
+#define RS_PAR_MIN_WORK (1 << 18)
 
 typedef struct rs_context {
     float *logp;  /* [V] log p_t = b_t − lse(b), in the lens */

@@ -367,7 +367,7 @@ rs_dirstats *rs_dirs(resid_explainer *e, resid_unit_kind k, int32_t l, resid_err
         memcpy(rows, e->wo_t[l], (size_t)(n * D) * sizeof(float));
     }
     const float *g = e->ctx[2 * l + (ffn ? 1 : 0)].g;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (n * D >= RS_PAR_MIN_WORK)
     for (int64_t c = 0; c < n; c++) {
         const float *r = rows + c * D;
         t.dg[c] = (float)rs_dot(r, g, D);
@@ -450,7 +450,7 @@ static resid_status exact_vectors(resid_explainer *e, const resid_unit *const *u
             rs_lensmap(e, v, y + (size_t)r * D);
         }
         rs_project(e, y, nb, pad, c);
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if ((int64_t)nb * V >= RS_PAR_MIN_WORK)
         for (int r = 0; r < nb; r++)
             lpi[i0 + r] = rs_lpi_from(e, &e->ctx[rs_unit_ctx(u[i0 + r])], c + (size_t)r * V, 1.0f);
     }
@@ -510,7 +510,7 @@ static resid_status exact_directional(resid_explainer *e, const resid_unit *cons
         }
         first[nb] = j;
         rs_project(e, y, nb, pad, c);
-#pragma omp parallel for schedule(dynamic)
+#pragma omp parallel for schedule(dynamic) if ((j - i) * (int64_t)V >= RS_PAR_MIN_WORK)
         for (int r = 0; r < nb; r++) {
             const float *P = c + (size_t)r * V;
             const resid_unit *u0 = u[refs[first[r]].unit];
@@ -592,7 +592,7 @@ resid_status resid_score_units(resid_explainer *e, const resid_unit *units, int6
                       "the logit lens is not linear: only the layer table accepts it");
     resid_status st = prepare(e, units, n, err);
     if (st) return st;
-    const resid_unit **p = malloc((size_t)(n ? n : 1) * sizeof *p);
+    const resid_unit **p = calloc((size_t)(n ? n : 1), sizeof *p);
     double *lpi = malloc((size_t)(n ? n : 1) * sizeof *lpi);
     if (!p || !lpi) {
         free(p), free(lpi);

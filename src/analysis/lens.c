@@ -406,7 +406,7 @@ resid_status resid_layer_table(resid_explainer *e, resid_layer_row *out, resid_e
         free(y), free(c);
         return RESID_OK;
     }
-    resid_unit *u = malloc((size_t)2 * L * sizeof *u);
+    resid_unit *u = calloc((size_t)2 * L + 1, sizeof *u);
     resid_score *sc = malloc((size_t)2 * L * sizeof *sc);
     if (!u || !sc) {
         free(u), free(sc);

@@ -153,7 +153,7 @@ static double signed_key(const rank_job *j, double key) { return j->o->bottom ? 
 
 /* Scores units idx[0..m) exactly, fills lpi/sk. */
 static resid_status score_exact(rank_job *j, const int64_t *idx, int64_t m, resid_error *err) {
-    const resid_unit **p = malloc((size_t)(m ? m : 1) * sizeof *p);
+    const resid_unit **p = calloc((size_t)(m ? m : 1), sizeof *p);
     double *l = malloc((size_t)(m ? m : 1) * sizeof *l);
     if (!p || !l) {
         free(p), free(l);
@@ -281,7 +281,7 @@ resid_status resid_rank(resid_explainer *e, const resid_rank_opts *opts, resid_s
     if ((st = rs_units_prepare(e, j.u, n, err))) goto done;
 
     if (o.exhaustive) {
-        int64_t *all = malloc((size_t)(n ? n : 1) * sizeof *all);
+        int64_t *all = calloc((size_t)(n ? n : 1), sizeof *all);
         if (!all) {
             st = rs_err(err, RESID_E_NOMEM, "rank: out of memory");
             goto done;
