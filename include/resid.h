@@ -66,6 +66,14 @@ typedef struct resid_error {
 /* A short constant name for a status, e.g. "format error". */
 const char *resid_status_str(resid_status s);
 
+/* The allocation cap: the largest single buffer whose size comes from a
+ * file (or from a trace request) resid will allocate; above it, loaders and
+ * resid_forward fail with RESID_E_NOMEM and a message naming the size.
+ * Default (and after resid_set_alloc_cap(0)): the machine's physical
+ * memory. Process-wide; set it before opening models. */
+void resid_set_alloc_cap(size_t bytes);
+size_t resid_alloc_cap(void);
+
 /* ------------------------------------------------------------------------- */
 /* Models                                                                    */
 /* ------------------------------------------------------------------------- */
@@ -533,7 +541,265 @@ resid_status resid_rank(resid_explainer *e, const resid_rank_opts *opts,
 /* Projections, distribution change, logit-lens grid, query analysis         */
 /* ------------------------------------------------------------------------- */
 
-/* (section filled by the query/projection work) */
+/*
+ * Reading vectors and parameters in vocabulary space, how a unit changes
+ * the predicted distribution, the layer × position lens grid, and the
+ * cross-layer "query" analyses of METHOD.md §5.
+ *
+ * bs-values here are the linear map of the paper's lens (METHOD.md §2.2):
+ * bs(v) = W_U·(γ_f ⊙ centre(v))/s with centre = minus v's own mean for
+ * GPT-2 (applied per vector) and the identity for Llama. The ranking of
+ * tokens in bs(v) depends only on v's direction and sign, not on s (s > 0);
+ * a parameter row read outside an explainer uses s = 1, one read through an
+ * explainer uses the explainer's s (the scale of x_L at t*).
+ */
+
+/* One token and its value (a bs-value, or a probability change). */
+typedef struct resid_token_value {
+    int32_t id;
+    double value;
+} resid_token_value;
+
+/* bs(v)[V] of one vector v[D] into out[V]:
+ *   PAPER  W_U·(γ_f ⊙ centre(v))/scale                 (scale <= 0: 1)
+ *   EXACT  the same plus W_U·β_f (GPT-2), for full residuals
+ *   LOGIT  W_U·LN_f(v): v normalised by its own statistics, with β_f
+ *          (scale ignored).
+ * Works on every weight dtype (quantised unembeddings are read row-panel
+ * by row-panel). RESID_E_ARG for an unknown lens or NULL pointers. */
+resid_status resid_lens_apply(const resid_model *m, resid_lens lens, double scale,
+                              const float *v, float *out, resid_error *err);
+
+/* The k highest values of x[n] into top[k] (highest first) and the k lowest
+ * into bottom[k] (lowest first); either may be NULL. Ties: lower id first.
+ * k is clamped to n; returns the number written to each list. */
+int32_t resid_top_bottom(const float *x, int32_t n, int32_t k, resid_token_value *top,
+                         resid_token_value *bottom);
+
+/* Top-k and bottom-k tokens of bs(v) for any vector v[D] (PAPER map with
+ * the given scale, <= 0: 1). Returns the clamped k through *k_out (may be
+ * NULL). */
+resid_status resid_project_vector(const resid_model *m, const float *v, double scale,
+                                  int32_t k, resid_token_value *top,
+                                  resid_token_value *bottom, int32_t *k_out,
+                                  resid_error *err);
+
+/* Parameter vectors with a fixed direction. */
+typedef enum resid_param {
+    RESID_PARAM_FC2 = 0, /* FFN subvalue fc2_k: column k of w_down (GPT-2
+                            mlp.c_proj.weight[k,:]; Llama down_proj[:,k]) */
+    RESID_PARAM_WO = 1,  /* attention subvalue W_O^{l,h}[n,:]: column
+                            h·d_h+n of o_proj / row of GPT-2 c_proj;
+                            row = h·d_h + n */
+    RESID_PARAM_FC1 = 2, /* FFN subkey: GPT-2 c_fc column k, Llama up_proj[k] */
+    RESID_PARAM_GATE = 3,/* SwiGLU gate_proj[k] (Llama only) */
+    RESID_PARAM_WV = 4,  /* attention value row of KV head h_kv, dim n:
+                            row = h_kv·d_h + n (GPT-2: c_attn column 2D+row) */
+} resid_param;
+
+/* "fc2", "wo", "fc1", "gate", "wv". */
+const char *resid_param_name(resid_param p);
+
+/* The raw parameter vector into v[D] (no norm gain, no bias). RESID_E_ARG
+ * names a layer or row out of range, or GATE on a model without one. */
+resid_status resid_param_vector(const resid_model *m, resid_param p, int32_t layer,
+                                int64_t row, float *v, resid_error *err);
+
+/* Top/bottom tokens of bs(sign·d) for a parameter row d (scale s as in
+ * resid_project_vector; sign < 0 swaps the lists, which is how a negative
+ * coefficient reads: METHOD.md §2.3). */
+resid_status resid_project_param(const resid_model *m, resid_param p, int32_t layer,
+                                 int64_t row, double sign, double scale, int32_t k,
+                                 resid_token_value *top, resid_token_value *bottom,
+                                 int32_t *k_out, resid_error *err);
+
+/* bs(v)[V] of a unit's vector (a subvalue with its coefficient applied:
+ * m_k·fc2_k, α v_j[n]·W_O^h[n,:], ...) through the explainer's linear map
+ * (scale s of x_L; no β_f in any lens). */
+resid_status resid_unit_bs(resid_explainer *e, const resid_unit *u, float *out,
+                           resid_error *err);
+
+/* Top/bottom tokens of resid_unit_bs. */
+resid_status resid_project_unit(resid_explainer *e, const resid_unit *u, int32_t k,
+                                resid_token_value *top, resid_token_value *bottom,
+                                int32_t *k_out, resid_error *err);
+
+/* How adding a unit's vector v to its context x (x_in[l][t*] or
+ * x_mid[l][t*]) changes the distribution (METHOD.md §2.3), beside bs(v).
+ * Probabilities are softmax of the explainer's lens values (PAPER or
+ * EXACT). Overlaps compare token sets: overlap_top = |rise ∩ bs_top|,
+ * jaccard_top = |rise ∩ bs_top| / |rise ∪ bs_top| (likewise fall vs
+ * bs_bottom); overlap fraction = overlap / k. */
+typedef struct resid_dist_change {
+    resid_unit unit;
+    int32_t k;                    /* entries in each list */
+    resid_token_value *rise;      /* [k] largest p(t|x+v) − p(t|x), first = most */
+    resid_token_value *fall;      /* [k] most negative change first */
+    resid_token_value *bs_top;    /* [k] largest bs_t(v) */
+    resid_token_value *bs_bottom; /* [k] smallest bs_t(v) */
+    int32_t overlap_top, overlap_bottom;
+    double jaccard_top, jaccard_bottom;
+    double lpi;                   /* log p(w|x+v) − log p(w|x) */
+    double bs_range;              /* max_t bs_t(v) − min_t bs_t(v) */
+} resid_dist_change;
+
+/* *out is malloc'd; free with resid_dist_change_free. The explainer's lens
+ * must not be LOGIT (RESID_E_ARG). */
+resid_status resid_dist_change_new(resid_explainer *e, const resid_unit *u, int32_t k,
+                                   resid_dist_change **out, resid_error *err);
+void resid_dist_change_free(resid_dist_change *d);
+
+/* The lens grid (METHOD.md §7 items 1-2): for every layer l and captured
+ * position t, the top-1 token and p(w) of x_in[l][t] and x_mid[l][t], and
+ * of x_L[t] = x_in[L][t].
+ *   PAPER  at position t the scale is that of the final residual at the
+ *          same position, x_in[L][t] (at t* this is the explainer's s); the
+ *          final-norm bias is dropped. p(w|x_L[t*]) is the model's
+ *          probability for Llama.
+ *   EXACT  PAPER plus W_U·β_f (GPT-2): at x_L the model's distribution.
+ *   LOGIT  every vector normalised by its own statistics, β_f included.
+ * w is one token for the whole grid (the model's argmax at t* unless
+ * given). */
+typedef struct resid_lens_cell {
+    int32_t top1;    /* argmax_t bs_t (lowest id on ties) */
+    double p_top1;   /* its probability */
+    double p_target; /* p(w) */
+    int32_t rank_target; /* 0-based rank of w */
+} resid_lens_cell;
+
+typedef struct resid_lens_grid {
+    resid_lens lens;
+    int32_t target;
+    int32_t n_layer;   /* L */
+    int32_t pos_first; /* position of column 0 */
+    int32_t n_pos;     /* captured positions (trace n_cap) */
+    resid_lens_cell *in;  /* [L+1][n_pos]: x_in[l][t]; row L is x_L */
+    resid_lens_cell *mid; /* [L][n_pos]: x_mid[l][t] */
+} resid_lens_grid;
+
+/* Needs RESID_CAP_RESID. target < 0: the model's argmax at t* (its logits
+ * when captured, else the EXACT lens of x_L). *out: free with
+ * resid_lens_grid_free. */
+resid_status resid_lens_grid_new(const resid_model *m, const resid_trace *tr,
+                                 resid_lens lens, int32_t target,
+                                 resid_lens_grid **out, resid_error *err);
+void resid_lens_grid_free(resid_lens_grid *g);
+
+/* ---- The exact split of a pre-activation (METHOD.md §5.1, §8 item 9) ---- */
+
+/* Which input key ("subkey") of a neuron. */
+typedef enum resid_subkey {
+    RESID_SUBKEY_UP = 0,    /* FFN neuron (l,k): GPT-2 fc1 (its only key);
+                               Llama up_proj[k] */
+    RESID_SUBKEY_GATE = 1,  /* FFN neuron (l,k): Llama gate_proj[k] */
+    RESID_SUBKEY_VALUE = 2, /* attention value neuron (l,h,n): W_V row of
+                               KV head h/(H/H_kv), dim n, read at source j */
+} resid_subkey;
+
+/*
+ * The neuron's input x is x_mid[l][j] (FFN keys) or x_in[l][j] (value key),
+ * a sum of lower vectors u_0 = x_in[0][j], u_{2i+1} = a[i][j],
+ * u_{2i+2} = f[i][j] (i < l) and, for FFN keys, u_{2l+1} = a[l][j]. With
+ * K = γ ⊙ w (γ the norm gain in front of the neuron, w the weight row),
+ * λ = Σ_d K[d], B = β·w + b (GPT-2) and σ = sqrt(var(x)+eps) (LayerNorm) or
+ * rms = sqrt(mean(x²)+eps) (RMSNorm):
+ *
+ *     pre = Σ_j u_j·K / σ  −  mean(x)·λ / σ  +  B             (exact)
+ *
+ * share[j] = u_j·K/σ, mean_term = −mean(x)λ/σ (0 for RMSNorm), bias_term =
+ * B (0 for Llama). `pre` is their sum; `pre_direct` is norm(x)·w + b
+ * computed the ordinary way (the model's pre-activation; for the value key
+ * the value v_j[n] before attention mixing). dot[j] = u_j·K are the raw
+ * inner products the query analyses share credit by (Σ dot = x·K).
+ */
+typedef struct resid_preact {
+    int32_t n_slots; /* 2l+2 (FFN keys) or 2l+1 (value key) */
+    double *dot;     /* [n_slots] u_j·K */
+    double *share;   /* [n_slots] u_j·K / σ */
+    double mean_term, bias_term;
+    double pre;        /* Σ share + mean_term + bias_term */
+    double pre_direct; /* the ordinary computation */
+    double sigma;      /* σ or rms of x */
+} resid_preact;
+
+/* layer l, neuron `index` (k for FFN keys; h·d_h+n with h a query head for
+ * the value key), position `pos` (absolute; must be captured). Needs
+ * RESID_CAP_RESID. RESID_E_ARG: out-of-range ids, GATE on GPT-2, a
+ * position not in the trace. *out: free with resid_preact_free. */
+resid_status resid_preact_new(const resid_model *m, const resid_trace *tr,
+                              resid_subkey key, int32_t layer, int32_t index, int32_t pos,
+                              resid_preact **out, resid_error *err);
+void resid_preact_free(resid_preact *p);
+
+/* ---- Query analyses (METHOD.md §5.2) ---- */
+
+typedef struct resid_query_opts {
+    int32_t n_value;  /* N_v for Q1/Q2; <= 0: 100 (GPT-2) / 30 (Llama) */
+    int32_t n_attn;   /* N_a for Q3; <= 0: 30 */
+    int32_t n_top;    /* size of the query / value neuron sets; <= 0: 300 */
+} resid_query_opts;
+
+resid_query_opts resid_query_defaults(void);
+
+/* Q1 / Q2: "query layers". Slots j = 0 .. 2L: 0 = emb, 2i+1 = a_i,
+ * 2i+2 = f_i (label j/2 − 0.5 in the notebooks). For each value neuron
+ * with score s and inner products s_j = u_j·K (resid_preact dot), S = Σ_j
+ * s_j: q[j] += (s_j/S)·s. Hence Σ_j q[j] = Σ of the neurons' LPIs (no
+ * guard for S ≈ 0, as in the paper; n_small_den counts |S| <= 1e-6·Σ|s_j|).
+ * Q1 (FFN value neurons, at t*): GPT-2 key γ_2 ⊙ fc1_k in q; Llama
+ * q = up key, q_gate = gate key (never down_proj). Q2 (attention value
+ * neurons at their source position j): key γ_1 ⊙ W_V row; q_gate NULL. */
+typedef struct resid_query_layers {
+    resid_unit_kind kind; /* FFN_NEURON (Q1) or ATTN_NEURON (Q2) */
+    int32_t n_slots;      /* 2L+1 */
+    int32_t n_units;      /* value neurons used (N_v, clamped) */
+    resid_score *units;   /* [n_units], by LPI descending */
+    double *q;            /* [n_slots] */
+    double *q_gate;       /* [n_slots] or NULL */
+    double lpi_sum;       /* Σ LPI of the units */
+    double mean_layer;    /* mean layer of the units */
+    int32_t n_small_den;
+} resid_query_layers;
+
+/* kind: RESID_UNIT_FFN_NEURON (Q1) or RESID_UNIT_ATTN_NEURON (Q2). Q2
+ * needs the trace rows of every source position it meets (error
+ * otherwise). *out: free with resid_query_layers_free. */
+resid_status resid_query_layers_new(resid_explainer *e, resid_unit_kind kind,
+                                    const resid_query_opts *opts,
+                                    resid_query_layers **out, resid_error *err);
+void resid_query_layers_free(resid_query_layers *q);
+
+/* Q3: query FFN neurons of the top-N_a attention value neurons. For each
+ * attention neuron (l,h,n,j) with score s, key K = γ_1 ⊙ W_V row and
+ * den = x_in[l][j]·K, every FFN neuron (i,k) with i < l gets
+ *     q[i][k] += (m^i_k[j] fc2^i_k · K / den) · s.
+ * "query" = top n_top by q; "query-value" = query ∩ the top n_top FFN
+ * neurons by LPI; "query-only" = the rest. Needs a trace of every position
+ * (RESID_POS_ALL; RESID_E_ARG otherwise). */
+typedef struct resid_query_neuron {
+    int32_t layer, index; /* FFN neuron i_k */
+    double score;         /* q[i][k] */
+    bool is_value;        /* in the top n_top value FFN neurons */
+} resid_query_neuron;
+
+typedef struct resid_query_neurons {
+    int32_t n_attn;         /* attention value neurons used */
+    resid_score *attn;      /* [n_attn] */
+    int32_t n_layer, d_ffn;
+    double *q;              /* [L][N] all scores */
+    int32_t n_query;        /* min(n_top, L·N) */
+    resid_query_neuron *query; /* [n_query], score descending */
+    int32_t n_value;        /* value set size min(n_top, L·N) */
+    resid_score *value;     /* [n_value] FFN neurons by LPI */
+    int32_t n_query_value, n_query_only;
+    int32_t *per_layer_query;       /* [L] */
+    int32_t *per_layer_query_value; /* [L] */
+    int32_t *per_layer_query_only;  /* [L] */
+} resid_query_neurons;
+
+resid_status resid_query_neurons_new(resid_explainer *e, const resid_query_opts *opts,
+                                     resid_query_neurons **out, resid_error *err);
+void resid_query_neurons_free(resid_query_neurons *q);
 
 #ifdef __cplusplus
 }
