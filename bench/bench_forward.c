@@ -3,12 +3,14 @@
  * RESID_POS_ALL) on a fixed list of token ids, and reports the peak RSS.
  *
  *   bench_forward MODEL --ids 464,2068,... [--runs 7] [--warmup 1]
- *                 [--logits-out FILE]
+ *                 [--logits-out FILE] [--capture MASK]
  *
  * One warm-up forward (it also faults the memory-mapped weights in), then
  * --runs timed forwards, each allocating and freeing its trace as a caller
  * would. --logits-out writes the last position's logits (raw float32) so the
  * PyTorch peer (peer_forward.py --compare) can check the two agree.
+ * --capture overrides RESID_CAP_ALL (e.g. 32 = logits only) to see what the
+ * captures cost; the logits are always captured.
  *
  * Prints `key=value` lines for scripts/bench.sh. The peak RSS is this
  * process's ru_maxrss at the end: the mmap'd weights count once touched, plus
@@ -54,11 +56,14 @@ static int32_t parse_ids(const char *s, int32_t **out) {
 int main(int argc, char **argv) {
     const char *path = NULL, *ids_arg = NULL, *logits_out = NULL;
     int runs = 7, warmup = 1;
+    unsigned long capture = RESID_CAP_ALL;
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--ids") && i + 1 < argc) ids_arg = argv[++i];
         else if (!strcmp(argv[i], "--runs") && i + 1 < argc) runs = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--warmup") && i + 1 < argc) warmup = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--logits-out") && i + 1 < argc) logits_out = argv[++i];
+        else if (!strcmp(argv[i], "--capture") && i + 1 < argc)
+            capture = strtoul(argv[++i], NULL, 0) & RESID_CAP_ALL;
         else if (argv[i][0] != '-' && !path) path = argv[i];
         else {
             fprintf(stderr, "bench_forward: bad argument '%s'\n", argv[i]);
@@ -67,7 +72,7 @@ int main(int argc, char **argv) {
     }
     if (!path || !ids_arg || runs < 1 || warmup < 0) {
         fprintf(stderr, "usage: %s MODEL --ids ID,ID,... [--runs N] [--warmup N] "
-                        "[--logits-out FILE]\n",
+                        "[--logits-out FILE] [--capture MASK]\n",
                 argv[0]);
         return 2;
     }
@@ -90,7 +95,7 @@ int main(int argc, char **argv) {
     int64_t rss_open = bu_peak_rss_bytes();
 
     resid_trace_opts to = resid_trace_defaults();
-    to.capture = RESID_CAP_ALL;
+    to.capture = (uint32_t)capture | RESID_CAP_LOGITS;
     to.positions = RESID_POS_ALL;
     size_t trace_bytes = resid_trace_bytes(m, n, &to);
 
@@ -136,6 +141,7 @@ int main(int argc, char **argv) {
     printf("resid_n_params=%lld\n", (long long)info->n_params);
     printf("resid_weight_bytes=%lld\n", (long long)info->n_bytes);
     printf("resid_open_ms=%.3f\n", 1e3 * t_open);
+    printf("resid_capture=0x%x\n", to.capture);
     printf("resid_trace_bytes=%zu\n", trace_bytes);
     printf("resid_forward_ms_median=%.3f\n", 1e3 * bu_median(times, runs));
     printf("resid_forward_ms_min=%.3f\n", 1e3 * min);

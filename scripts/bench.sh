@@ -21,6 +21,9 @@
 #         gcc -O2 -march=native -fopenmp -o run run.c -lm
 #         LLAMA2C_RUN=$PWD/run make bench
 #     Without LLAMA2C_RUN, resid's tokens/s are printed with no peer.
+#     Note: llama2.c's own `make runfast` / `make runomp` use -Ofast, which
+#     lets gcc vectorise run.c's dot-product reductions (several times faster
+#     than -O2). The ratio against such a build is the stricter comparison.
 #  4. (attribution: `resid explain` timings go here once the API exists.)
 #
 # Environment:
