@@ -446,6 +446,24 @@ void cli_fput_padded(FILE *f, const char *s, int width) {
         fputc(' ', f);
 }
 
+int cli_json_write(cJSON *root, const char *path) {
+    if (!path || !strcmp(path, "-")) return cli_json_print(root);
+    if (!root) return cli_error("out of memory building the JSON output");
+    char *s = cJSON_PrintUnformatted(root);
+    cJSON_Delete(root);
+    if (!s) return cli_error("out of memory printing the JSON output");
+    FILE *f = fopen(path, "w");
+    if (!f) {
+        free(s);
+        return cli_error("%s: cannot open for writing: %s", path, strerror(errno));
+    }
+    bool ok = fputs(s, f) >= 0 && fputc('\n', f) != EOF;
+    ok = (fclose(f) == 0) && ok;
+    free(s);
+    if (!ok) return cli_error("%s: writing the JSON output failed", path);
+    return CLI_EXIT_OK;
+}
+
 cJSON *cli_json_float(float v) {
     char buf[32];
     for (int prec = 6; prec <= 9; prec++) {

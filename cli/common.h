@@ -164,6 +164,10 @@ cJSON *cli_json_tokens(const resid_tokenizer *tok, const int32_t *ids, int32_t n
  * exit code (0, or 1 after printing an error). */
 int cli_json_print(cJSON *root);
 
+/* Like cli_json_print, but to `path` ("-" = stdout). Returns the exit
+ * code (0, or 1 after printing an error naming the file). */
+int cli_json_write(cJSON *root, const char *path);
+
 /* A float as JSON: the shortest decimal that reads back as the same float
  * (1e-05, not 9.99999974737875e-06). */
 cJSON *cli_json_float(float v);

@@ -13,7 +13,9 @@
     X(info)                                                                                        \
     X(tokenize)                                                                                    \
     X(run)                                                                                         \
-    X(generate)
+    X(generate)                                                                                    \
+    X(explain)                                                                                     \
+    X(neuron)
 
 #define X(name) extern const cli_command cli_cmd_##name;
 CLI_COMMANDS
