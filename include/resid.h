@@ -74,6 +74,14 @@ const char *resid_status_str(resid_status s);
 void resid_set_alloc_cap(size_t bytes);
 size_t resid_alloc_cap(void);
 
+/* The allocation cap: the largest single buffer whose size comes from a
+ * file (or from a trace request) resid will allocate; above it, loaders and
+ * resid_forward fail with RESID_E_NOMEM and a message naming the size.
+ * Default (and after resid_set_alloc_cap(0)): the machine's physical
+ * memory. Process-wide; set it before opening models. */
+void resid_set_alloc_cap(size_t bytes);
+size_t resid_alloc_cap(void);
+
 /* ------------------------------------------------------------------------- */
 /* Models                                                                    */
 /* ------------------------------------------------------------------------- */

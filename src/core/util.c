@@ -10,6 +10,8 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <cjson/cJSON.h>
+
 const char *resid_status_str(resid_status s) {
     switch (s) {
     case RESID_OK: return "ok";
@@ -46,6 +48,94 @@ bool rs_add_size(size_t a, size_t b, size_t *out) {
 bool rs_mul_i64(int64_t a, int64_t b, int64_t *out) {
     if (a < 0 || b < 0) return false;
     return !__builtin_mul_overflow(a, b, out);
+}
+
+/* ------------------------------------------------------------------------- */
+/* Allocation cap                                                            */
+/* ------------------------------------------------------------------------- */
+
+static size_t alloc_cap; /* 0: not set, use physical memory */
+
+static size_t phys_mem(void) {
+    long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGE_SIZE);
+    size_t b;
+    if (pages <= 0 || page <= 0 || !rs_mul_size((size_t)pages, (size_t)page, &b))
+        return SIZE_MAX;
+    return b;
+}
+
+void resid_set_alloc_cap(size_t bytes) { alloc_cap = bytes; }
+
+size_t resid_alloc_cap(void) { return alloc_cap ? alloc_cap : phys_mem(); }
+
+size_t rs_alloc_cap(void) { return resid_alloc_cap(); }
+
+resid_status rs_check_alloc(size_t bytes, const char *label, const char *what,
+                            resid_error *err) {
+    size_t cap = rs_alloc_cap();
+    if (bytes <= cap) return RESID_OK;
+    return rs_err(err, RESID_E_NOMEM,
+                  "%s: %s needs %zu bytes, over the allocation cap of %zu bytes "
+                  "(resid_set_alloc_cap)",
+                  label, what, bytes, cap);
+}
+
+/* ------------------------------------------------------------------------- */
+/* JSON                                                                      */
+/* ------------------------------------------------------------------------- */
+
+resid_status rs_json_check(const char *buf, size_t n, size_t max_size, const char *label,
+                           resid_error *err) {
+    if (n > max_size)
+        return rs_err(err, RESID_E_FORMAT, "%s: JSON is %zu bytes, over the %zu-byte limit", label,
+                      n, max_size);
+    int depth = 0;
+    bool in_str = false;
+    for (size_t i = 0; i < n; i++) {
+        char c = buf[i];
+        if (in_str) {
+            if (c == '\\')
+                i++;
+            else if (c == '"')
+                in_str = false;
+        } else if (c == '"') {
+            in_str = true;
+        } else if (c == '[' || c == '{') {
+            if (++depth > RS_JSON_MAX_DEPTH)
+                return rs_err(err, RESID_E_FORMAT,
+                              "%s: JSON nested deeper than %d levels (at byte %zu)", label,
+                              RS_JSON_MAX_DEPTH, i);
+        } else if (c == ']' || c == '}') {
+            depth--;
+        }
+    }
+    return RESID_OK;
+}
+
+resid_status rs_json_parse(const char *buf, size_t n, const char *label, size_t max_size,
+                           cJSON **out, resid_error *err) {
+    *out = NULL;
+    resid_status st = rs_json_check(buf, n, max_size, label, err);
+    if (st) return st;
+    const char *stop = NULL;
+    cJSON *j = cJSON_ParseWithLengthOpts(buf, n, &stop, 0);
+    if (!j) {
+        size_t at = stop && stop >= buf ? (size_t)(stop - buf) : 0;
+        return rs_err(err, RESID_E_FORMAT, "%s: invalid JSON near byte %zu", label, at);
+    }
+    *out = j;
+    return RESID_OK;
+}
+
+resid_status rs_json_read(const char *path, size_t max_size, cJSON **out, resid_error *err) {
+    *out = NULL;
+    char *buf;
+    size_t n;
+    resid_status st = rs_read_file(path, max_size, &buf, &n, err);
+    if (st) return st;
+    st = rs_json_parse(buf, n, path, max_size, out, err);
+    free(buf);
+    return st;
 }
 
 resid_status rs_map_file(const char *path, rs_mapped *out, resid_error *err) {
@@ -93,6 +183,11 @@ resid_status rs_read_file(const char *path, size_t max_size, char **out,
         fclose(f);
         return rs_err(err, RESID_E_FORMAT, "%s: file is %lld bytes, over the %zu-byte limit",
                       path, (long long)st.st_size, max_size);
+    }
+    resid_status cs = rs_check_alloc((size_t)st.st_size + 1, path, "reading the file", err);
+    if (cs) {
+        fclose(f);
+        return cs;
     }
     char *buf = malloc((size_t)st.st_size + 1);
     if (!buf) {

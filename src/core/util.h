@@ -48,6 +48,33 @@ int rs_utf8_seq_len(const uint8_t *s, size_t n);
 /* Returns -1 when valid, else the byte offset of the first invalid byte. */
 int64_t rs_utf8_validate(const char *s, size_t n);
 
+/* The allocation cap (resid_set_alloc_cap; default: physical memory).
+ * rs_check_alloc returns RESID_OK when `bytes` is within it, else
+ * RESID_E_NOMEM with "<label>: <what> needs N bytes, over the cap". Use it
+ * before allocating anything whose size comes from a file. */
+size_t rs_alloc_cap(void);
+resid_status rs_check_alloc(size_t bytes, const char *label, const char *what,
+                            resid_error *err);
+
+/* JSON from files: size caps and the deepest nesting accepted. */
+#define RS_JSON_MAX_DEPTH 64
+#define RS_JSON_MAX_CONFIG ((size_t)16 << 20)    /* config.json */
+#define RS_JSON_MAX_INDEX ((size_t)64 << 20)     /* *.index.json */
+#define RS_JSON_MAX_TOKENIZER ((size_t)1 << 30)  /* tokenizer.json, vocab.json */
+
+/* Checks buf[0..n) against max_size and RS_JSON_MAX_DEPTH (brackets outside
+ * strings), without parsing; errors name `label` and the byte offset. */
+resid_status rs_json_check(const char *buf, size_t n, size_t max_size,
+                           const char *label, resid_error *err);
+/* rs_json_check, then cJSON; *out must be freed with cJSON_Delete. */
+struct cJSON;
+resid_status rs_json_parse(const char *buf, size_t n, const char *label,
+                           size_t max_size, struct cJSON **out,
+                           resid_error *err);
+/* Reads a file (at most max_size bytes) and rs_json_parse()s it. */
+resid_status rs_json_read(const char *path, size_t max_size, struct cJSON **out,
+                          resid_error *err);
+
 /* float16 / bfloat16 conversions (exact, as ggml does them). */
 float rs_f16_to_f32(uint16_t h);
 float rs_bf16_to_f32(uint16_t h);

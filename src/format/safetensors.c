@@ -22,8 +22,8 @@
 /* Largest tensor rank we accept; real checkpoints use at most 4 or 5. */
 #define ST_MAX_RANK 8
 /* config.json and the shard index are small JSON files. */
-#define HF_MAX_CONFIG ((size_t)16 << 20)
-#define HF_MAX_INDEX  ((size_t)64 << 20)
+#define HF_MAX_CONFIG RS_JSON_MAX_CONFIG
+#define HF_MAX_INDEX  RS_JSON_MAX_INDEX
 /* Integers above 2^53 are not exact in a JSON double. */
 #define ST_MAX_JSON_INT 9007199254740992.0
 
@@ -210,6 +210,11 @@ resid_status rs_st_parse(const uint8_t *data, size_t size, const char *label, rs
                       (unsigned long long)n);
     memcpy(json, data + 8, (size_t)n);
     json[n] = 0;
+    resid_status jc = rs_json_check(json, (size_t)n, ST_MAX_HEADER, label, err);
+    if (jc != RESID_OK) {
+        free(json);
+        return jc;
+    }
     const char *stop = NULL;
     cJSON *root = cJSON_ParseWithLengthOpts(json, (size_t)n, &stop, 0);
     if (!root) {
@@ -332,19 +337,9 @@ static bool st_header_has(const rs_safetensors *st, const char *name) {
 
 /* Reads and parses a JSON file that must hold an object. */
 static resid_status hf_read_json(const char *path, size_t cap, cJSON **out, resid_error *err) {
-    *out = NULL;
-    char *buf;
-    size_t n;
-    resid_status rc = rs_read_file(path, cap, &buf, &n, err);
+    cJSON *j;
+    resid_status rc = rs_json_read(path, cap, &j, err);
     if (rc != RESID_OK) return rc;
-    const char *stop = NULL;
-    cJSON *j = cJSON_ParseWithLengthOpts(buf, n, &stop, 0);
-    if (!j) {
-        size_t at = stop ? (size_t)(stop - buf) : 0;
-        free(buf);
-        return rs_err(err, RESID_E_FORMAT, "%s: invalid JSON near byte %zu", path, at);
-    }
-    free(buf);
     if (!cJSON_IsObject(j)) {
         cJSON_Delete(j);
         return rs_err(err, RESID_E_FORMAT, "%s: JSON is not an object", path);

@@ -570,6 +570,8 @@ resid_status resid_forward(const resid_model *m, const int32_t *tokens, int32_t 
     if (!opts) opts = &d;
     resid_status st = check_tokens(m, tokens, n, 0, err);
     if (st) return st;
+    if ((st = rs_check_alloc(resid_trace_bytes(m, n, opts), "resid_forward", "the trace", err)))
+        return st;
     resid_trace *tr = trace_alloc(&m->hp, tokens, n, captured_rows(opts, n), opts->capture);
     if (!tr)
         return rs_err(err, RESID_E_NOMEM, "out of memory for a trace of %zu bytes",

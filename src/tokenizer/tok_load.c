@@ -273,14 +273,7 @@ resid_status rs_tokenizer_from_llama2c(const char *path, resid_tokenizer **out,
 /* ------------------------------------------------------------------------- */
 
 static resid_status load_json(const char *path, cJSON **out, resid_error *err) {
-    char *buf;
-    size_t size;
-    resid_status st = rs_read_file(path, RS_TOK_MAX_FILE, &buf, &size, err);
-    if (st != RESID_OK) return st;
-    *out = cJSON_ParseWithLength(buf, size);
-    free(buf);
-    if (!*out) return rs_err(err, RESID_E_FORMAT, "%s: not valid JSON", path);
-    return RESID_OK;
+    return rs_json_read(path, RS_TOK_MAX_FILE, out, err);
 }
 
 /* A JSON number that is an id in [0, 2^24). */
