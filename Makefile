@@ -10,7 +10,7 @@ export RESID_MODELS
 DEMO_MODEL ?= $(RESID_MODELS)/tinyllamas/stories260K.bin
 DEMO_PROMPT ?= Once upon a time, there was a boy named Tim. Tim had a big red
 
-.PHONY: all deps build test test-asan demo bench format clean
+.PHONY: all deps build test test-asan demo bench format clean fuzz valgrind
 
 all: build
 
@@ -41,3 +41,13 @@ format:
 
 clean:
 	rm -rf $(BUILD) $(ASAN_BUILD)
+
+# libFuzzer targets (fuzz/), clang + ASan + UBSan in build-fuzz/, each run
+# for FUZZ_SECONDS: exec/s and coverage per target. See scripts/fuzz.sh.
+FUZZ_SECONDS ?= 60
+fuzz: deps
+	@scripts/fuzz.sh $(FUZZ_SECONDS)
+
+# The CLI under valgrind memcheck (zero errors, zero definite leaks).
+valgrind: build
+	@scripts/valgrind.sh $(BUILD)
