@@ -186,7 +186,10 @@ static resid_status l2c_scan(const uint8_t *d, size_t size, const char *path,
                           (long long)n, pos);
         float score = rd_f32(d + pos);
         int32_t len = rd_i32(d + pos + 4);
-        if (!isfinite(score) || len < 0 || len > max_len || (size_t)len > size - pos - 8)
+        if (!isfinite(score))
+            return rs_err(err, RESID_E_FORMAT, "%s: entry %lld at byte %zu: score is not finite",
+                          path, (long long)n, pos);
+        if (len < 0 || len > max_len || (size_t)len > size - pos - 8)
             return rs_err(err, RESID_E_FORMAT,
                           "%s: entry %lld at byte %zu: length %d (max_token_length %d, %zu bytes left)",
                           path, (long long)n, pos, len, max_len, size - pos - 8);
