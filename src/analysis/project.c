@@ -320,6 +320,7 @@ static int32_t overlap(const resid_token_value *a, const resid_token_value *b, i
 
 resid_status resid_dist_change_new(resid_explainer *e, const resid_unit *u, int32_t k,
                                    resid_dist_change **out, resid_error *err) {
+    if (!out) return rs_err(err, RESID_E_ARG, "%s: out is required", "resid_dist_change_new");
     *out = NULL;
     if (!e || !u) return rs_err(err, RESID_E_ARG, "distribution change: explainer and unit are required");
     if (e->lens == RESID_LENS_LOGIT)
@@ -418,6 +419,7 @@ static void fill_cell(const float *bs, int32_t V, int32_t w, resid_lens_cell *c)
 resid_status resid_lens_grid_new(const resid_model *m, const resid_trace *tr,
                                  resid_lens lens, int32_t target, resid_lens_grid **out,
                                  resid_error *err) {
+    if (!out) return rs_err(err, RESID_E_ARG, "%s: out is required", "resid_lens_grid_new");
     *out = NULL;
     if (!m || !tr) return rs_err(err, RESID_E_ARG, "lens grid: model and trace are required");
     if (!lens_ok(lens)) return rs_err(err, RESID_E_ARG, "lens grid: unknown lens %d", (int)lens);

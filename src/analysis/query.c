@@ -151,6 +151,7 @@ void resid_preact_free(resid_preact *p) {
 resid_status resid_preact_new(const resid_model *m, const resid_trace *tr, resid_subkey key,
                               int32_t layer, int32_t index, int32_t pos, resid_preact **out,
                               resid_error *err) {
+    if (!out) return rs_err(err, RESID_E_ARG, "%s: out is required", "resid_preact_new");
     *out = NULL;
     if (!m || !tr) return rs_err(err, RESID_E_ARG, "pre-activation: model and trace are required");
     resid_status st = check_model_trace(m, tr, "pre-activation", err);
@@ -215,6 +216,37 @@ resid_status resid_preact_new(const resid_model *m, const resid_trace *tr, resid
     return RESID_OK;
 }
 
+/* The top-k units of a kind by LPI, distinct. resid_rank's certified path
+ * can list a unit twice when two units of one attention direction enter
+ * the same batch (seen on tiny-gpt2-stories, attention neurons). A list
+ * with repeats is still a correct prefix of the ranking once the repeats
+ * are dropped, so ask for more until k distinct units come back. */
+static resid_status rank_distinct(resid_explainer *e, resid_unit_kind kind, int64_t k,
+                                  resid_score **out, int64_t *n_out, resid_error *err) {
+    const int64_t total = resid_unit_count(e, kind);
+    if (k > total) k = total;
+    for (int64_t ask = k;; ask = ask * 2 < total ? ask * 2 : total) {
+        resid_rank_opts ro = resid_rank_defaults(kind, ask);
+        resid_score *s;
+        int64_t n;
+        resid_status st = resid_rank(e, &ro, &s, &n, NULL, err);
+        if (st) return st;
+        int64_t m = 0;
+        for (int64_t i = 0; i < n && m < k; i++) {
+            bool dup = false;
+            for (int64_t q = 0; q < m && !dup; q++)
+                dup = memcmp(&s[q].unit, &s[i].unit, sizeof(resid_unit)) == 0;
+            if (!dup) s[m++] = s[i];
+        }
+        if (m >= k || ask >= total) {
+            *out = s;
+            *n_out = m;
+            return RESID_OK;
+        }
+        free(s);
+    }
+}
+
 /* ---------------------------------------------------------------------- */
 /* Q1 / Q2: query layers                                                  */
 /* ---------------------------------------------------------------------- */
@@ -240,6 +272,7 @@ static void share_into(double *q, const double *dot, int n, double s, int32_t *n
 resid_status resid_query_layers_new(resid_explainer *e, resid_unit_kind kind,
                                     const resid_query_opts *opts, resid_query_layers **out,
                                     resid_error *err) {
+    if (!out) return rs_err(err, RESID_E_ARG, "%s: out is required", "resid_query_layers_new");
     *out = NULL;
     if (!e) return rs_err(err, RESID_E_ARG, "query layers: explainer is required");
     if (kind != RESID_UNIT_FFN_NEURON && kind != RESID_UNIT_ATTN_NEURON)
@@ -267,9 +300,8 @@ resid_status resid_query_layers_new(resid_explainer *e, resid_unit_kind kind,
         goto fail;
     }
     q->kind = kind, q->n_slots = nslots;
-    resid_rank_opts ro = resid_rank_defaults(kind, nv);
     int64_t n;
-    if ((st = resid_rank(e, &ro, &q->units, &n, NULL, err))) goto fail;
+    if ((st = rank_distinct(e, kind, nv, &q->units, &n, err))) goto fail;
     q->n_units = (int32_t)n;
     double layer_sum = 0;
     for (int64_t i = 0; i < n; i++) {
@@ -333,6 +365,7 @@ static int cmp_qidx(const void *a, const void *b) {
 
 resid_status resid_query_neurons_new(resid_explainer *e, const resid_query_opts *opts,
                                      resid_query_neurons **out, resid_error *err) {
+    if (!out) return rs_err(err, RESID_E_ARG, "%s: out is required", "resid_query_neurons_new");
     *out = NULL;
     if (!e) return rs_err(err, RESID_E_ARG, "query neurons: explainer is required");
     const resid_model *m = e->m;
@@ -373,9 +406,8 @@ resid_status resid_query_neurons_new(resid_explainer *e, const resid_query_opts 
     q->n_layer = L, q->d_ffn = N;
 
     /* The attention value neurons, their keys and factors s/den. */
-    resid_rank_opts ro = resid_rank_defaults(RESID_UNIT_ATTN_NEURON, na);
     int64_t n;
-    if ((st = resid_rank(e, &ro, &q->attn, &n, NULL, err))) goto done;
+    if ((st = rank_distinct(e, RESID_UNIT_ATTN_NEURON, na, &q->attn, &n, err))) goto done;
     q->n_attn = (int32_t)n;
     Ks = malloc((size_t)(n ? n : 1) * D * sizeof(float));
     fac = malloc((size_t)(n ? n : 1) * sizeof(double));
@@ -412,8 +444,8 @@ resid_status resid_query_neurons_new(resid_explainer *e, const resid_query_opts 
 
     /* Value neurons by LPI, query neurons by q. */
     q->n_value = (int32_t)(ntop < LN ? ntop : LN);
-    ro = resid_rank_defaults(RESID_UNIT_FFN_NEURON, q->n_value);
-    if ((st = resid_rank(e, &ro, &q->value, &n, NULL, err))) goto done;
+    if ((st = rank_distinct(e, RESID_UNIT_FFN_NEURON, q->n_value, &q->value, &n, err)))
+        goto done;
     q->n_value = (int32_t)n;
     for (int64_t v = 0; v < n; v++)
         isval[(int64_t)q->value[v].unit.layer * N + q->value[v].unit.index] = true;
