@@ -526,8 +526,8 @@ static int print_text(const resid_model *m, const explain_opts *o, explain_resul
         if (ul->st.clamped)
             printf(" (--top %ld clamped: there are %lld)", r->top_requested,
                    (long long)ul->st.n_units);
-        if (ul->all_exact)
-            printf(" - all %lld scored exactly\n", (long long)ul->n);
+        if (ul->all_exact || r->exhaustive)
+            printf(" - all %lld scored exactly\n", (long long)ul->st.n_units);
         else
             printf(" - %s: %lld of %lld scored exactly\n",
                    r->exhaustive ? "exhaustive" : "certified", (long long)ul->st.n_exact,

@@ -80,9 +80,13 @@ static cJSON *json_num(double v) {
 }
 
 static int run(const cli_command *cmd, int argc, char **argv) {
+    static const struct option extra[] = {
+        {"top", required_argument, NULL, OPT_TOP},
+        {NULL, 0, NULL, 0},
+    };
     long k = 10;
     cli_args a;
-    int r = cli_parse(cmd, argc, argv, CLI_OPT_JSON | CLI_OPT_REST, NULL, "k:", on_opt, &k, &a);
+    int r = cli_parse(cmd, argc, argv, CLI_OPT_JSON | CLI_OPT_REST, extra, "k:", on_opt, &k, &a);
     if (r != CLI_CONTINUE) return r;
     if (a.n_rest == 0) return cli_usage_error(cmd, "missing the neuron id L_K (e.g. 2_84)");
     if (a.n_rest > 1)

@@ -1,0 +1,672 @@
+/*
+ * test_explain_cli.c - `resid explain` and `resid neuron`, run as programs
+ * ($RESID_CLI). The JSON is parsed and checked against the schema
+ * (docs/explain-json.md: every field, lengths L and L·H, sorted lists),
+ * against the exact identities of METHOD.md §8 recomputed here from
+ * scratch in double precision (the layer LPIs telescope to
+ * log p(w|x_L) − log p(w|x_in[0]); the contrast scores to the change of
+ * bs_w − bs_c), against the model's own probability (exact lens), the
+ * certified ranking against --exhaustive, and every error path.
+ */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "model/model.h"
+#include "testutil.h"
+
+#define STORIES "tinyllamas/stories260K.bin"
+#define GPT2S   "tiny-gpt2-stories"
+#define P_RED   "Once upon a time, there was a boy named Tim. Tim had a big red"
+#define P_TIM   "Once upon a time, there was a little boy named Tim. Tim had a big red ball. One day,"
+
+/* ------------------------------------------------------------------------- */
+/* Running the CLI                                                           */
+/* ------------------------------------------------------------------------- */
+
+/* s in single quotes for sh. malloc'd. */
+static char *sh_quote(const char *s) {
+    size_t n = 3;
+    for (const char *p = s; *p; p++)
+        n += *p == '\'' ? 4 : 1;
+    char *q = malloc(n), *o = q;
+    *o++ = '\'';
+    for (const char *p = s; *p; p++) {
+        if (*p == '\'') {
+            memcpy(o, "'\\''", 4);
+            o += 4;
+        } else {
+            *o++ = *p;
+        }
+    }
+    *o++ = '\'';
+    *o = 0;
+    return q;
+}
+
+/* `resid CMD MODEL ARGS` with the prompt (may be NULL) quoted. */
+static char *run_cli(const char *cmd, const char *model, const char *prompt, const char *args,
+                     bool merge_stderr, int *status) {
+    char *exe = sh_quote(tu_cli());
+    char *path = tu_model_path(model);
+    char *mq = sh_quote(path);
+    char *pq = prompt ? sh_quote(prompt) : NULL;
+    size_t n = strlen(exe) + strlen(mq) + (pq ? strlen(pq) : 0) + strlen(args) + 64;
+    char *line = malloc(n);
+    snprintf(line, n, "%s %s %s %s%s %s %s", exe, cmd, mq, pq ? "-p " : "", pq ? pq : "", args,
+             merge_stderr ? "2>&1" : "2>/dev/null");
+    char *out = tu_run(line, status);
+    free(line), free(exe), free(path), free(mq), free(pq);
+    return out;
+}
+
+static cJSON *explain_json(const char *model, const char *prompt, const char *args) {
+    char full[512];
+    snprintf(full, sizeof full, "--json - %s", args);
+    int st;
+    char *out = run_cli("explain", model, prompt, full, false, &st);
+    if (st != 0) {
+        print_error("explain %s %s: exit %d, output: %.500s\n", model, args, st, out);
+        fail();
+    }
+    cJSON *j = cJSON_Parse(out);
+    if (!j) {
+        print_error("explain %s %s: not JSON: %.500s\n", model, args, out);
+        fail();
+    }
+    free(out);
+    return j;
+}
+
+static cJSON *get(const cJSON *o, const char *name) {
+    cJSON *v = cJSON_GetObjectItemCaseSensitive(o, name);
+    if (!v) {
+        char *s = cJSON_PrintUnformatted(o);
+        print_error("missing field \"%s\" in %.300s\n", name, s ? s : "?");
+        free(s);
+        fail();
+    }
+    return v;
+}
+
+static double num(const cJSON *o, const char *name) {
+    cJSON *v = get(o, name);
+    if (!cJSON_IsNumber(v)) {
+        print_error("field \"%s\" is not a number\n", name);
+        fail();
+    }
+    return v->valuedouble;
+}
+
+static const char *str(const cJSON *o, const char *name) {
+    cJSON *v = get(o, name);
+    if (!cJSON_IsString(v)) {
+        print_error("field \"%s\" is not a string\n", name);
+        fail();
+    }
+    return v->valuestring;
+}
+
+static void assert_close_d(const char *what, double a, double b, double tol) {
+    double d = fabs(a - b);
+    print_message("  %s: %.9g vs %.9g, maxdiff %.3g (tol %.1g)\n", what, a, b, d, tol);
+    if (!(d <= tol)) fail_msg("%s: |%.9g - %.9g| = %.3g > %.1g", what, a, b, d, tol);
+}
+
+/* ------------------------------------------------------------------------- */
+/* Independent reference: the paper's lens in double precision               */
+/* ------------------------------------------------------------------------- */
+
+typedef struct ref {
+    resid_model *m;
+    resid_trace *tr;
+    double s;          /* lens scale from x_L */
+    double *bs0, *bsL; /* [V] bs(x_in[0][t*]), bs(x_L) */
+    double *logitsL;   /* [V] bs(x_L) + W_U·β_f: the model's logits */
+} ref;
+
+/* bs(x)[V] = W_U·(γ_f ⊙ centre(x))/s (+ W_U·β_f when with_bias). */
+static void ref_bs(const resid_model *m, const float *x, double s, bool with_bias, double *out) {
+    const int D = m->hp.d_model, V = m->hp.n_vocab;
+    const bool gpt2 = m->hp.arch == RESID_ARCH_GPT2;
+    double mean = 0;
+    if (gpt2) {
+        for (int d = 0; d < D; d++)
+            mean += x[d];
+        mean /= D;
+    }
+    double *y = malloc((size_t)D * sizeof *y);
+    float *row = malloc((size_t)D * sizeof *row);
+    for (int d = 0; d < D; d++) {
+        y[d] = (m->out_norm_w ? m->out_norm_w[d] : 1.0) * (x[d] - mean) / s;
+        if (with_bias && m->out_norm_b) y[d] += m->out_norm_b[d];
+    }
+    for (int t = 0; t < V; t++) {
+        rs_tensor_rows(m->w_out, t, 1, row);
+        double acc = 0;
+        for (int d = 0; d < D; d++)
+            acc += (double)row[d] * y[d];
+        out[t] = acc;
+    }
+    free(y), free(row);
+}
+
+static double log_softmax(const double *x, int V, int id) {
+    double mx = -INFINITY, sum = 0;
+    for (int i = 0; i < V; i++)
+        if (x[i] > mx) mx = x[i];
+    for (int i = 0; i < V; i++)
+        sum += exp(x[i] - mx);
+    return x[id] - mx - log(sum);
+}
+
+static void ref_init(ref *r, const char *model, const char *prompt) {
+    r->m = tu_open_model(model);
+    const resid_tokenizer *tok = resid_model_tokenizer(r->m);
+    resid_encode_opts eo = resid_encode_defaults(tok);
+    int32_t *ids, n;
+    resid_error err;
+    assert_int_equal(resid_tokenize(tok, prompt, -1, &eo, &ids, &n, &err), RESID_OK);
+    resid_trace_opts to = resid_trace_defaults();
+    to.capture = RESID_CAP_RESID;
+    to.positions = RESID_POS_LAST;
+    assert_int_equal(resid_forward(r->m, ids, n, &to, &r->tr, &err), RESID_OK);
+    free(ids);
+    const int D = r->m->hp.d_model, V = r->m->hp.n_vocab, L = r->m->hp.n_layer;
+    const float *x0 = r->tr->x_in; /* n_cap = 1 */
+    const float *xl = r->tr->x_in + (size_t)L * D;
+    double mean = 0, ss = 0;
+    if (r->m->hp.arch == RESID_ARCH_GPT2) {
+        for (int d = 0; d < D; d++)
+            mean += xl[d];
+        mean /= D;
+    }
+    for (int d = 0; d < D; d++)
+        ss += (xl[d] - mean) * (xl[d] - mean);
+    r->s = sqrt(ss / D + r->m->hp.norm_eps);
+    r->bs0 = malloc((size_t)V * sizeof(double));
+    r->bsL = malloc((size_t)V * sizeof(double));
+    r->logitsL = malloc((size_t)V * sizeof(double));
+    ref_bs(r->m, x0, r->s, false, r->bs0);
+    ref_bs(r->m, xl, r->s, false, r->bsL);
+    ref_bs(r->m, xl, r->s, true, r->logitsL);
+}
+
+static void ref_free(ref *r) {
+    free(r->bs0), free(r->bsL), free(r->logitsL);
+    resid_trace_free(r->tr);
+    resid_model_free(r->m);
+}
+
+/* ------------------------------------------------------------------------- */
+/* Schema                                                                    */
+/* ------------------------------------------------------------------------- */
+
+static void check_sorted(const cJSON *arr, const char *key, const char *what) {
+    double prev = INFINITY;
+    int i = 0;
+    const cJSON *e;
+    cJSON_ArrayForEach(e, arr) {
+        double v = num(e, key);
+        if (v > prev) fail_msg("%s not sorted by %s at %d: %.9g after %.9g", what, key, i, v, prev);
+        prev = v;
+        i++;
+    }
+}
+
+static void check_tokens_list(const cJSON *e, const char *name, int n_tokens) {
+    const cJSON *t = get(e, name);
+    assert_true(cJSON_IsArray(t));
+    assert_int_equal(cJSON_GetArraySize(t), n_tokens);
+    const cJSON *x;
+    cJSON_ArrayForEach(x, t) {
+        num(x, "id");
+        str(x, "text");
+        num(x, "bs");
+    }
+}
+
+static void check_schema(const cJSON *j, const char *model_rel, int top) {
+    resid_model *m = tu_open_model(model_rel);
+    const resid_model_info *info = resid_model_get_info(m);
+    const int L = info->n_layer, H = info->n_head, N = info->d_ffn;
+    const bool gated = info->arch == RESID_ARCH_LLAMA;
+    resid_model_free(m);
+
+    const cJSON *toks = get(j, "tokens"), *t;
+    assert_true(cJSON_IsArray(toks) && cJSON_GetArraySize(toks) > 0);
+    const int T = cJSON_GetArraySize(toks);
+    cJSON_ArrayForEach(t, toks) {
+        num(t, "id");
+        str(t, "text");
+    }
+    const cJSON *tg = get(j, "target");
+    num(tg, "id");
+    str(tg, "text");
+    double p = num(tg, "prob"), mp = num(tg, "model_prob");
+    assert_true(p > 0 && p <= 1 && mp > 0 && mp <= 1);
+    str(j, "lens");
+
+    const cJSON *layers = get(j, "layers");
+    assert_int_equal(cJSON_GetArraySize(layers), L);
+    int l = 0;
+    cJSON_ArrayForEach(t, layers) {
+        assert_int_equal((int)num(t, "layer"), l);
+        num(t, "attn_lpi");
+        num(t, "ffn_lpi");
+        l++;
+    }
+    const cJSON *heads = get(j, "heads");
+    assert_int_equal(cJSON_GetArraySize(heads), L * H);
+    int i = 0;
+    cJSON_ArrayForEach(t, heads) { /* all heads, enumeration order */
+        assert_int_equal((int)num(t, "layer"), i / H);
+        assert_int_equal((int)num(t, "head"), i % H);
+        char id[32];
+        snprintf(id, sizeof id, "%d_%d", i / H, i % H);
+        assert_string_equal(str(t, "id"), id);
+        num(t, "lpi");
+        num(t, "bs_target");
+        num(t, "prob_inc");
+        i++;
+    }
+    const cJSON *hp = get(j, "head_positions");
+    assert_int_equal(cJSON_GetArraySize(hp), top < L * H * T ? top : L * H * T);
+    cJSON_ArrayForEach(t, hp) {
+        int tl = (int)num(t, "layer"), th = (int)num(t, "head"), tp = (int)num(t, "pos");
+        char id[48];
+        snprintf(id, sizeof id, "%d_%d_%d", tl, th, tp);
+        assert_string_equal(str(t, "id"), id);
+        assert_true(tl >= 0 && tl < L && th >= 0 && th < H && tp >= 0 && tp < T);
+        num(t, "lpi");
+        num(t, "bs_target");
+        num(t, "prob_inc");
+        str(get(t, "source"), "text");
+    }
+    check_sorted(hp, "lpi", "head_positions");
+    const cJSON *fn = get(j, "ffn_neurons");
+    assert_int_equal(cJSON_GetArraySize(fn), top < L * N ? top : L * N);
+    cJSON_ArrayForEach(t, fn) {
+        int tl = (int)num(t, "layer"), k = (int)num(t, "neuron");
+        char id[48];
+        snprintf(id, sizeof id, "%d_%d", tl, k);
+        assert_string_equal(str(t, "id"), id);
+        assert_true(tl >= 0 && tl < L && k >= 0 && k < N);
+        num(t, "coef");
+        num(t, "lpi");
+        num(t, "bs_target");
+        num(t, "prob_inc");
+        check_tokens_list(t, "top_tokens", 5);
+        check_tokens_list(t, "bottom_tokens", 5);
+    }
+    check_sorted(fn, "lpi", "ffn_neurons");
+    const cJSON *an = get(j, "attn_neurons");
+    assert_int_equal(cJSON_GetArraySize(an), top);
+    cJSON_ArrayForEach(t, an) {
+        char id[64];
+        snprintf(id, sizeof id, "%d_%d_%d_%d", (int)num(t, "layer"), (int)num(t, "head"),
+                 (int)num(t, "dim"), (int)num(t, "pos"));
+        assert_string_equal(str(t, "id"), id);
+        num(t, "lpi");
+        num(t, "coef");
+        num(t, "bs_target");
+        num(t, "prob_inc");
+        check_tokens_list(t, "top_tokens", 5);
+    }
+    check_sorted(an, "lpi", "attn_neurons");
+
+    const cJSON *ql = get(j, "query_layers");
+    assert_int_equal(cJSON_GetArraySize(ql), 2 * L + 1);
+    i = 0;
+    double qsum = 0;
+    cJSON_ArrayForEach(t, ql) {
+        char lab[16];
+        if (i == 0)
+            snprintf(lab, sizeof lab, "emb");
+        else
+            snprintf(lab, sizeof lab, "%c%d", i % 2 ? 'a' : 'f', (i - 1) / 2);
+        assert_string_equal(str(t, "slot"), lab);
+        if (gated) {
+            num(t, "gate_share");
+            qsum += num(t, "up_share");
+        } else {
+            qsum += num(t, "share");
+        }
+        i++;
+    }
+    /* §8 item 10: the shares of each key add up to the neurons' LPIs. */
+    assert_close_d("sum of query shares vs sum of value-neuron LPIs", qsum,
+                   num(get(j, "query"), "lpi_sum"), 1e-4 * (1 + fabs(qsum)));
+
+    const cJSON *rk = get(j, "ranking");
+    const char *kinds[] = {"heads", "head_positions", "ffn_neurons", "attn_neurons"};
+    for (int q = 0; q < 4; q++) {
+        const cJSON *r = get(rk, kinds[q]);
+        const char *meth = str(r, "method");
+        assert_true(!strcmp(meth, "certified") || !strcmp(meth, "exhaustive"));
+        assert_true(num(r, "units_scored_exactly") <= num(r, "units_total"));
+    }
+    assert_int_equal((int)num(get(rk, "heads"), "units_total"), L * H);
+    assert_int_equal((int)num(get(rk, "ffn_neurons"), "units_total"), L * N);
+}
+
+/* The layer LPIs add up to log p(w|x_L) − log p(w|x_in[0]) (§8 item 5),
+ * the reference recomputed here from the residuals. */
+static void check_telescoping(const cJSON *j, const char *model, const char *prompt) {
+    ref r;
+    ref_init(&r, model, prompt);
+    const int V = r.m->hp.n_vocab;
+    const int w = (int)num(get(j, "target"), "id");
+    double sum = 0;
+    const cJSON *e;
+    cJSON_ArrayForEach(e, get(j, "layers")) sum += num(e, "attn_lpi") + num(e, "ffn_lpi");
+    double want = log_softmax(r.bsL, V, w) - log_softmax(r.bs0, V, w);
+    assert_close_d("sum of layer LPIs vs log p(w|x_L) - log p(w|x_in[0])", sum, want, 1e-4);
+    assert_close_d("layer_totals.telescoped vs reference",
+                   num(get(j, "layer_totals"), "telescoped"), want, 1e-4);
+    assert_close_d("target.model_prob vs reference", num(get(j, "target"), "model_prob"),
+                   exp(log_softmax(r.logitsL, V, w)), 1e-5);
+    ref_free(&r);
+}
+
+static void test_schema_stories(void **state) {
+    (void)state;
+    cJSON *j = explain_json(STORIES, P_RED, "");
+    check_schema(j, STORIES, 10);
+    check_telescoping(j, STORIES, P_RED);
+    /* Llama: the paper lens is the model's distribution (§8 item 6). */
+    assert_close_d("stories260K target.prob vs model_prob", num(get(j, "target"), "prob"),
+                   num(get(j, "target"), "model_prob"), 1e-5);
+    cJSON_Delete(j);
+}
+
+static void test_schema_gpt2(void **state) {
+    (void)state;
+    cJSON *j = explain_json(GPT2S, P_TIM, "");
+    check_schema(j, GPT2S, 10);
+    check_telescoping(j, GPT2S, P_TIM);
+    assert_string_equal(str(get(j, "target"), "text"), " Tim");
+    cJSON_Delete(j);
+}
+
+/* ------------------------------------------------------------------------- */
+/* Certified vs exhaustive                                                   */
+/* ------------------------------------------------------------------------- */
+
+static void same_units(const cJSON *a, const cJSON *b, const char *list) {
+    const cJSON *x = get(a, list), *y = get(b, list);
+    assert_int_equal(cJSON_GetArraySize(x), cJSON_GetArraySize(y));
+    int n = cJSON_GetArraySize(x), bad = 0;
+    double worst = 0;
+    for (int i = 0; i < n; i++) {
+        const cJSON *u = cJSON_GetArrayItem(x, i), *v = cJSON_GetArrayItem(y, i);
+        if (strcmp(str(u, "id"), str(v, "id")) != 0) {
+            if (!bad)
+                print_error("%s[%d]: certified %s, exhaustive %s\n", list, i, str(u, "id"),
+                            str(v, "id"));
+            bad++;
+        }
+        double d = fabs(num(u, "lpi") - num(v, "lpi"));
+        if (d > worst) worst = d;
+    }
+    print_message("  %s: %d units, %d id mismatches, lpi maxdiff %.3g\n", list, n, bad, worst);
+    assert_int_equal(bad, 0);
+    assert_true(worst == 0);
+}
+
+static void certified_vs_exhaustive(const char *model, const char *prompt, const char *extra) {
+    char args[256];
+    snprintf(args, sizeof args, "--top 25 --tokens 0 %s", extra);
+    cJSON *a = explain_json(model, prompt, args);
+    snprintf(args, sizeof args, "--top 25 --tokens 0 --exhaustive %s", extra);
+    cJSON *b = explain_json(model, prompt, args);
+    assert_string_equal(str(get(get(b, "ranking"), "ffn_neurons"), "method"), "exhaustive");
+    same_units(a, b, "heads");
+    same_units(a, b, "head_positions");
+    same_units(a, b, "ffn_neurons");
+    same_units(a, b, "attn_neurons");
+    cJSON_Delete(a);
+    cJSON_Delete(b);
+}
+
+static void test_exhaustive_stories(void **state) {
+    (void)state;
+    certified_vs_exhaustive(STORIES, P_RED, "");
+}
+
+static void test_exhaustive_gpt2(void **state) {
+    (void)state;
+    certified_vs_exhaustive(GPT2S, P_TIM, "");
+}
+
+/* ------------------------------------------------------------------------- */
+/* Options                                                                   */
+/* ------------------------------------------------------------------------- */
+
+static void test_target_text(void **state) {
+    (void)state;
+    /* " Tim" is one token on both models: SentencePiece's own leading space */
+    cJSON *j = explain_json(STORIES, P_RED, "--target ' Tim' --top 1 --tokens 0");
+    assert_int_equal((int)num(get(j, "target"), "id"), 326);
+    assert_string_equal(str(get(j, "target"), "text"), " Tim");
+    cJSON_Delete(j);
+    j = explain_json(GPT2S, P_RED, "--target ' Tim' --top 1 --tokens 0");
+    assert_int_equal((int)num(get(j, "target"), "id"), 5045);
+    cJSON_Delete(j);
+    j = explain_json(GPT2S, P_RED, "--target-id 3091 --top 1 --tokens 0");
+    assert_string_equal(str(get(j, "target"), "text"), " box");
+    cJSON_Delete(j);
+
+    int st;
+    char *out = run_cli("explain", GPT2S, P_RED, "--target ' Timmy'", true, &st);
+    print_message("  %s", out);
+    assert_int_equal(st, 1);
+    assert_non_null(strstr(out, "target \" Timmy\" is 2 tokens: \" Tim\" (5045) + \"my\" (1820)"));
+    assert_non_null(strstr(out, "--target-id"));
+    free(out);
+    out = run_cli("explain", GPT2S, P_RED, "--target-id 50257", true, &st);
+    print_message("  %s", out);
+    assert_int_equal(st, 2);
+    assert_non_null(strstr(out, "out of range [0, 50257)"));
+    free(out);
+    out = run_cli("explain", STORIES, P_RED, "--target-id 512", true, &st);
+    assert_int_equal(st, 2);
+    assert_non_null(strstr(out, "out of range [0, 512)"));
+    free(out);
+    out = run_cli("explain", STORIES, P_RED, "--lens sideways", true, &st);
+    assert_int_equal(st, 2);
+    assert_non_null(strstr(out, "--lens"));
+    free(out);
+}
+
+static void test_top_clamped(void **state) {
+    (void)state;
+    cJSON *j = explain_json(STORIES, P_RED, "--top 1000000 --tokens 1");
+    const cJSON *r = get(get(j, "ranking"), "ffn_neurons");
+    assert_true(cJSON_IsTrue(get(r, "clamped")));
+    assert_int_equal((int)num(r, "k"), 5 * 172);
+    assert_int_equal(cJSON_GetArraySize(get(j, "ffn_neurons")), 5 * 172);
+    check_sorted(get(j, "ffn_neurons"), "lpi", "ffn_neurons (all)");
+    /* all FFN neurons plus the biases (none in Llama) make up the FFN layers */
+    cJSON_Delete(j);
+    int st;
+    char *out = run_cli("explain", STORIES, P_RED, "--top 1000000 --tokens 0", true, &st);
+    assert_int_equal(st, 0);
+    assert_non_null(strstr(out, "--top 1000000 is more than the 860 FFN neurons"));
+    assert_non_null(strstr(out, "(--top 1000000 clamped: there are 860)"));
+    free(out);
+}
+
+/* Contrast scores: their layer sum is the change of log p(w) − log p(c)
+ * from x_in[0] to x_L, which the shared normaliser reduces to bs_w − bs_c
+ * (recomputed here). */
+static void check_contrast(const char *model, const char *prompt, const char *args) {
+    cJSON *j = explain_json(model, prompt, args);
+    ref r;
+    ref_init(&r, model, prompt);
+    const int w = (int)num(get(j, "target"), "id");
+    const cJSON *c = get(j, "contrast");
+    const int cid = (int)num(c, "id");
+    double sum = 0;
+    const cJSON *e;
+    cJSON_ArrayForEach(e, get(j, "layers")) sum += num(e, "attn_contrast") + num(e, "ffn_contrast");
+    double want = (r.bsL[w] - r.bsL[cid]) - (r.bs0[w] - r.bs0[cid]);
+    assert_close_d("sum of layer contrasts vs reference", sum, want, 1e-4);
+    assert_close_d("contrast.total vs reference", num(c, "total"), want, 1e-4);
+    assert_close_d("contrast.model_prob vs reference", num(c, "model_prob"),
+                   exp(log_softmax(r.logitsL, r.m->hp.n_vocab, cid)), 1e-5);
+    /* the lists are ranked by the contrast score */
+    check_sorted(get(j, "ffn_neurons"), "contrast", "ffn_neurons by contrast");
+    check_sorted(get(j, "head_positions"), "contrast", "head_positions by contrast");
+    assert_string_equal(str(get(j, "ranking"), "key"), "contrast");
+    ref_free(&r);
+    cJSON_Delete(j);
+}
+
+static void test_contrast(void **state) {
+    (void)state;
+    check_contrast(GPT2S, P_TIM, "--vs ' he' --tokens 1");
+    check_contrast(STORIES, P_TIM, "--target ' Tim' --vs ' he'");
+}
+
+static void test_lens(void **state) {
+    (void)state;
+    cJSON *j = explain_json(GPT2S, P_TIM, "--lens exact --top 3 --tokens 0");
+    assert_string_equal(str(j, "lens"), "exact");
+    assert_close_d("GPT-2 exact lens: target.prob vs model_prob", num(get(j, "target"), "prob"),
+                   num(get(j, "target"), "model_prob"), 1e-5);
+    /* the exact lens still telescopes, to its own end points */
+    double sum = 0;
+    const cJSON *e;
+    cJSON_ArrayForEach(e, get(j, "layers")) sum += num(e, "attn_lpi") + num(e, "ffn_lpi");
+    assert_close_d("exact lens: layer sum vs telescoped", sum,
+                   log(num(get(j, "target"), "prob")) -
+                       log(num(cJSON_GetArrayItem(get(j, "layers"), 0), "p_in")),
+                   1e-4);
+    cJSON_Delete(j);
+
+    /* logit lens: only the layer table changes; it ends at the model's p */
+    cJSON *a = explain_json(GPT2S, P_TIM, "--lens logit-lens --top 5 --tokens 0");
+    cJSON *b = explain_json(GPT2S, P_TIM, "--top 5 --tokens 0");
+    /* GPT-2 paper lens: the final-norm bias is dropped, so p differs */
+    assert_true(fabs(num(get(b, "target"), "prob") - num(get(b, "target"), "model_prob")) > 1e-3);
+    assert_string_equal(str(a, "lens"), "logit-lens");
+    assert_string_equal(str(a, "unit_lens"), "paper");
+    assert_close_d("logit lens: target.prob vs model_prob", num(get(a, "target"), "prob"),
+                   num(get(a, "target"), "model_prob"), 1e-5);
+    sum = 0;
+    cJSON_ArrayForEach(e, get(a, "layers")) sum += num(e, "attn_lpi") + num(e, "ffn_lpi");
+    assert_close_d("logit lens: layer sum vs telescoped", sum,
+                   num(get(a, "layer_totals"), "telescoped"), 1e-4);
+    same_units(a, b, "ffn_neurons");
+    same_units(a, b, "head_positions");
+    cJSON_Delete(a);
+    cJSON_Delete(b);
+}
+
+static void test_text_and_file(void **state) {
+    (void)state;
+    char *path = tu_write_temp("explain.json", "", 0);
+    char args[600];
+    snprintf(args, sizeof args, "--top 3 --json '%s'", path);
+    int st;
+    char *out = run_cli("explain", STORIES, P_RED, args, false, &st);
+    assert_int_equal(st, 0);
+    assert_non_null(strstr(out, "Layers (LPI in the paper lens"));
+    assert_non_null(strstr(out, "Top 3 FFN neurons by LPI"));
+    assert_non_null(strstr(out, "Query layers (Q1)"));
+    size_t n;
+    uint8_t *data = tu_read_file(path, &n);
+    cJSON *j = cJSON_ParseWithLength((const char *)data, n);
+    assert_non_null(j);
+    assert_int_equal(cJSON_GetArraySize(get(j, "ffn_neurons")), 3);
+    cJSON_Delete(j);
+    free(data);
+    free(out);
+    remove(path);
+    free(path);
+    out = run_cli("explain", STORIES, P_RED, "--json /nonexistent-dir/x.json", true, &st);
+    assert_int_equal(st, 1);
+    assert_non_null(strstr(out, "/nonexistent-dir/x.json"));
+    free(out);
+}
+
+/* ------------------------------------------------------------------------- */
+/* resid neuron                                                              */
+/* ------------------------------------------------------------------------- */
+
+static void test_neuron(void **state) {
+    (void)state;
+    int st;
+    char *out = run_cli("neuron", GPT2S, NULL, "2_421 --json --top 4", false, &st);
+    assert_int_equal(st, 0);
+    cJSON *j = cJSON_Parse(out);
+    assert_non_null(j);
+    assert_string_equal(str(j, "id"), "2_421");
+    assert_int_equal(cJSON_GetArraySize(get(j, "top_tokens")), 4);
+    assert_int_equal(cJSON_GetArraySize(get(j, "bottom_tokens")), 4);
+    check_sorted(get(j, "top_tokens"), "bs", "neuron top tokens");
+    /* the fc1 key norm, recomputed from the weights */
+    resid_model *m = tu_open_model(GPT2S);
+    const int D = m->hp.d_model;
+    float *w = malloc((size_t)D * sizeof *w);
+    resid_error err;
+    assert_int_equal(resid_param_vector(m, RESID_PARAM_FC1, 2, 421, w, &err), RESID_OK);
+    double ss = 0;
+    for (int d = 0; d < D; d++)
+        ss += (double)w[d] * w[d];
+    assert_close_d("fc1 norm", num(get(j, "key"), "fc1_norm"), sqrt(ss), 1e-5);
+    /* the direct-path coefficient of the top input token, recomputed */
+    const cJSON *it = cJSON_GetArrayItem(get(j, "input_top_tokens"), 0);
+    const int t = (int)num(it, "id");
+    float *e = malloc((size_t)D * sizeof *e);
+    rs_tensor_rows(m->tok_embd, t, 1, e);
+    const rs_layer *ly = &m->layers[2];
+    double mean = 0, var = 0;
+    for (int d = 0; d < D; d++)
+        mean += e[d];
+    mean /= D;
+    for (int d = 0; d < D; d++)
+        var += (e[d] - mean) * (e[d] - mean);
+    double sig = sqrt(var / D + m->hp.norm_eps), pre = ly->b_up[421];
+    for (int d = 0; d < D; d++)
+        pre += ((e[d] - mean) / sig * ly->ffn_norm_w[d] + ly->ffn_norm_b[d]) * w[d];
+    double gelu = 0.5 * pre * (1 + tanh(sqrt(2 / M_PI) * (pre + 0.044715 * pre * pre * pre)));
+    assert_close_d("direct-path coefficient of the top input token", num(it, "coef"), gelu, 1e-4);
+    free(w), free(e);
+    resid_model_free(m);
+    cJSON_Delete(j);
+    free(out);
+
+    out = run_cli("neuron", STORIES, NULL, "2_84", false, &st);
+    assert_int_equal(st, 0);
+    assert_non_null(strstr(out, "|gate|"));
+    free(out);
+
+    out = run_cli("neuron", GPT2S, NULL, "1_512", true, &st);
+    print_message("  %s", out);
+    assert_int_equal(st, 1);
+    assert_non_null(strstr(out, "out of range"));
+    assert_non_null(strstr(out, "0..511"));
+    free(out);
+    out = run_cli("neuron", STORIES, NULL, "5_0", true, &st);
+    assert_int_equal(st, 1);
+    assert_non_null(strstr(out, "0..4"));
+    free(out);
+    out = run_cli("neuron", STORIES, NULL, "five", true, &st);
+    assert_int_equal(st, 2);
+    assert_non_null(strstr(out, "L_K"));
+    free(out);
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_schema_stories),     cmocka_unit_test(test_schema_gpt2),
+        cmocka_unit_test(test_exhaustive_stories), cmocka_unit_test(test_exhaustive_gpt2),
+        cmocka_unit_test(test_target_text),        cmocka_unit_test(test_top_clamped),
+        cmocka_unit_test(test_contrast),           cmocka_unit_test(test_lens),
+        cmocka_unit_test(test_text_and_file),      cmocka_unit_test(test_neuron),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
