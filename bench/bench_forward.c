@@ -58,21 +58,27 @@ int main(int argc, char **argv) {
     int runs = 7, warmup = 1;
     unsigned long capture = RESID_CAP_ALL;
     for (int i = 1; i < argc; i++) {
-        if (!strcmp(argv[i], "--ids") && i + 1 < argc) ids_arg = argv[++i];
-        else if (!strcmp(argv[i], "--runs") && i + 1 < argc) runs = atoi(argv[++i]);
-        else if (!strcmp(argv[i], "--warmup") && i + 1 < argc) warmup = atoi(argv[++i]);
-        else if (!strcmp(argv[i], "--logits-out") && i + 1 < argc) logits_out = argv[++i];
+        if (!strcmp(argv[i], "--ids") && i + 1 < argc)
+            ids_arg = argv[++i];
+        else if (!strcmp(argv[i], "--runs") && i + 1 < argc)
+            runs = atoi(argv[++i]);
+        else if (!strcmp(argv[i], "--warmup") && i + 1 < argc)
+            warmup = atoi(argv[++i]);
+        else if (!strcmp(argv[i], "--logits-out") && i + 1 < argc)
+            logits_out = argv[++i];
         else if (!strcmp(argv[i], "--capture") && i + 1 < argc)
             capture = strtoul(argv[++i], NULL, 0) & RESID_CAP_ALL;
-        else if (argv[i][0] != '-' && !path) path = argv[i];
+        else if (argv[i][0] != '-' && !path)
+            path = argv[i];
         else {
             fprintf(stderr, "bench_forward: bad argument '%s'\n", argv[i]);
             return 2;
         }
     }
     if (!path || !ids_arg || runs < 1 || warmup < 0) {
-        fprintf(stderr, "usage: %s MODEL --ids ID,ID,... [--runs N] [--warmup N] "
-                        "[--logits-out FILE] [--capture MASK]\n",
+        fprintf(stderr,
+                "usage: %s MODEL --ids ID,ID,... [--runs N] [--warmup N] "
+                "[--logits-out FILE] [--capture MASK]\n",
                 argv[0]);
         return 2;
     }
@@ -127,8 +133,7 @@ int main(int argc, char **argv) {
         FILE *f = fopen(logits_out, "wb");
         if (!f || fwrite(last, sizeof(float), (size_t)info->n_vocab, f) != (size_t)info->n_vocab ||
             fclose(f) != 0) {
-            fprintf(stderr, "bench_forward: %s: cannot write: %s\n", logits_out,
-                    strerror(errno));
+            fprintf(stderr, "bench_forward: %s: cannot write: %s\n", logits_out, strerror(errno));
             return 1;
         }
     }

@@ -63,19 +63,25 @@ int main(int argc, char **argv) {
     int32_t steps = 256;
     int runs = 5;
     for (int i = 1; i < argc; i++) {
-        if (!strcmp(argv[i], "--tokenizer") && i + 1 < argc) tok_path = argv[++i];
-        else if (!strcmp(argv[i], "--steps") && i + 1 < argc) steps = atoi(argv[++i]);
-        else if (!strcmp(argv[i], "--runs") && i + 1 < argc) runs = atoi(argv[++i]);
-        else if (!strcmp(argv[i], "--text-out") && i + 1 < argc) text_out = argv[++i];
-        else if (argv[i][0] != '-' && !path) path = argv[i];
+        if (!strcmp(argv[i], "--tokenizer") && i + 1 < argc)
+            tok_path = argv[++i];
+        else if (!strcmp(argv[i], "--steps") && i + 1 < argc)
+            steps = atoi(argv[++i]);
+        else if (!strcmp(argv[i], "--runs") && i + 1 < argc)
+            runs = atoi(argv[++i]);
+        else if (!strcmp(argv[i], "--text-out") && i + 1 < argc)
+            text_out = argv[++i];
+        else if (argv[i][0] != '-' && !path)
+            path = argv[i];
         else {
             fprintf(stderr, "bench_generate: bad argument '%s'\n", argv[i]);
             return 2;
         }
     }
     if (!path || steps < 2 || runs < 1) {
-        fprintf(stderr, "usage: %s MODEL [--tokenizer PATH] [--steps N>=2] [--runs N] "
-                        "[--text-out FILE]\n",
+        fprintf(stderr,
+                "usage: %s MODEL [--tokenizer PATH] [--steps N>=2] [--runs N] "
+                "[--text-out FILE]\n",
                 argv[0]);
         return 2;
     }

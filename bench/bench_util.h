@@ -58,7 +58,8 @@ static inline uint64_t bu_splitmix64(uint64_t *x) {
 }
 
 static inline void bu_rng_seed(bu_rng *r, uint64_t seed) {
-    for (int i = 0; i < 4; i++) r->s[i] = bu_splitmix64(&seed);
+    for (int i = 0; i < 4; i++)
+        r->s[i] = bu_splitmix64(&seed);
     r->have_spare = 0;
 }
 

@@ -62,7 +62,8 @@ static int write_tensor(FILE *f, bu_rng *r, const tensor_spec *s) {
     int64_t n = numel(s);
     while (n > 0) {
         int64_t k = n < CHUNK ? n : CHUNK;
-        for (int64_t i = 0; i < k; i++) buf[i] = s->mean + s->std * bu_normal(r);
+        for (int64_t i = 0; i < k; i++)
+            buf[i] = s->mean + s->std * bu_normal(r);
         if (fwrite(buf, sizeof(float), (size_t)k, f) != (size_t)k) return -1;
         n -= k;
     }
@@ -101,9 +102,8 @@ static int write_config(const char *path, const gpt2_shape *g) {
             "  \"tie_word_embeddings\": true,\n"
             "  \"torch_dtype\": \"float32\"\n"
             "}\n",
-            (long long)g->n_layer, (long long)g->d_model, (long long)g->n_head,
-            (long long)g->d_ffn, (long long)g->n_vocab, (long long)g->n_ctx,
-            (long long)g->n_ctx);
+            (long long)g->n_layer, (long long)g->d_model, (long long)g->n_head, (long long)g->d_ffn,
+            (long long)g->n_vocab, (long long)g->n_ctx, (long long)g->n_ctx);
     return fclose(f) == 0 ? 0 : -1;
 }
 
@@ -111,8 +111,9 @@ int main(int argc, char **argv) {
     gpt2_shape g = {12, 768, 12, 3072, 50257, 1024};
     int64_t seed = 1234;
     if (argc < 2 || argv[1][0] == '-') {
-        fprintf(stderr, "usage: %s OUT_DIR [--n-layer L] [--d-model D] [--n-head H] "
-                        "[--d-ffn N] [--n-vocab V] [--n-ctx C] [--seed S]\n",
+        fprintf(stderr,
+                "usage: %s OUT_DIR [--n-layer L] [--d-model D] [--n-head H] "
+                "[--d-ffn N] [--n-vocab V] [--n-ctx C] [--seed S]\n",
                 argv[0]);
         return 2;
     }
@@ -193,13 +194,13 @@ int main(int argc, char **argv) {
             len += (size_t)snprintf(hdr + len, cap - len,
                                     ",\"%s\":{\"dtype\":\"F32\",\"shape\":[%lld,%lld],"
                                     "\"data_offsets\":[%lld,%lld]}",
-                                    t[i].name, (long long)t[i].shape[0],
-                                    (long long)t[i].shape[1], (long long)off,
-                                    (long long)(off + bytes));
+                                    t[i].name, (long long)t[i].shape[0], (long long)t[i].shape[1],
+                                    (long long)off, (long long)(off + bytes));
         off += bytes;
     }
     len += (size_t)snprintf(hdr + len, cap - len, "}");
-    while (len % 8) hdr[len++] = ' ';
+    while (len % 8)
+        hdr[len++] = ' ';
 
     if (mkdir(dir, 0777) != 0 && errno != EEXIST) {
         fprintf(stderr, "make_gpt2: %s: cannot create: %s\n", dir, strerror(errno));
@@ -221,11 +222,13 @@ int main(int argc, char **argv) {
     }
     uint64_t hlen = len;
     uint8_t le[8];
-    for (int i = 0; i < 8; i++) le[i] = (uint8_t)(hlen >> (8 * i));
+    for (int i = 0; i < 8; i++)
+        le[i] = (uint8_t)(hlen >> (8 * i));
     bu_rng rng;
     bu_rng_seed(&rng, (uint64_t)seed);
     int bad = fwrite(le, 1, 8, f) != 8 || fwrite(hdr, 1, len, f) != len;
-    for (int i = 0; i < n && !bad; i++) bad = write_tensor(f, &rng, &t[i]) != 0;
+    for (int i = 0; i < n && !bad; i++)
+        bad = write_tensor(f, &rng, &t[i]) != 0;
     if (fclose(f) != 0) bad = 1;
     if (bad) {
         fprintf(stderr, "make_gpt2: %s: write failed: %s\n", st_tmp, strerror(errno));

@@ -45,7 +45,8 @@ static int write_normal(FILE *f, bu_rng *r, int64_t n, float std, float mean) {
     static float buf[CHUNK];
     while (n > 0) {
         int64_t k = n < CHUNK ? n : CHUNK;
-        for (int64_t i = 0; i < k; i++) buf[i] = mean + std * bu_normal(r);
+        for (int64_t i = 0; i < k; i++)
+            buf[i] = mean + std * bu_normal(r);
         if (fwrite(buf, sizeof(float), (size_t)k, f) != (size_t)k) return -1;
         n -= k;
     }
@@ -56,8 +57,9 @@ int main(int argc, char **argv) {
     int32_t dim = 288, hidden = 768, n_layer = 6, n_head = 6, n_kv_head = 6, n_vocab = 32000,
             seq_len = 256, seed = 1234;
     if (argc < 2 || argv[1][0] == '-') {
-        fprintf(stderr, "usage: %s OUT_FILE [--dim D] [--hidden F] [--n-layer L] [--n-head H] "
-                        "[--n-kv-head K] [--n-vocab V] [--seq-len S] [--seed N]\n",
+        fprintf(stderr,
+                "usage: %s OUT_FILE [--dim D] [--hidden F] [--n-layer L] [--n-head H] "
+                "[--n-kv-head K] [--n-vocab V] [--seq-len S] [--seed N]\n",
                 argv[0]);
         return 2;
     }
@@ -78,8 +80,8 @@ int main(int argc, char **argv) {
         }
     }
     if (dim % n_head || n_head % n_kv_head || (dim / n_head) % 2 || n_vocab <= BOS_ID) {
-        fprintf(stderr, "make_llama2c: inconsistent shape (dim %d, heads %d/%d, vocab %d)\n",
-                dim, n_head, n_kv_head, n_vocab);
+        fprintf(stderr, "make_llama2c: inconsistent shape (dim %d, heads %d/%d, vocab %d)\n", dim,
+                n_head, n_kv_head, n_vocab);
         return 2;
     }
     const int64_t D = dim, F = hidden, L = n_layer, V = n_vocab, S = seq_len;
