@@ -314,6 +314,31 @@ static void test_query_layers(void **state) {
                    kind + 1, fixtures[fi].path, q->n_units, sq, q->lpi_sum,
                    fabs(sq - q->lpi_sum), !gpt2 && !kind ? ", gate too" : "", q->mean_layer,
                    q->n_small_den);
+            assert_true(q->q_mean == 0 && q->q_bias == 0);
+
+            /* exact_ln: Σ q + q_mean + q_bias = Σ LPI; RMSNorm: the same shares */
+            resid_query_opts ox = resid_query_defaults();
+            ox.exact_ln = true;
+            resid_query_layers *qx;
+            assert_int_equal(resid_query_layers_new(e, uk, &ox, &qx, &err), RESID_OK);
+            double ax, sx = sum_of(qx->q, qx->n_slots, &ax) + qx->q_mean + qx->q_bias;
+            assert_true(fabs(sx - qx->lpi_sum) <= 1e-9 * fmax(1, ax + fabs(qx->q_mean) +
+                                                                    fabs(qx->q_bias)));
+            if (qx->q_gate) {
+                double ag, sg = sum_of(qx->q_gate, qx->n_slots, &ag) + qx->q_gate_mean +
+                                qx->q_gate_bias;
+                assert_true(fabs(sg - qx->lpi_sum) <= 1e-9 * fmax(1, ag));
+            }
+            double dx = 0;
+            for (int j = 0; j < q->n_slots; j++) dx = fmax(dx, fabs(qx->q[j] - q->q[j]));
+            if (!gpt2) {
+                assert_true(qx->q_mean == 0 && qx->q_bias == 0);
+                assert_true(dx <= 1e-6 * fmax(1, abs_q));
+            }
+            printf("      exact_ln: sum Q_j + mean %+.4f + bias %+.4f = %+.6f; max |Q_j - "
+                   "Q_j(raw)| %.2e\n",
+                   qx->q_mean, qx->q_bias, sx, dx);
+            resid_query_layers_free(qx);
             resid_query_layers_free(q);
 
             /* one neuron by hand: N_v = 1 */

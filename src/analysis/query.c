@@ -23,7 +23,7 @@
 #include "model/model.h"
 
 resid_query_opts resid_query_defaults(void) {
-    resid_query_opts o = {0, 0, 0};
+    resid_query_opts o = {0, 0, 0, false};
     return o;
 }
 
@@ -261,12 +261,44 @@ static int32_t default_nv(const resid_explainer *e) {
     return e->m->hp.arch == RESID_ARCH_GPT2 ? 100 : 30;
 }
 
-/* q[j] += dot[j]/S · s over the n slots; counts a small denominator. */
-static void share_into(double *q, const double *dot, int n, double s, int32_t *n_small) {
-    double S = 0, A = 0;
+/* q[j] += dot[j]/S · s over the n slots (S = Σ dot + extra terms);
+ * counts a small denominator. The extra terms (mean, bias: exact_ln) get
+ * their shares in *qm, *qb. */
+static void share_into(double *q, const double *dot, int n, double mean_t, double bias_t,
+                       double *qm, double *qb, double s, int32_t *n_small) {
+    double S = mean_t + bias_t, A = fabs(mean_t) + fabs(bias_t);
     for (int j = 0; j < n; j++) S += dot[j], A += fabs(dot[j]);
     if (fabs(S) <= 1e-6 * A) (*n_small)++;
     for (int j = 0; j < n; j++) q[j] += dot[j] / S * s;
+    *qm += mean_t / S * s;
+    *qb += bias_t / S * s;
+}
+
+/* The split of one neuron: dot (raw or exact shares) and the extra terms. */
+static resid_status neuron_terms(const resid_explainer *e, resid_subkey key,
+                                 const resid_unit *u, int32_t pos, bool exact, subkey *sk,
+                                 float *K, double *dot, int *ns, double *mt, double *bt,
+                                 resid_error *err) {
+    const resid_trace *tr = e->tr;
+    int32_t index = key == RESID_SUBKEY_VALUE ? u->head * e->dh + u->index : u->index;
+    *mt = *bt = 0;
+    if (exact) {
+        resid_preact *p;
+        resid_status st = resid_preact_new(e->m, tr, key, u->layer, index, pos, &p, err);
+        if (st) return st;
+        *ns = p->n_slots;
+        memcpy(dot, p->share, (size_t)p->n_slots * sizeof(double));
+        *mt = p->mean_term, *bt = p->bias_term;
+        resid_preact_free(p);
+        return RESID_OK;
+    }
+    int32_t row;
+    resid_status st = pos_row(tr, pos, "query layers", &row, err);
+    if (st) return st;
+    if ((st = subkey_get(e->m, key, u->layer, index, sk, err))) return st;
+    subkey_k(e->m, sk, K);
+    *ns = lower_dots(tr, u->layer, row, key != RESID_SUBKEY_VALUE, K, dot);
+    return RESID_OK;
 }
 
 resid_status resid_query_layers_new(resid_explainer *e, resid_unit_kind kind,
@@ -310,25 +342,27 @@ resid_status resid_query_layers_new(resid_explainer *e, resid_unit_kind kind,
         q->lpi_sum += s;
         layer_sum += u->layer;
         subkey sk = {w, 0, NULL, NULL};
+        int ns;
+        double mt, bt;
         if (kind == RESID_UNIT_FFN_NEURON) {
-            const int32_t row = tr->n_cap - 1; /* t* */
+            const int32_t pos = tr->n_tokens - 1; /* t* */
             for (int g = 0; g < (gated ? 2 : 1); g++) {
-                st = subkey_get(m, g ? RESID_SUBKEY_GATE : RESID_SUBKEY_UP, u->layer, u->index,
-                                &sk, err);
+                st = neuron_terms(e, g ? RESID_SUBKEY_GATE : RESID_SUBKEY_UP, u, pos, o.exact_ln,
+                                  &sk, K, dot, &ns, &mt, &bt, err);
                 if (st) goto fail;
-                subkey_k(m, &sk, K);
-                int ns = lower_dots(tr, u->layer, row, true, K, dot);
-                share_into(g ? q->q_gate : q->q, dot, ns, s, &q->n_small_den);
+                share_into(g ? q->q_gate : q->q, dot, ns, mt, bt, g ? &q->q_gate_mean : &q->q_mean,
+                           g ? &q->q_gate_bias : &q->q_bias, s, &q->n_small_den);
             }
         } else {
-            int32_t row;
-            if ((st = pos_row(tr, u->pos, "query layers (Q2)", &row, err))) goto fail;
-            st = subkey_get(m, RESID_SUBKEY_VALUE, u->layer, u->head * e->dh + u->index, &sk,
-                            err);
+            if (u->pos < tr->pos_first) {
+                int32_t row;
+                st = pos_row(tr, u->pos, "query layers (Q2)", &row, err);
+                goto fail;
+            }
+            st = neuron_terms(e, RESID_SUBKEY_VALUE, u, u->pos, o.exact_ln, &sk, K, dot, &ns, &mt,
+                              &bt, err);
             if (st) goto fail;
-            subkey_k(m, &sk, K);
-            int ns = lower_dots(tr, u->layer, row, false, K, dot);
-            share_into(q->q, dot, ns, s, &q->n_small_den);
+            share_into(q->q, dot, ns, mt, bt, &q->q_mean, &q->q_bias, s, &q->n_small_den);
         }
     }
     q->mean_layer = n ? layer_sum / (double)n : NAN;
