@@ -11,6 +11,7 @@
  */
 #include <cblas.h>
 #include <math.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -230,21 +231,31 @@ static int32_t captured_rows(const resid_trace_opts *o, int32_t T) {
 /* Floats each captured array needs; index order = the fields below. */
 enum { TR_XIN, TR_A, TR_XMID, TR_F, TR_HEADS, TR_ATTN, TR_VALUES, TR_COEF, TR_STATS, TR_LOGITS, TR_N };
 
+/* a·b·c·d saturating at SIZE_MAX, so an absurd request fails the
+ * allocation check instead of wrapping around. */
+static size_t sat_mul4(size_t a, size_t b, size_t c, size_t d) {
+    size_t r;
+    if (__builtin_mul_overflow(a, b, &r) || __builtin_mul_overflow(r, c, &r) ||
+        __builtin_mul_overflow(r, d, &r))
+        return SIZE_MAX;
+    return r;
+}
+
 static void trace_sizes(const rs_hparams *hp, int32_t T, int32_t nc, uint32_t cap, size_t sz[TR_N]) {
     size_t L = (size_t)hp->n_layer, D = (size_t)hp->d_model, H = (size_t)hp->n_head;
     size_t kvd = (size_t)hp->n_kv_head * hp->d_head;
     memset(sz, 0, TR_N * sizeof sz[0]);
     if (cap & RESID_CAP_RESID) {
-        sz[TR_XIN] = (L + 1) * nc * D;
-        sz[TR_A] = sz[TR_XMID] = sz[TR_F] = L * nc * D;
+        sz[TR_XIN] = sat_mul4(L + 1, (size_t)nc, D, 1);
+        sz[TR_A] = sz[TR_XMID] = sz[TR_F] = sat_mul4(L, (size_t)nc, D, 1);
         sz[TR_STATS] = 2 * (size_t)nc;
     }
-    if (cap & RESID_CAP_HEADS) sz[TR_HEADS] = L * nc * H * D;
-    if (cap & RESID_CAP_ATTN) sz[TR_ATTN] = L * H * nc * (size_t)T;
-    if (cap & RESID_CAP_VALUES) sz[TR_VALUES] = L * (size_t)T * kvd;
-    if (cap & RESID_CAP_COEF) sz[TR_COEF] = L * nc * (size_t)hp->d_ffn;
+    if (cap & RESID_CAP_HEADS) sz[TR_HEADS] = sat_mul4(L, (size_t)nc, H, D);
+    if (cap & RESID_CAP_ATTN) sz[TR_ATTN] = sat_mul4(L, H, (size_t)nc, (size_t)T);
+    if (cap & RESID_CAP_VALUES) sz[TR_VALUES] = sat_mul4(L, (size_t)T, kvd, 1);
+    if (cap & RESID_CAP_COEF) sz[TR_COEF] = sat_mul4(L, (size_t)nc, (size_t)hp->d_ffn, 1);
     if (cap & RESID_CAP_LOGITS) {
-        sz[TR_LOGITS] = (size_t)nc * hp->n_vocab;
+        sz[TR_LOGITS] = sat_mul4((size_t)nc, (size_t)hp->n_vocab, 1, 1);
         sz[TR_STATS] = 2 * (size_t)nc;
     }
 }
@@ -255,7 +266,10 @@ size_t resid_trace_bytes(const resid_model *m, int32_t n_tokens, const resid_tra
     if (n_tokens < 1) return 0;
     size_t sz[TR_N], total = sizeof(resid_trace) + (size_t)n_tokens * sizeof(int32_t);
     trace_sizes(&m->hp, n_tokens, captured_rows(opts, n_tokens), opts->capture, sz);
-    for (int i = 0; i < TR_N; i++) total += sz[i] * sizeof(float);
+    for (int i = 0; i < TR_N; i++) {
+        size_t b = sat_mul4(sz[i], sizeof(float), 1, 1);
+        if (__builtin_add_overflow(total, b, &total)) return SIZE_MAX;
+    }
     return total;
 }
 
