@@ -1,0 +1,792 @@
+/*
+ * html.c - the self-contained HTML report and the front end's extra views
+ * (lens grid, head details, neuron query details). See html.h.
+ */
+#include "output/html.h"
+
+#include <ctype.h>
+#include <errno.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/util.h"
+#include "model/model.h"
+#include "output/web_assets.h"
+#include "tensor/tensor.h"
+
+const rs_web_asset *rs_web_asset_find(const char *name) {
+    for (int i = 0; name && i < rs_web_n_assets; i++)
+        if (!strcmp(rs_web_assets[i].name, name)) return &rs_web_assets[i];
+    return NULL;
+}
+
+rs_web_opts rs_web_defaults(void) {
+    rs_web_opts o = {12, 5, 8};
+    return o;
+}
+
+struct rs_web_ctx {
+    const resid_model *m;
+    const resid_model_info *info;
+    const resid_tokenizer *tok;
+    int32_t *ids;
+    int32_t n;
+    resid_trace *tr;
+    resid_explainer *ex;
+    int32_t target, contrast;
+};
+
+/* ------------------------------------------------------------------------- */
+/* Tokens                                                                    */
+/* ------------------------------------------------------------------------- */
+
+/* Length of the valid UTF-8 sequence at s[0..n), 0 if invalid. */
+static size_t utf8_len(const unsigned char *s, size_t n) {
+    unsigned c = s[0];
+    size_t k;
+    unsigned min;
+    if (c < 0x80) return c ? 1 : 0;
+    if ((c & 0xe0) == 0xc0) k = 2, min = 0x80;
+    else if ((c & 0xf0) == 0xe0) k = 3, min = 0x800;
+    else if ((c & 0xf8) == 0xf0) k = 4, min = 0x10000;
+    else return 0;
+    if (k > n) return 0;
+    unsigned cp = c & (0x7f >> k);
+    for (size_t i = 1; i < k; i++) {
+        if ((s[i] & 0xc0) != 0x80) return 0;
+        cp = (cp << 6) | (s[i] & 0x3f);
+    }
+    if (cp < min || cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff)) return 0;
+    return k;
+}
+
+cJSON *rs_web_token(const resid_tokenizer *tok, int32_t prev, int32_t id) {
+    cJSON *o = cJSON_CreateObject();
+    if (!o || !cJSON_AddNumberToObject(o, "id", id)) {
+        cJSON_Delete(o);
+        return NULL;
+    }
+    size_t len = 0;
+    const char *b = tok ? resid_token_bytes(tok, prev, id, &len) : NULL;
+    if (!b) return o;
+    /* Each bad byte becomes U+0080..U+00FF (2 bytes), NUL U+2400 (3). */
+    char *s = malloc(len * 3 + 1), *hex = malloc(len * 3 + 1);
+    if (!s || !hex) {
+        free(s), free(hex);
+        cJSON_Delete(o);
+        return NULL;
+    }
+    size_t w = 0, h = 0;
+    bool changed = false;
+    for (size_t i = 0; i < len;) {
+        const unsigned char *u = (const unsigned char *)b + i;
+        size_t k = utf8_len(u, len - i);
+        if (k) {
+            memcpy(s + w, u, k), w += k, i += k;
+            continue;
+        }
+        changed = true;
+        if (u[0] == 0) {
+            memcpy(s + w, "\xe2\x90\x80", 3), w += 3;
+        } else {
+            s[w++] = (char)(0xc0 | (u[0] >> 6));
+            s[w++] = (char)(0x80 | (u[0] & 0x3f));
+        }
+        i++;
+    }
+    s[w] = 0;
+    for (size_t i = 0; i < len; i++)
+        h += (size_t)snprintf(hex + h, 4, i ? " %02x" : "%02x", (unsigned char)b[i]);
+    bool ok = cJSON_AddStringToObject(o, "text", s) &&
+              (!changed || cJSON_AddStringToObject(o, "bytes", hex));
+    free(s), free(hex);
+    if (!ok) {
+        cJSON_Delete(o);
+        return NULL;
+    }
+    return o;
+}
+
+/* Token at prompt position j (as it reads after the previous one). */
+static cJSON *prompt_token(const rs_web_ctx *c, int32_t j) {
+    return rs_web_token(c->tok, j ? c->ids[j - 1] : -1, c->ids[j]);
+}
+
+/* An output token (as it would read after the last prompt token). */
+static cJSON *out_token(const rs_web_ctx *c, int32_t id) {
+    return rs_web_token(c->tok, c->ids[c->n - 1], id);
+}
+
+static bool add_token_values(const rs_web_ctx *c, cJSON *obj, const char *name,
+                             const resid_token_value *t, int32_t n) {
+    cJSON *arr = cJSON_AddArrayToObject(obj, name);
+    for (int32_t i = 0; arr && i < n; i++) {
+        cJSON *e = out_token(c, t[i].id);
+        if (!e) return false;
+        cJSON_AddItemToArray(arr, e);
+        if (!cJSON_AddNumberToObject(e, "bs", t[i].value)) return false;
+    }
+    return arr != NULL;
+}
+
+/* ------------------------------------------------------------------------- */
+/* Context                                                                   */
+/* ------------------------------------------------------------------------- */
+
+resid_status rs_web_ctx_new(const resid_model *m, const int32_t *ids, int32_t n, int32_t target,
+                            int32_t contrast, resid_lens unit_lens, rs_web_ctx **out,
+                            resid_error *err) {
+    *out = NULL;
+    if (!m || !ids || n < 1) return rs_err(err, RESID_E_ARG, "web: empty prompt");
+    if (unit_lens == RESID_LENS_LOGIT) unit_lens = RESID_LENS_PAPER;
+    rs_web_ctx *c = calloc(1, sizeof *c);
+    if (!c || !(c->ids = malloc((size_t)n * sizeof *c->ids))) {
+        free(c);
+        return rs_err(err, RESID_E_NOMEM, "web: out of memory");
+    }
+    memcpy(c->ids, ids, (size_t)n * sizeof *ids);
+    c->n = n;
+    c->m = m;
+    c->info = resid_model_get_info(m);
+    c->tok = resid_model_tokenizer(m);
+    resid_trace_opts to = resid_trace_defaults();
+    to.capture = RESID_EXPLAIN_CAPTURE;
+    to.positions = RESID_POS_ALL;
+    resid_status st = resid_forward(m, ids, n, &to, &c->tr, err);
+    if (st == RESID_OK) {
+        resid_explain_opts eo = resid_explain_defaults();
+        eo.lens = unit_lens;
+        eo.target = target;
+        eo.contrast = contrast;
+        st = resid_explainer_new(m, c->tr, &eo, &c->ex, err);
+    }
+    if (st != RESID_OK) {
+        rs_web_ctx_free(c);
+        return st;
+    }
+    c->target = resid_explainer_target(c->ex);
+    c->contrast = resid_explainer_contrast(c->ex);
+    *out = c;
+    return RESID_OK;
+}
+
+void rs_web_ctx_free(rs_web_ctx *c) {
+    if (!c) return;
+    resid_explainer_free(c->ex);
+    resid_trace_free(c->tr);
+    free(c->ids);
+    free(c);
+}
+
+/* ------------------------------------------------------------------------- */
+/* Lens grid                                                                 */
+/* ------------------------------------------------------------------------- */
+
+static bool add_cells(const rs_web_ctx *c, cJSON *rows, const char *name, int32_t layer,
+                      const char *kind, const resid_lens_cell *cells, int32_t n_pos) {
+    cJSON *r = cJSON_CreateObject();
+    if (!r) return false;
+    cJSON_AddItemToArray(rows, r);
+    cJSON *arr = cJSON_AddStringToObject(r, "name", name) &&
+                         cJSON_AddNumberToObject(r, "layer", layer) &&
+                         cJSON_AddStringToObject(r, "kind", kind)
+                     ? cJSON_AddArrayToObject(r, "cells")
+                     : NULL;
+    if (!arr) return false;
+    for (int32_t t = 0; t < n_pos; t++) {
+        cJSON *e = cJSON_CreateObject(), *tk = e ? out_token(c, cells[t].top1) : NULL;
+        if (!tk) {
+            cJSON_Delete(e);
+            return false;
+        }
+        cJSON_AddItemToArray(arr, e);
+        cJSON_AddItemToObject(e, "top1", tk);
+        if (!cJSON_AddNumberToObject(e, "p", cells[t].p_target) ||
+            !cJSON_AddNumberToObject(e, "rank", cells[t].rank_target) ||
+            !cJSON_AddNumberToObject(e, "p_top1", cells[t].p_top1))
+            return false;
+    }
+    return true;
+}
+
+resid_status rs_web_lens_grid(rs_web_ctx *c, resid_lens lens, const rs_web_opts *o, cJSON **out,
+                              resid_error *err) {
+    (void)o;
+    *out = NULL;
+    resid_lens_grid *g;
+    resid_status st = resid_lens_grid_new(c->m, c->tr, lens, c->target, &g, err);
+    if (st != RESID_OK) return st;
+    const int32_t L = g->n_layer, P = g->n_pos;
+    cJSON *root = cJSON_CreateObject(), *rows = NULL;
+    bool ok = root && cJSON_AddStringToObject(root, "lens", resid_lens_name(lens)) &&
+              cJSON_AddNumberToObject(root, "target", g->target) &&
+              cJSON_AddNumberToObject(root, "pos_first", g->pos_first) &&
+              (rows = cJSON_AddArrayToObject(root, "rows")) != NULL;
+    char name[48];
+    for (int32_t l = 0; ok && l < L; l++) {
+        snprintf(name, sizeof name, "x_in[%d]", l);
+        ok = add_cells(c, rows, name, l, "in", g->in + (size_t)l * P, P);
+        snprintf(name, sizeof name, "x_mid[%d]", l);
+        ok = ok && add_cells(c, rows, name, l, "mid", g->mid + (size_t)l * P, P);
+    }
+    ok = ok && add_cells(c, rows, "x_L", L, "out", g->in + (size_t)L * P, P);
+    resid_lens_grid_free(g);
+    if (!ok) {
+        cJSON_Delete(root);
+        return rs_err(err, RESID_E_NOMEM, "web: out of memory building the lens grid");
+    }
+    *out = root;
+    return RESID_OK;
+}
+
+/* ------------------------------------------------------------------------- */
+/* Heads                                                                     */
+/* ------------------------------------------------------------------------- */
+
+static bool add_score_fields(const rs_web_ctx *c, cJSON *e, const resid_score *s) {
+    bool ok = cJSON_AddNumberToObject(e, "lpi", s->lpi) &&
+              cJSON_AddNumberToObject(e, "prob_inc", s->prob_inc) &&
+              cJSON_AddNumberToObject(e, "bs_target", s->bs_target);
+    if (ok && c->contrast >= 0) ok = cJSON_AddNumberToObject(e, "contrast", s->contrast) != NULL;
+    return ok;
+}
+
+/* The attention row of head (l, h) at t*: α[T]. */
+static const float *attn_row(const rs_web_ctx *c, int32_t l, int32_t h) {
+    const resid_trace *tr = c->tr;
+    return tr->attn + (((size_t)l * tr->n_head + h) * tr->n_cap + (tr->n_cap - 1)) * tr->n_tokens;
+}
+
+static bool add_attention(const rs_web_ctx *c, cJSON *e, int32_t l, int32_t h) {
+    const float *a = attn_row(c, l, h);
+    cJSON *arr = cJSON_AddArrayToObject(e, "attention");
+    for (int32_t j = 0; arr && j < c->n; j++) {
+        cJSON *v = cJSON_CreateNumber(a[j]);
+        if (!v) return false;
+        cJSON_AddItemToArray(arr, v);
+    }
+    return arr != NULL;
+}
+
+resid_status rs_web_head(rs_web_ctx *c, int32_t layer, int32_t head, const rs_web_opts *o,
+                         cJSON **out, resid_error *err) {
+    *out = NULL;
+    const int32_t L = c->info->n_layer, H = c->info->n_head, T = c->n;
+    if (layer < 0 || layer >= L || head < 0 || head >= H)
+        return rs_err(err, RESID_E_ARG, "head %d_%d: out of range (%d layers, %d heads)", layer,
+                      head, L, H);
+    rs_web_opts d = o ? *o : rs_web_defaults();
+    resid_unit *u = malloc((size_t)(T + 1) * sizeof *u);
+    resid_score *s = malloc((size_t)(T + 1) * sizeof *s);
+    int32_t K = d.n_tokens > 0 ? d.n_tokens : 0;
+    resid_token_value *top = malloc((size_t)(K + 1) * sizeof *top);
+    resid_token_value *bot = malloc((size_t)(K + 1) * sizeof *bot);
+    cJSON *root = cJSON_CreateObject();
+    resid_status st = RESID_OK;
+    if (!u || !s || !top || !bot || !root) {
+        st = rs_err(err, RESID_E_NOMEM, "web: out of memory");
+        goto done;
+    }
+    u[0] = (resid_unit){RESID_UNIT_HEAD, layer, head, -1, -1};
+    for (int32_t j = 0; j < T; j++)
+        u[j + 1] = (resid_unit){RESID_UNIT_HEAD_POS, layer, head, -1, j};
+    if ((st = resid_score_units(c->ex, u, T + 1, s, err)) != RESID_OK) goto done;
+    int32_t k = 0;
+    if (K > 0 && (st = resid_project_unit(c->ex, &u[0], K, top, bot, &k, err)) != RESID_OK)
+        goto done;
+    char id[32];
+    snprintf(id, sizeof id, "%d_%d", layer, head);
+    bool ok = cJSON_AddStringToObject(root, "id", id) &&
+              cJSON_AddNumberToObject(root, "layer", layer) &&
+              cJSON_AddNumberToObject(root, "head", head) && add_score_fields(c, root, &s[0]) &&
+              add_attention(c, root, layer, head) &&
+              add_token_values(c, root, "top_tokens", top, k) &&
+              add_token_values(c, root, "bottom_tokens", bot, k);
+    cJSON *pos = ok ? cJSON_AddArrayToObject(root, "positions") : NULL;
+    ok = pos != NULL;
+    for (int32_t j = 0; ok && j < T; j++) {
+        cJSON *e = cJSON_CreateObject(), *tk = e ? prompt_token(c, j) : NULL;
+        if (!tk) {
+            cJSON_Delete(e);
+            ok = false;
+            break;
+        }
+        cJSON_AddItemToArray(pos, e);
+        ok = cJSON_AddNumberToObject(e, "pos", j) && cJSON_AddItemToObject(e, "source", tk) &&
+             cJSON_AddNumberToObject(e, "coef", s[j + 1].coef) &&
+             add_score_fields(c, e, &s[j + 1]);
+    }
+    if (!ok) st = rs_err(err, RESID_E_NOMEM, "web: out of memory building head %s", id);
+done:
+    free(u), free(s), free(top), free(bot);
+    if (st != RESID_OK) {
+        cJSON_Delete(root);
+        return st;
+    }
+    *out = root;
+    return RESID_OK;
+}
+
+/* ------------------------------------------------------------------------- */
+/* Neurons                                                                   */
+/* ------------------------------------------------------------------------- */
+
+static void slot_name(int32_t j, char *buf, size_t n) {
+    if (j == 0)
+        snprintf(buf, n, "emb");
+    else
+        snprintf(buf, n, "%c%d", (j % 2) ? 'a' : 'f', (j - 1) / 2);
+}
+
+/* One input key of a neuron: its pre-activation split by slot. */
+static resid_status add_key(rs_web_ctx *c, cJSON *keys, const char *name, resid_subkey key,
+                            int32_t layer, int32_t index, int32_t pos, double *sigma,
+                            resid_error *err) {
+    resid_preact *p;
+    resid_status st = resid_preact_new(c->m, c->tr, key, layer, index, pos, &p, err);
+    if (st != RESID_OK) return st;
+    if (sigma) *sigma = p->sigma;
+    cJSON *e = cJSON_CreateObject(), *slots = NULL;
+    bool ok = e != NULL;
+    if (ok) cJSON_AddItemToArray(keys, e);
+    ok = ok && cJSON_AddStringToObject(e, "key", name) &&
+         cJSON_AddNumberToObject(e, "pre", p->pre) &&
+         cJSON_AddNumberToObject(e, "mean_term", p->mean_term) &&
+         cJSON_AddNumberToObject(e, "bias_term", p->bias_term) &&
+         (slots = cJSON_AddArrayToObject(e, "slots")) != NULL;
+    for (int32_t j = 0; ok && j < p->n_slots; j++) {
+        char lab[16];
+        slot_name(j, lab, sizeof lab);
+        cJSON *s = cJSON_CreateObject();
+        ok = s != NULL;
+        if (ok) cJSON_AddItemToArray(slots, s);
+        ok = ok && cJSON_AddStringToObject(s, "slot", lab) &&
+             cJSON_AddNumberToObject(s, "share", p->share[j]);
+    }
+    resid_preact_free(p);
+    return ok ? RESID_OK : rs_err(err, RESID_E_NOMEM, "web: out of memory");
+}
+
+/* One neuron whose query neurons are wanted: key K[D] (γ ⊙ row), σ, the
+ * position its input is read at, and the layers below it. */
+typedef struct query_job {
+    const resid_unit *u;
+    float *K;
+    double sigma;
+    int32_t pos;
+    double *contrib; /* [layer][N]: m_i·(fc2_i·K)/σ for layers < u->layer */
+} query_job;
+
+/* Fills every job's contributions: one pass over each layer's w_down in
+ * row panels (D x N logically: row d, column k = fc2_k[d]). */
+static resid_status query_contrib(rs_web_ctx *c, query_job *jobs, int32_t n_jobs,
+                                  resid_error *err) {
+    const int32_t L = c->info->n_layer, D = c->info->d_model, N = c->info->d_ffn;
+    enum { PANEL = 64 };
+    float *panel = malloc((size_t)PANEL * (size_t)N * sizeof *panel);
+    double *g = malloc((size_t)N * sizeof *g);
+    if (!panel || !g) {
+        free(panel), free(g);
+        return rs_err(err, RESID_E_NOMEM, "web: out of memory");
+    }
+    const resid_trace *tr = c->tr;
+    for (int32_t i = 0; i < L; i++) {
+        bool any = false;
+        for (int32_t q = 0; q < n_jobs; q++)
+            any |= jobs[q].u->layer > i;
+        if (!any) continue;
+        const rs_tensor *w = c->m->layers[i].w_down;
+        for (int32_t q = 0; q < n_jobs; q++) {
+            query_job *jb = &jobs[q];
+            if (jb->u->layer <= i) continue;
+            memset(g, 0, (size_t)N * sizeof *g);
+            for (int32_t r0 = 0; r0 < D; r0 += PANEL) {
+                int32_t nr = D - r0 < PANEL ? D - r0 : PANEL;
+                rs_tensor_rows(w, r0, nr, panel);
+                for (int32_t r = 0; r < nr; r++) {
+                    const double kd = jb->K[r0 + r];
+                    const float *row = panel + (size_t)r * N;
+                    for (int32_t k = 0; k < N; k++)
+                        g[k] += kd * row[k];
+                }
+            }
+            const float *coef = tr->ffn_coef + ((size_t)i * tr->n_cap + (jb->pos - tr->pos_first)) * N;
+            for (int32_t k = 0; k < N; k++)
+                jb->contrib[(size_t)i * N + k] = coef[k] * g[k] / jb->sigma;
+        }
+    }
+    free(panel), free(g);
+    return RESID_OK;
+}
+
+typedef struct ranked {
+    double key;
+    int64_t i;
+} ranked;
+
+static int cmp_ranked(const void *pa, const void *pb) {
+    const ranked *a = pa, *b = pb;
+    if (a->key != b->key) return a->key > b->key ? -1 : 1;
+    return (a->i > b->i) - (a->i < b->i);
+}
+
+/* Builds the neurons' JSON (keys, query layers, query neurons). */
+static resid_status neurons_json(rs_web_ctx *c, const resid_unit *units, int32_t n_units,
+                                 const rs_web_opts *o, cJSON **outs, resid_error *err) {
+    const int32_t L = c->info->n_layer, D = c->info->d_model, N = c->info->d_ffn;
+    const int32_t H = c->info->n_head, Hkv = c->info->n_kv_head, dh = c->info->d_head;
+    const bool llama = c->info->arch == RESID_ARCH_LLAMA;
+    query_job *jobs = calloc((size_t)n_units + 1, sizeof *jobs);
+    float *v = malloc((size_t)D * sizeof *v);
+    resid_status st = RESID_OK;
+    if (!jobs || !v) {
+        st = rs_err(err, RESID_E_NOMEM, "web: out of memory");
+        goto done;
+    }
+    for (int32_t q = 0; q < n_units; q++) {
+        const resid_unit *u = &units[q];
+        outs[q] = NULL;
+        if (u->kind != RESID_UNIT_FFN_NEURON && u->kind != RESID_UNIT_ATTN_NEURON) {
+            st = rs_err(err, RESID_E_ARG, "web: neuron details need an FFN or attention neuron");
+            goto done;
+        }
+        const bool ffn = u->kind == RESID_UNIT_FFN_NEURON;
+        if (u->layer < 0 || u->layer >= L || (ffn && (u->index < 0 || u->index >= N)) ||
+            (!ffn && (u->head < 0 || u->head >= H || u->index < 0 || u->index >= dh ||
+                      u->pos < 0 || u->pos >= c->n))) {
+            char id[64];
+            resid_unit_format(u, id, sizeof id);
+            st = rs_err(err, RESID_E_ARG,
+                        "neuron %s: out of range (%d layers, %d FFN neurons, %d heads of %d "
+                        "dims, %d tokens)",
+                        id, L, N, H, dh, c->n);
+            goto done;
+        }
+        query_job *jb = &jobs[q];
+        jb->u = u;
+        jb->pos = ffn ? c->n - 1 : u->pos;
+        jb->K = malloc((size_t)D * sizeof *jb->K);
+        jb->contrib = calloc((size_t)(u->layer > 0 ? u->layer : 1) * (size_t)N, sizeof(double));
+        cJSON *root = cJSON_CreateObject();
+        outs[q] = root;
+        cJSON *keys = root ? cJSON_AddArrayToObject(root, "keys") : NULL;
+        if (!jb->K || !jb->contrib || !keys) {
+            st = rs_err(err, RESID_E_NOMEM, "web: out of memory");
+            goto done;
+        }
+        char id[64];
+        resid_unit_format(u, id, sizeof id);
+        if (!cJSON_AddStringToObject(root, "id", id) ||
+            !cJSON_AddStringToObject(root, "kind", resid_unit_kind_name(u->kind)) ||
+            !cJSON_AddNumberToObject(root, "layer", u->layer) ||
+            !cJSON_AddNumberToObject(root, "pos", jb->pos)) {
+            st = rs_err(err, RESID_E_NOMEM, "web: out of memory");
+            goto done;
+        }
+        const float *gamma;
+        if (ffn) {
+            st = add_key(c, keys, llama ? "up" : "fc1", RESID_SUBKEY_UP, u->layer, u->index,
+                         jb->pos, &jb->sigma, err);
+            if (st == RESID_OK && llama)
+                st = add_key(c, keys, "gate", RESID_SUBKEY_GATE, u->layer, u->index, jb->pos,
+                             NULL, err);
+            if (st == RESID_OK)
+                st = resid_param_vector(c->m, RESID_PARAM_FC1, u->layer, u->index, v, err);
+            gamma = c->m->layers[u->layer].ffn_norm_w;
+        } else {
+            const int32_t hkv = u->head / (H / Hkv);
+            st = add_key(c, keys, "wv", RESID_SUBKEY_VALUE, u->layer, u->head * dh + u->index,
+                         jb->pos, &jb->sigma, err);
+            if (st == RESID_OK)
+                st = resid_param_vector(c->m, RESID_PARAM_WV, u->layer,
+                                        (int64_t)hkv * dh + u->index, v, err);
+            gamma = c->m->layers[u->layer].attn_norm_w;
+        }
+        if (st != RESID_OK) goto done;
+        for (int32_t d = 0; d < D; d++)
+            jb->K[d] = (gamma ? gamma[d] : 1.0f) * v[d];
+        if (!(jb->sigma > 0)) jb->sigma = 1;
+    }
+    if ((st = query_contrib(c, jobs, n_units, err)) != RESID_OK) goto done;
+    /* The lower FFN neurons with the largest |contribution|. */
+    for (int32_t q = 0; q < n_units; q++) {
+        query_job *jb = &jobs[q];
+        const int64_t n = (int64_t)jb->u->layer * N;
+        cJSON *arr = cJSON_AddArrayToObject(outs[q], "query_neurons");
+        if (!arr) {
+            st = rs_err(err, RESID_E_NOMEM, "web: out of memory");
+            goto done;
+        }
+        if (n == 0) continue;
+        ranked *r = malloc((size_t)n * sizeof *r);
+        if (!r) {
+            st = rs_err(err, RESID_E_NOMEM, "web: out of memory");
+            goto done;
+        }
+        for (int64_t i = 0; i < n; i++)
+            r[i] = (ranked){fabs(jb->contrib[i]), i};
+        qsort(r, (size_t)n, sizeof *r, cmp_ranked);
+        const int32_t kq = o->n_query > 0 ? o->n_query : 8;
+        bool ok = true;
+        for (int64_t i = 0; ok && i < n && i < kq; i++) {
+            const int32_t li = (int32_t)(r[i].i / N), k = (int32_t)(r[i].i % N);
+            const resid_trace *tr = c->tr;
+            const float m_k =
+                tr->ffn_coef[((size_t)li * tr->n_cap + (jb->pos - tr->pos_first)) * N + k];
+            char id[32];
+            snprintf(id, sizeof id, "%d_%d", li, k);
+            cJSON *e = cJSON_CreateObject();
+            ok = e != NULL;
+            if (ok) cJSON_AddItemToArray(arr, e);
+            ok = ok && cJSON_AddStringToObject(e, "id", id) &&
+                 cJSON_AddNumberToObject(e, "layer", li) &&
+                 cJSON_AddNumberToObject(e, "neuron", k) &&
+                 cJSON_AddNumberToObject(e, "coef", m_k) &&
+                 cJSON_AddNumberToObject(e, "contribution", jb->contrib[r[i].i]);
+        }
+        free(r);
+        if (!ok) {
+            st = rs_err(err, RESID_E_NOMEM, "web: out of memory");
+            goto done;
+        }
+    }
+done:
+    for (int32_t q = 0; jobs && q < n_units; q++) {
+        free(jobs[q].K);
+        free(jobs[q].contrib);
+    }
+    free(jobs), free(v);
+    if (st != RESID_OK)
+        for (int32_t q = 0; q < n_units; q++) {
+            cJSON_Delete(outs[q]);
+            outs[q] = NULL;
+        }
+    return st;
+}
+
+resid_status rs_web_neuron(rs_web_ctx *c, const resid_unit *u, const rs_web_opts *o, cJSON **out,
+                           resid_error *err) {
+    rs_web_opts d = o ? *o : rs_web_defaults();
+    return neurons_json(c, u, 1, &d, out, err);
+}
+
+/* ------------------------------------------------------------------------- */
+/* Extras                                                                    */
+/* ------------------------------------------------------------------------- */
+
+static double num(const cJSON *o, const char *name, double dflt) {
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, name);
+    return cJSON_IsNumber(v) ? v->valuedouble : dflt;
+}
+
+resid_status rs_web_extras(rs_web_ctx *c, cJSON *report, const rs_web_opts *o, resid_error *err) {
+    rs_web_opts d = o ? *o : rs_web_defaults();
+    const int32_t L = c->info->n_layer, H = c->info->n_head;
+    resid_status st;
+    resid_lens lens = RESID_LENS_PAPER;
+    const cJSON *ln = cJSON_GetObjectItemCaseSensitive(report, "lens");
+    if (cJSON_IsString(ln) && resid_lens_parse(ln->valuestring, &lens, err) != RESID_OK)
+        return RESID_E_ARG;
+    cJSON *grid;
+    if ((st = rs_web_lens_grid(c, lens, &d, &grid, err)) != RESID_OK) return st;
+    cJSON_AddItemToObject(report, "lens_grid", grid);
+
+    /* Heads: the attention row of each; details for the best ones by the
+     * report's score (contrast with --vs, else LPI). */
+    const cJSON *heads = cJSON_GetObjectItemCaseSensitive(report, "heads");
+    const int32_t nh = L * H;
+    ranked *r = malloc((size_t)nh * sizeof *r);
+    if (!r) return rs_err(err, RESID_E_NOMEM, "web: out of memory");
+    const bool by_contrast = c->contrast >= 0;
+    for (int32_t i = 0; i < nh; i++) {
+        const cJSON *h = cJSON_GetArrayItem(heads, i);
+        r[i] = (ranked){h ? num(h, by_contrast ? "contrast" : "lpi", 0) : 0, i};
+    }
+    qsort(r, (size_t)nh, sizeof *r, cmp_ranked);
+    bool *detail = calloc((size_t)nh, sizeof *detail);
+    cJSON *hd = cJSON_AddArrayToObject(report, "head_details");
+    if (!detail || !hd) {
+        free(r), free(detail);
+        return rs_err(err, RESID_E_NOMEM, "web: out of memory");
+    }
+    for (int32_t i = 0; i < nh && i < d.n_head_detail; i++)
+        detail[r[i].i] = true;
+    free(r);
+    st = RESID_OK;
+    for (int32_t i = 0; st == RESID_OK && i < nh; i++) {
+        cJSON *e = NULL;
+        if (detail[i]) {
+            st = rs_web_head(c, i / H, i % H, &d, &e, err);
+        } else {
+            char id[32];
+            snprintf(id, sizeof id, "%d_%d", i / H, i % H);
+            e = cJSON_CreateObject();
+            if (!e || !cJSON_AddStringToObject(e, "id", id) ||
+                !cJSON_AddNumberToObject(e, "layer", i / H) ||
+                !cJSON_AddNumberToObject(e, "head", i % H) || !add_attention(c, e, i / H, i % H))
+                st = rs_err(err, RESID_E_NOMEM, "web: out of memory");
+        }
+        if (e) cJSON_AddItemToArray(hd, e);
+    }
+    free(detail);
+    if (st != RESID_OK) return st;
+
+    /* Neurons of the two neuron lists. */
+    static const char *lists[] = {"ffn_neurons", "attn_neurons"};
+    int32_t n_units = 0;
+    for (int li = 0; li < 2; li++)
+        n_units += cJSON_GetArraySize(cJSON_GetObjectItemCaseSensitive(report, lists[li]));
+    resid_unit *units = calloc((size_t)n_units + 1, sizeof *units);
+    cJSON **outs = calloc((size_t)n_units + 1, sizeof *outs);
+    cJSON *nd = cJSON_AddObjectToObject(report, "neuron_details");
+    if (!units || !outs || !nd) {
+        free(units), free(outs);
+        return rs_err(err, RESID_E_NOMEM, "web: out of memory");
+    }
+    int32_t q = 0;
+    for (int li = 0; li < 2; li++) {
+        const cJSON *e;
+        cJSON_ArrayForEach(e, cJSON_GetObjectItemCaseSensitive(report, lists[li])) {
+            resid_unit *u = &units[q++];
+            u->layer = (int32_t)num(e, "layer", -1);
+            if (li == 0) {
+                *u = (resid_unit){RESID_UNIT_FFN_NEURON, u->layer, -1, (int32_t)num(e, "neuron", -1),
+                                  -1};
+            } else {
+                *u = (resid_unit){RESID_UNIT_ATTN_NEURON, u->layer, (int32_t)num(e, "head", -1),
+                                  (int32_t)num(e, "dim", -1), (int32_t)num(e, "pos", -1)};
+            }
+        }
+    }
+    st = neurons_json(c, units, n_units, &d, outs, err);
+    for (int32_t i = 0; st == RESID_OK && i < n_units; i++) {
+        char id[64];
+        resid_unit_format(&units[i], id, sizeof id);
+        cJSON_AddItemToObject(nd, id, outs[i]);
+    }
+    free(units), free(outs);
+    return st;
+}
+
+resid_status rs_web_extras_for(const resid_model *m, cJSON *report, const rs_web_opts *o,
+                               resid_error *err) {
+    const cJSON *toks = cJSON_GetObjectItemCaseSensitive(report, "tokens");
+    const int32_t n = cJSON_GetArraySize(toks);
+    if (n < 1) return rs_err(err, RESID_E_ARG, "web: the report has no tokens");
+    int32_t *ids = malloc((size_t)n * sizeof *ids);
+    if (!ids) return rs_err(err, RESID_E_NOMEM, "web: out of memory");
+    int32_t i = 0;
+    const cJSON *t;
+    cJSON_ArrayForEach(t, toks) ids[i++] = (int32_t)num(t, "id", -1);
+    const cJSON *ul = cJSON_GetObjectItemCaseSensitive(report, "unit_lens");
+    resid_lens lens = RESID_LENS_PAPER;
+    if (cJSON_IsString(ul) && resid_lens_parse(ul->valuestring, &lens, err) != RESID_OK) {
+        free(ids);
+        return RESID_E_ARG;
+    }
+    rs_web_ctx *c;
+    resid_status st = rs_web_ctx_new(
+        m, ids, n, (int32_t)num(cJSON_GetObjectItemCaseSensitive(report, "target"), "id", -1),
+        (int32_t)num(cJSON_GetObjectItemCaseSensitive(report, "contrast"), "id", -1), lens, &c,
+        err);
+    free(ids);
+    if (st != RESID_OK) return st;
+    st = rs_web_extras(c, report, o, err);
+    rs_web_ctx_free(c);
+    return st;
+}
+
+/* ------------------------------------------------------------------------- */
+/* The HTML file                                                             */
+/* ------------------------------------------------------------------------- */
+
+char *rs_html_json_escaped(const cJSON *report) {
+    char *json = cJSON_PrintUnformatted(report);
+    if (!json) return NULL;
+    size_t n = 0, len = strlen(json);
+    for (size_t i = 0; i < len; i++)
+        n += (json[i] == '<' || json[i] == '>' || json[i] == '&') ? 6 : 1;
+    char *out = malloc(n + 1);
+    if (out) {
+        size_t w = 0;
+        for (size_t i = 0; i < len; i++) {
+            const char ch = json[i];
+            if (ch == '<' || ch == '>' || ch == '&')
+                w += (size_t)snprintf(out + w, 7, "\\u%04x", (unsigned)ch);
+            else
+                out[w++] = ch;
+        }
+        out[w] = 0;
+    }
+    free(json);
+    return out;
+}
+
+/* Writes text[0..n) replacing every case-insensitive "</tag" by "<\/tag"
+ * (the asset then cannot close its inline <script>/<style> element). */
+static void put_guarded(FILE *f, const char *text, size_t n, const char *tag) {
+    const size_t tl = strlen(tag);
+    size_t i = 0, from = 0;
+    while (i + 2 + tl <= n) {
+        if (text[i] == '<' && text[i + 1] == '/' && !strncasecmp(text + i + 2, tag, tl)) {
+            fwrite(text + from, 1, i + 1 - from, f);
+            fputc('\\', f);
+            from = i + 1;
+        }
+        i++;
+    }
+    fwrite(text + from, 1, n - from, f);
+}
+
+static const char *find(const char *hay, size_t n, const char *needle, size_t from) {
+    const size_t nl = strlen(needle);
+    for (size_t i = from; i + nl <= n; i++)
+        if (!memcmp(hay + i, needle, nl)) return hay + i;
+    return NULL;
+}
+
+resid_status rs_html_write(FILE *f, const cJSON *report, resid_error *err) {
+    const rs_web_asset *page = rs_web_asset_find("index.html");
+    const rs_web_asset *css = rs_web_asset_find("app.css");
+    const rs_web_asset *js = rs_web_asset_find("app.js");
+    if (!page || !css || !js) return rs_err(err, RESID_E_IO, "html: web assets missing");
+    static const char m_css[] = "<link rel=\"stylesheet\" href=\"app.css\">";
+    static const char m_js[] = "<script src=\"app.js\"></script>";
+    static const char m_data[] = "<!-- resid:data -->";
+    const char *p = (const char *)page->data;
+    const size_t n = page->len;
+    const char *a = find(p, n, m_css, 0), *b = a ? find(p, n, m_data, (size_t)(a - p)) : NULL;
+    const char *c = b ? find(p, n, m_js, (size_t)(b - p)) : NULL;
+    if (!a || !b || !c)
+        return rs_err(err, RESID_E_FORMAT, "html: web/index.html lacks its css/data/js markers");
+    char *json = rs_html_json_escaped(report);
+    if (!json) return rs_err(err, RESID_E_NOMEM, "html: out of memory serialising the report");
+    fwrite(p, 1, (size_t)(a - p), f);
+    fputs("<style>\n", f);
+    put_guarded(f, (const char *)css->data, css->len, "style");
+    fputs("</style>", f);
+    a += sizeof m_css - 1;
+    fwrite(a, 1, (size_t)(b - a), f);
+    fputs("<script type=\"application/json\" id=\"resid-data\">", f);
+    fputs(json, f);
+    fputs("</script>", f);
+    b += sizeof m_data - 1;
+    fwrite(b, 1, (size_t)(c - b), f);
+    fputs("<script>\n", f);
+    put_guarded(f, (const char *)js->data, js->len, "script");
+    fputs("</script>", f);
+    c += sizeof m_js - 1;
+    fwrite(c, 1, n - (size_t)(c - p), f);
+    free(json);
+    return ferror(f) ? rs_err(err, RESID_E_IO, "html: write error") : RESID_OK;
+}
+
+resid_status rs_html_write_file(const char *path, const cJSON *report, resid_error *err) {
+    FILE *f = fopen(path, "wb");
+    if (!f) return rs_err(err, RESID_E_IO, "%s: cannot create: %s", path, strerror(errno));
+    resid_status st = rs_html_write(f, report, err);
+    if (fclose(f) != 0 && st == RESID_OK)
+        st = rs_err(err, RESID_E_IO, "%s: write error: %s", path, strerror(errno));
+    return st;
+}

@@ -1,0 +1,338 @@
+/*
+ * test_web.c - the HTML report writer and the front end's extra views
+ * (src/output/html.c):
+ *  - the data block's escaping: no '<' survives, "</script>" in a token
+ *    text cannot end the block, and the text parses back to the same JSON;
+ *  - the report file: the assets inlined, exactly the expected <script>
+ *    elements, no external reference;
+ *  - lens grid: 2L+1 rows x T cells; the x_L cell at t* equals the report's
+ *    p(target) in its lens (1e-5);
+ *  - heads: every attention row sums to 1 (1e-5); a head's score equals the
+ *    report's (1e-9); the bs_target of its head x position units sums to the
+ *    head's (exact linearity, 1e-4 relative);
+ *  - neuron query neurons: recomputed naively (m_k fc2_k . (gamma ⊙ key)/σ
+ *    in float64 from the weights) for every lower FFN neuron; the listed
+ *    ones are the largest by |contribution| with the same values (1e-4),
+ *    and for Llama (no FFN bias) the contributions of a layer sum to the
+ *    library's exact pre-activation share of that layer's slot (1e-3
+ *    relative).
+ * The reports written (web-report-*.html in the working directory) are
+ * kept as artifacts.
+ */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "testutil.h"
+
+#include "model/model.h"
+#include "output/html.h"
+#include "output/web_assets.h"
+
+#define STORIES "tinyllamas/stories260K.bin"
+#define GPT2S "tiny-gpt2-stories"
+#define P_RED "Once upon a time, there was a boy named Tim. Tim had a big red"
+
+static char *sh_quote(const char *s) {
+    char *q = malloc(strlen(s) * 4 + 3), *o = q;
+    *o++ = '\'';
+    for (const char *p = s; *p; p++) {
+        if (*p == '\'') {
+            memcpy(o, "'\\''", 4);
+            o += 4;
+        } else {
+            *o++ = *p;
+        }
+    }
+    *o++ = '\'';
+    *o = 0;
+    return q;
+}
+
+/* The CLI's explain JSON (the reference the extras are added to). */
+static cJSON *explain_json(const char *model, const char *args) {
+    char *exe = sh_quote(tu_cli()), *path = tu_model_path(model), *mq = sh_quote(path);
+    char *pq = sh_quote(P_RED);
+    size_t n = strlen(exe) + strlen(mq) + strlen(pq) + strlen(args) + 64;
+    char *line = malloc(n);
+    snprintf(line, n, "%s explain %s -p %s --json - %s 2>/dev/null", exe, mq, pq, args);
+    int st;
+    char *out = tu_run(line, &st);
+    if (st != 0) {
+        print_error("%s: exit %d: %.300s\n", line, st, out);
+        fail();
+    }
+    cJSON *j = cJSON_Parse(out);
+    assert_non_null(j);
+    free(out), free(line), free(exe), free(path), free(mq), free(pq);
+    return j;
+}
+
+static double num(const cJSON *o, const char *k) {
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, k);
+    if (!cJSON_IsNumber(v)) {
+        print_error("field %s missing or not a number\n", k);
+        fail();
+    }
+    return v->valuedouble;
+}
+
+static int count(const char *hay, const char *needle) {
+    int c = 0;
+    for (const char *p = hay; (p = strstr(p, needle)); p++)
+        c++;
+    return c;
+}
+
+static void test_escaping(void **state) {
+    (void)state;
+    cJSON *j = cJSON_CreateObject();
+    const char *evil = "</script><script>alert(1)</script><!-- & --> </SCRIPT";
+    cJSON_AddStringToObject(j, "text", evil);
+    char *esc = rs_html_json_escaped(j);
+    assert_non_null(esc);
+    assert_null(strchr(esc, '<'));
+    assert_null(strchr(esc, '>'));
+    assert_null(strchr(esc, '&'));
+    cJSON *back = cJSON_Parse(esc);
+    assert_non_null(back);
+    assert_string_equal(cJSON_GetObjectItem(back, "text")->valuestring, evil);
+    cJSON_Delete(back);
+    free(esc);
+
+    /* The file: data block + inline JS = exactly two "</script>". */
+    char *path = tu_write_temp("escape.html", "", 0);
+    resid_error err;
+    assert_int_equal(rs_html_write_file(path, j, &err), RESID_OK);
+    size_t size;
+    char *html = (char *)tu_read_file(path, &size);
+    html = realloc(html, size + 1);
+    html[size] = 0;
+    assert_int_equal(count(html, "</script>"), 2);
+    assert_int_equal(count(html, "<script"), 2);
+    assert_int_equal(count(html, "</style>"), 1);
+    assert_null(strstr(html, "src=\""));
+    assert_null(strstr(html, "href=\""));
+    /* The only URL is the SVG namespace name (never fetched). */
+    assert_int_equal(count(html, "http://"), count(html, "http://www.w3.org/2000/svg"));
+    assert_null(strstr(html, "https://"));
+    assert_non_null(strstr(html, "id=\"resid-data\">{\"text\":\"\\u003c/script\\u003e"));
+    /* Every asset byte is inlined. */
+    const rs_web_asset *js = rs_web_asset_find("app.js");
+    assert_non_null(js);
+    assert_null(strstr((const char *)js->data, "</script"));
+    assert_non_null(strstr(html, "'use strict';"));
+    free(html);
+    remove(path);
+    free(path);
+    cJSON_Delete(j);
+    assert_int_equal(rs_html_write_file("/nonexistent-dir/x.html", NULL, &err), RESID_E_IO);
+    assert_non_null(strstr(err.msg, "/nonexistent-dir/x.html"));
+}
+
+/* Naive contributions of every FFN neuron below `layer` to a key K at
+ * position pos, float64. */
+static void naive_contrib(const resid_model *m, const resid_trace *tr, const float *K, int32_t layer,
+                          int32_t pos, double sigma, double *out) {
+    const int32_t D = tr->d_model, N = tr->d_ffn;
+    float *v = malloc((size_t)D * sizeof *v);
+    resid_error err;
+    for (int32_t i = 0; i < layer; i++)
+        for (int32_t k = 0; k < N; k++) {
+            assert_int_equal(resid_param_vector(m, RESID_PARAM_FC2, i, k, v, &err), RESID_OK);
+            double dot = 0;
+            for (int32_t d = 0; d < D; d++)
+                dot += (double)v[d] * K[d];
+            out[(size_t)i * N + k] = tr->ffn_coef[((size_t)i * tr->n_cap + pos) * N + k] * dot / sigma;
+        }
+    free(v);
+}
+
+static void check_report(const char *model, const char *args, const char *out_name) {
+    cJSON *rep = explain_json(model, args);
+    resid_model *m = tu_open_model(model);
+    const resid_model_info *info = resid_model_get_info(m);
+    const int32_t L = info->n_layer, H = info->n_head, N = info->d_ffn, D = info->d_model;
+    const int32_t T = cJSON_GetArraySize(cJSON_GetObjectItem(rep, "tokens"));
+    resid_error err;
+    rs_web_opts o = rs_web_defaults();
+    if (rs_web_extras_for(m, rep, &o, &err) != RESID_OK) {
+        print_error("extras: %s\n", err.msg);
+        fail();
+    }
+    const bool contrast = cJSON_GetObjectItem(rep, "contrast") != NULL;
+    const char *key = contrast ? "contrast" : "lpi";
+
+    /* Lens grid. */
+    const cJSON *g = cJSON_GetObjectItem(rep, "lens_grid");
+    const cJSON *rows = cJSON_GetObjectItem(g, "rows");
+    assert_int_equal(cJSON_GetArraySize(rows), 2 * L + 1);
+    const cJSON *row;
+    cJSON_ArrayForEach(row, rows) assert_int_equal(
+        cJSON_GetArraySize(cJSON_GetObjectItem(row, "cells")), T - (int)num(g, "pos_first"));
+    const cJSON *last = cJSON_GetArrayItem(rows, 2 * L);
+    const cJSON *cells = cJSON_GetObjectItem(last, "cells");
+    double p_grid = num(cJSON_GetArrayItem(cells, cJSON_GetArraySize(cells) - 1), "p");
+    double p_rep = num(cJSON_GetObjectItem(rep, "target"), "prob");
+    printf("# %s %s: lens grid p(target) at x_L t* %.8f vs report %.8f (maxdiff %.2e)\n", model,
+           args, p_grid, p_rep, fabs(p_grid - p_rep));
+    assert_true(fabs(p_grid - p_rep) <= 1e-5);
+
+    /* Heads. */
+    const cJSON *hd = cJSON_GetObjectItem(rep, "head_details");
+    const cJSON *heads = cJSON_GetObjectItem(rep, "heads");
+    assert_int_equal(cJSON_GetArraySize(hd), L * H);
+    int n_detail = 0;
+    double worst_lin = 0;
+    for (int32_t i = 0; i < L * H; i++) {
+        const cJSON *e = cJSON_GetArrayItem(hd, i), *a = cJSON_GetObjectItem(e, "attention");
+        assert_int_equal(cJSON_GetArraySize(a), T);
+        double sum = 0;
+        const cJSON *x;
+        cJSON_ArrayForEach(x, a) sum += x->valuedouble;
+        assert_true(fabs(sum - 1) <= 1e-5);
+        const cJSON *pos = cJSON_GetObjectItem(e, "positions");
+        if (!pos) continue;
+        n_detail++;
+        assert_true(fabs(num(e, key) - num(cJSON_GetArrayItem(heads, i), key)) <= 1e-9);
+        double bs = 0, ref = num(e, "bs_target");
+        cJSON_ArrayForEach(x, pos) bs += num(x, "bs_target");
+        double rel = fabs(bs - ref) / fmax(1e-6, fabs(ref));
+        if (rel > worst_lin) worst_lin = rel;
+        assert_true(rel <= 1e-4);
+        assert_int_equal(cJSON_GetArraySize(cJSON_GetObjectItem(e, "top_tokens")), 5);
+    }
+    printf("# heads with details %d; sum_j bs_target(head,j) vs bs_target(head): max rel diff "
+           "%.2e\n",
+           n_detail, worst_lin);
+    assert_int_equal(n_detail, L * H < 12 ? L * H : 12);
+
+    /* Neurons: recompute the query neurons naively. */
+    resid_trace_opts to = resid_trace_defaults();
+    to.capture = RESID_EXPLAIN_CAPTURE;
+    to.positions = RESID_POS_ALL;
+    int32_t *ids = malloc((size_t)T * sizeof *ids);
+    for (int32_t t = 0; t < T; t++)
+        ids[t] = (int32_t)num(cJSON_GetArrayItem(cJSON_GetObjectItem(rep, "tokens"), t), "id");
+    resid_trace *tr;
+    assert_int_equal(resid_forward(m, ids, T, &to, &tr, &err), RESID_OK);
+    const cJSON *nd = cJSON_GetObjectItem(rep, "neuron_details");
+    double *ref = malloc((size_t)L * N * sizeof *ref);
+    float *K = malloc((size_t)D * sizeof *K), *v = malloc((size_t)D * sizeof *v);
+    double worst = 0, worst_sum = 0;
+    int n_checked = 0;
+    static const char *lists[] = {"ffn_neurons", "attn_neurons"};
+    for (int li = 0; li < 2; li++) {
+        const cJSON *u;
+        cJSON_ArrayForEach(u, cJSON_GetObjectItem(rep, lists[li])) {
+            const char *id = cJSON_GetObjectItem(u, "id")->valuestring;
+            const cJSON *d = cJSON_GetObjectItem(nd, id);
+            assert_non_null(d);
+            const int32_t l = (int32_t)num(u, "layer");
+            const int32_t pos = (int32_t)num(d, "pos");
+            const cJSON *k0 = cJSON_GetArrayItem(cJSON_GetObjectItem(d, "keys"), 0);
+            const cJSON *slots = cJSON_GetObjectItem(k0, "slots");
+            assert_int_equal(cJSON_GetArraySize(slots), li == 0 ? 2 * l + 2 : 2 * l + 1);
+            const float *gamma;
+            resid_subkey sk;
+            int32_t index;
+            if (li == 0) {
+                assert_int_equal(pos, T - 1);
+                assert_int_equal(resid_param_vector(m, RESID_PARAM_FC1, l, (int32_t)num(u, "neuron"),
+                                                    v, &err),
+                                 RESID_OK);
+                gamma = m->layers[l].ffn_norm_w;
+                sk = RESID_SUBKEY_UP;
+                index = (int32_t)num(u, "neuron");
+            } else {
+                const int32_t h = (int32_t)num(u, "head"), n = (int32_t)num(u, "dim");
+                const int32_t hkv = h / (H / info->n_kv_head);
+                assert_int_equal(pos, (int32_t)num(u, "pos"));
+                assert_int_equal(resid_param_vector(m, RESID_PARAM_WV, l,
+                                                    (int64_t)hkv * info->d_head + n, v, &err),
+                                 RESID_OK);
+                gamma = m->layers[l].attn_norm_w;
+                sk = RESID_SUBKEY_VALUE;
+                index = h * info->d_head + n;
+            }
+            for (int32_t x = 0; x < D; x++)
+                K[x] = (gamma ? gamma[x] : 1.0f) * v[x];
+            resid_preact *pa;
+            assert_int_equal(resid_preact_new(m, tr, sk, l, index, pos, &pa, &err), RESID_OK);
+            naive_contrib(m, tr, K, l, pos, pa->sigma, ref);
+            /* The listed ones: the largest |contribution|, same values. */
+            const cJSON *q = cJSON_GetObjectItem(d, "query_neurons"), *e;
+            double floor_abs = INFINITY;
+            cJSON_ArrayForEach(e, q) {
+                int32_t il = (int32_t)num(e, "layer"), ik = (int32_t)num(e, "neuron");
+                assert_true(il < l);
+                double diff = fabs(num(e, "contribution") - ref[(size_t)il * N + ik]);
+                double rel = diff / fmax(1e-3, fabs(ref[(size_t)il * N + ik]));
+                if (rel > worst) worst = rel;
+                assert_true(rel <= 1e-4);
+                if (fabs(ref[(size_t)il * N + ik]) < floor_abs)
+                    floor_abs = fabs(ref[(size_t)il * N + ik]);
+            }
+            int n_above = 0;
+            for (int64_t i = 0; i < (int64_t)l * N; i++)
+                n_above += fabs(ref[i]) > floor_abs * (1 + 1e-6);
+            assert_true(n_above <= cJSON_GetArraySize(q));
+            assert_int_equal(cJSON_GetArraySize(q), l * N < o.n_query ? l * N : o.n_query);
+            /* Llama (no FFN bias): a layer's contributions add up to its
+             * slot's exact share of the pre-activation. */
+            if (info->arch == RESID_ARCH_LLAMA) {
+                for (int32_t i = 0; i < l; i++) {
+                    double sum = 0;
+                    for (int32_t k = 0; k < N; k++)
+                        sum += ref[(size_t)i * N + k];
+                    double share = pa->share[2 * i + 2];
+                    double rel = fabs(sum - share) / fmax(1e-3, fabs(share));
+                    if (rel > worst_sum) worst_sum = rel;
+                    assert_true(rel <= 1e-3);
+                }
+            }
+            resid_preact_free(pa);
+            n_checked++;
+        }
+    }
+    printf("# %d neurons: query-neuron contributions vs naive float64 max rel diff %.2e; layer "
+           "sums vs exact slot share %.2e\n",
+           n_checked, worst, worst_sum);
+    assert_true(n_checked > 0);
+
+    rs_web_ctx *c;
+    assert_int_equal(rs_web_ctx_new(m, ids, T, -1, -1, RESID_LENS_PAPER, &c, &err), RESID_OK);
+    cJSON *hj;
+    assert_int_equal(rs_web_head(c, L, 0, NULL, &hj, &err), RESID_E_ARG);
+    assert_non_null(strstr(err.msg, "out of range"));
+    resid_unit bad = {RESID_UNIT_FFN_NEURON, 0, -1, N, -1};
+    assert_int_equal(rs_web_neuron(c, &bad, NULL, &hj, &err), RESID_E_ARG);
+    assert_non_null(strstr(err.msg, "out of range"));
+    rs_web_ctx_free(c);
+
+    assert_int_equal(rs_html_write_file(out_name, rep, &err), RESID_OK);
+    free(ref), free(K), free(v), free(ids);
+    resid_trace_free(tr);
+    resid_model_free(m);
+    cJSON_Delete(rep);
+}
+
+static void test_report_stories(void **state) {
+    (void)state;
+    check_report(STORIES, "", "web-report-stories260K.html");
+}
+
+static void test_report_gpt2_contrast(void **state) {
+    (void)state;
+    check_report(GPT2S, "--vs ' blue' --lens exact", "web-report-gpt2-vs.html");
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_escaping),
+        cmocka_unit_test(test_report_stories),
+        cmocka_unit_test(test_report_gpt2_contrast),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
