@@ -1075,6 +1075,8 @@ typedef struct resid_explain_request {
     bool prompt_tokens;    /* the "tokens" array (default true) */
     bool compact;          /* unit entries are {"id", "lpi"[, "contrast"]} only,
                               no tokens (default false) */
+    bool head_tokens;      /* also top/bottom tokens for the top_k heads by
+                              score, as the text report shows (default false) */
 } resid_explain_request;
 
 resid_explain_request resid_explain_request_defaults(void);

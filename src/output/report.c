@@ -1,0 +1,661 @@
+/*
+ * report.c - the explain report (docs/explain-json.md) as a cJSON tree.
+ *
+ * One computation for `resid explain` (text and --json) and `resid batch`:
+ * run the prompt once, build an explainer in the unit lens, the layer table
+ * in the lens asked for, the ranked unit lists (heads: all, exactly; the
+ * other kinds: the certified top-K) and the Q1 query layers, then write it
+ * all as JSON. Never prints.
+ */
+#include "output/report.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/util.h"
+
+resid_explain_request resid_explain_request_defaults(void) {
+    resid_explain_request r;
+    memset(&r, 0, sizeof r);
+    r.target = r.contrast = -1;
+    r.lens = RESID_LENS_PAPER;
+    r.top_k = 10;
+    r.neuron_top_k = 0;
+    r.n_unit_tokens = 5;
+    r.query = true;
+    r.prompt_tokens = true;
+    return r;
+}
+
+/* ------------------------------------------------------------------------- */
+/* Tokens                                                                    */
+/* ------------------------------------------------------------------------- */
+
+/* Valid UTF-8 copy of s[0..n) (see rs_report_token); malloc'd. */
+static char *utf8_sanitize(const char *s, size_t n, bool *changed) {
+    const uint8_t *u = (const uint8_t *)s;
+    char *out = malloc(3 * n + 1); /* a replaced byte takes at most 3 */
+    if (!out) return NULL;
+    size_t k = 0;
+    bool ch = false;
+    for (size_t i = 0; i < n;) {
+        int l = rs_utf8_seq_len(u + i, n - i);
+        if (u[i] == 0) { /* U+2400 SYMBOL FOR NULL */
+            memcpy(out + k, "\xE2\x90\x80", 3);
+            k += 3;
+            i++;
+            ch = true;
+        } else if (l > 0) {
+            memcpy(out + k, u + i, (size_t)l);
+            k += (size_t)l;
+            i += (size_t)l;
+        } else { /* byte b -> U+00bb */
+            out[k++] = (char)(0xC0 | (u[i] >> 6));
+            out[k++] = (char)(0x80 | (u[i] & 0x3F));
+            i++;
+            ch = true;
+        }
+    }
+    out[k] = 0;
+    *changed = ch;
+    return out;
+}
+
+static bool add_text(cJSON *obj, const char *name, const char *s, size_t n) {
+    bool changed;
+    char *clean = utf8_sanitize(s, n, &changed);
+    if (!clean) return false;
+    bool ok = cJSON_AddStringToObject(obj, name, clean) != NULL;
+    free(clean);
+    if (ok && changed) {
+        char *hex = malloc(3 * n + 1);
+        if (!hex) return false;
+        size_t k = 0;
+        for (size_t i = 0; i < n; i++)
+            k += (size_t)snprintf(hex + k, 4, i ? " %02x" : "%02x", (unsigned)(uint8_t)s[i]);
+        hex[k] = 0;
+        ok = cJSON_AddStringToObject(obj, "bytes", hex) != NULL;
+        free(hex);
+    }
+    return ok;
+}
+
+cJSON *rs_report_token(const resid_tokenizer *tok, int32_t prev, int32_t id) {
+    cJSON *o = cJSON_CreateObject();
+    if (!o || !cJSON_AddNumberToObject(o, "id", id)) goto fail;
+    if (tok) {
+        size_t len;
+        const char *b = resid_token_bytes(tok, prev, id, &len);
+        if (b && !add_text(o, "text", b, len)) goto fail;
+    }
+    return o;
+fail:
+    cJSON_Delete(o);
+    return NULL;
+}
+
+static cJSON *json_tokens(const resid_tokenizer *tok, const int32_t *ids, int32_t n) {
+    cJSON *arr = cJSON_CreateArray();
+    if (!arr) return NULL;
+    for (int32_t i = 0; i < n; i++) {
+        cJSON *t = rs_report_token(tok, i ? ids[i - 1] : -1, ids[i]);
+        if (!t) {
+            cJSON_Delete(arr);
+            return NULL;
+        }
+        cJSON_AddItemToArray(arr, t);
+    }
+    return arr;
+}
+
+resid_status rs_report_resolve_token(const resid_tokenizer *tok, const char *what, const char *text,
+                                     int32_t prev, int32_t *out, resid_error *err) {
+    if (!tok) return rs_err(err, RESID_E_ARG, "the model has no tokenizer: give %s as an id", what);
+    const size_t tl = strlen(text);
+    if (rs_utf8_validate(text, tl) >= 0)
+        return rs_err(err, RESID_E_TOKENIZE, "%s is not valid UTF-8 (byte %lld)", what,
+                      (long long)rs_utf8_validate(text, tl));
+    const int32_t V = resid_tokenizer_n_vocab(tok);
+    for (int32_t id = 0; id < V && tl > 0; id++) {
+        size_t len;
+        const char *b = resid_token_bytes(tok, prev, id, &len);
+        if (b && len == tl && memcmp(b, text, tl) == 0) {
+            *out = id;
+            return RESID_OK;
+        }
+    }
+    resid_encode_opts eo = resid_encode_defaults(tok);
+    eo.add_bos = false;
+    const char *enc = text;
+    if (resid_tokenizer_get_kind(tok) == RESID_TOKENIZER_SPM && text[0] == ' ') enc = text + 1;
+    int32_t *ids = NULL, n = 0;
+    resid_status st = resid_tokenize(tok, enc, -1, &eo, &ids, &n, err);
+    if (st != RESID_OK) return st;
+    if (n == 1) {
+        *out = ids[0];
+        free(ids);
+        return RESID_OK;
+    }
+    free(ids);
+    return rs_err(err, RESID_E_ARG, "%s \"%.200s\" is %d tokens, not one", what, text, n);
+}
+
+/* ------------------------------------------------------------------------- */
+/* The computation                                                           */
+/* ------------------------------------------------------------------------- */
+
+/* log-softmax of x[V] at id. */
+static double log_softmax_at(const float *x, int32_t V, int32_t id) {
+    double mx = -INFINITY, sum = 0;
+    for (int32_t i = 0; i < V; i++)
+        if (x[i] > mx) mx = x[i];
+    for (int32_t i = 0; i < V; i++)
+        sum += exp((double)x[i] - mx);
+    return (double)x[id] - mx - log(sum);
+}
+
+static int32_t argmax(const float *x, int32_t V) {
+    int32_t best = 0;
+    for (int32_t i = 1; i < V; i++)
+        if (x[i] > x[best]) best = i;
+    return best;
+}
+
+/* One ranked list. */
+typedef struct unit_list {
+    const char *name; /* JSON key: "head_positions", ... */
+    resid_unit_kind kind;
+    resid_score *s;
+    int64_t n;
+    resid_rank_stats st;
+    bool all_exact; /* listed from resid_score_all (heads) */
+} unit_list;
+
+enum { LIST_HEADS, LIST_HEAD_POS, LIST_FFN, LIST_ATTN, N_LISTS };
+
+typedef struct report {
+    const resid_model *m;
+    const resid_explain_request *rq;
+    const resid_model_info *info;
+    const resid_tokenizer *tok;
+    resid_trace *tr;
+    resid_explainer *ex;      /* units: paper or exact lens */
+    int32_t target, contrast; /* contrast -1: none */
+    double prob, model_prob;  /* p(w|x_L) in the lens, and the model's */
+    double c_prob, c_model_prob;
+    double c_diff_initial, c_diff_final;  /* (bs_w − bs_c)(x_in[0]), (x_L) */
+    resid_layer_row *rows;                /* [L], in the lens */
+    double *attn_contrast, *ffn_contrast; /* [L] or NULL */
+    double logp_initial, logp_final;
+    unit_list lists[N_LISTS];
+    resid_query_layers *q1; /* may be NULL (with q1_error) */
+    char q1_error[512];
+    resid_rank_key key;
+} report;
+
+static void report_free(report *r) {
+    free(r->rows);
+    free(r->attn_contrast);
+    free(r->ffn_contrast);
+    for (int i = 0; i < N_LISTS; i++)
+        free(r->lists[i].s);
+    resid_query_layers_free(r->q1);
+    resid_explainer_free(r->ex);
+    resid_trace_free(r->tr);
+}
+
+static resid_status compute(report *r, resid_error *err) {
+    const resid_model *m = r->m;
+    const resid_explain_request *rq = r->rq;
+    const int32_t L = r->info->n_layer, V = r->info->n_vocab, D = r->info->d_model;
+    if (!rq->tokens || rq->n_tokens <= 0)
+        return rs_err(err, RESID_E_ARG, "explain: the prompt has no tokens");
+    if (rq->target >= V || rq->contrast >= V)
+        return rs_err(err, RESID_E_ARG, "explain: token id %d is out of range [0, %d)",
+                      rq->target >= V ? rq->target : rq->contrast, V);
+    if (rq->top_k < 1) return rs_err(err, RESID_E_ARG, "explain: top_k must be at least 1");
+    if (rq->n_unit_tokens < 0 || rq->n_unit_tokens > V)
+        return rs_err(err, RESID_E_ARG, "explain: n_unit_tokens %d is out of range [0, %d]",
+                      rq->n_unit_tokens, V);
+
+    resid_trace_opts to = resid_trace_defaults();
+    to.capture = RESID_EXPLAIN_CAPTURE | RESID_CAP_LOGITS;
+    to.positions = RESID_POS_LAST;
+    resid_status st = resid_forward(m, rq->tokens, rq->n_tokens, &to, &r->tr, err);
+    if (st != RESID_OK) return st;
+    const resid_trace *tr = r->tr;
+
+    const float *logits = tr->logits + (size_t)(tr->n_cap - 1) * (size_t)V;
+    r->target = rq->target >= 0 ? rq->target : argmax(logits, V);
+    r->contrast = rq->contrast >= 0 ? rq->contrast : -1;
+    r->model_prob = exp(log_softmax_at(logits, V, r->target));
+    if (r->contrast >= 0) r->c_model_prob = exp(log_softmax_at(logits, V, r->contrast));
+
+    resid_explain_opts eo = resid_explain_defaults();
+    eo.lens = rq->lens == RESID_LENS_LOGIT ? RESID_LENS_PAPER : rq->lens;
+    eo.target = r->target;
+    eo.contrast = r->contrast;
+    if ((st = resid_explainer_new(m, tr, &eo, &r->ex, err)) != RESID_OK) return st;
+    const double s = resid_explainer_scale(r->ex);
+
+    /* Probabilities in the lens, and the contrast's logit differences. */
+    const float *x0 = tr->x_in + (size_t)(tr->n_cap - 1) * (size_t)D;
+    const float *xl = tr->x_in + ((size_t)L * (size_t)tr->n_cap + (size_t)(tr->n_cap - 1)) * D;
+    float *bs = malloc((size_t)V * sizeof *bs);
+    if (!bs) return rs_err(err, RESID_E_NOMEM, "explain: out of memory");
+    st = resid_lens_apply(m, rq->lens, s, xl, bs, err);
+    if (st == RESID_OK) {
+        r->prob = rq->lens == RESID_LENS_LOGIT ? exp(log_softmax_at(bs, V, r->target))
+                                               : resid_explainer_target_prob(r->ex);
+        if (r->contrast >= 0) {
+            r->c_prob = exp(log_softmax_at(bs, V, r->contrast));
+            /* The logit difference is the same in the paper and exact lens. */
+            st = resid_lens_apply(m, RESID_LENS_PAPER, s, xl, bs, err);
+            if (st == RESID_OK) {
+                r->c_diff_final = (double)bs[r->target] - bs[r->contrast];
+                st = resid_lens_apply(m, RESID_LENS_PAPER, s, x0, bs, err);
+                if (st == RESID_OK) r->c_diff_initial = (double)bs[r->target] - bs[r->contrast];
+            }
+        }
+    }
+    free(bs);
+    if (st != RESID_OK) return st;
+
+    /* The layer table, in the lens asked for. */
+    r->rows = calloc((size_t)L, sizeof *r->rows);
+    if (!r->rows) return rs_err(err, RESID_E_NOMEM, "explain: out of memory");
+    if (rq->lens == RESID_LENS_LOGIT) {
+        resid_explainer *lx;
+        eo.lens = RESID_LENS_LOGIT;
+        eo.contrast = -1;
+        if ((st = resid_explainer_new(m, tr, &eo, &lx, err)) != RESID_OK) return st;
+        st = resid_layer_table(lx, r->rows, err);
+        resid_explainer_free(lx);
+        if (st != RESID_OK) return st;
+    } else if ((st = resid_layer_table(r->ex, r->rows, err)) != RESID_OK) {
+        return st;
+    }
+    r->logp_initial = log(r->rows[0].p_in);
+    r->logp_final = log(r->prob);
+
+    if (r->contrast >= 0) {
+        resid_unit *u = malloc((size_t)2 * L * sizeof *u);
+        resid_score *sc = malloc((size_t)2 * L * sizeof *sc);
+        r->attn_contrast = malloc((size_t)L * sizeof(double));
+        r->ffn_contrast = malloc((size_t)L * sizeof(double));
+        if (!u || !sc || !r->attn_contrast || !r->ffn_contrast) {
+            free(u), free(sc);
+            return rs_err(err, RESID_E_NOMEM, "explain: out of memory");
+        }
+        for (int32_t l = 0; l < L; l++) {
+            u[2 * l] = (resid_unit){RESID_UNIT_ATTN_LAYER, l, -1, -1, -1};
+            u[2 * l + 1] = (resid_unit){RESID_UNIT_FFN_LAYER, l, -1, -1, -1};
+        }
+        st = resid_score_units(r->ex, u, 2 * L, sc, err);
+        if (st == RESID_OK)
+            for (int32_t l = 0; l < L; l++) {
+                r->attn_contrast[l] = sc[2 * l].contrast;
+                r->ffn_contrast[l] = sc[2 * l + 1].contrast;
+            }
+        free(u), free(sc);
+        if (st != RESID_OK) return st;
+    }
+
+    /* Heads: all of them, exactly, in enumeration order. */
+    r->key = r->contrast >= 0 ? RESID_KEY_CONTRAST : RESID_KEY_LPI;
+    static const struct {
+        const char *name;
+        resid_unit_kind kind;
+    } defs[N_LISTS] = {
+        {"heads", RESID_UNIT_HEAD},
+        {"head_positions", RESID_UNIT_HEAD_POS},
+        {"ffn_neurons", RESID_UNIT_FFN_NEURON},
+        {"attn_neurons", RESID_UNIT_ATTN_NEURON},
+    };
+    const int64_t nk = rq->neuron_top_k > 0 ? rq->neuron_top_k : rq->top_k;
+    for (int i = 0; i < N_LISTS; i++) {
+        unit_list *ul = &r->lists[i];
+        ul->name = defs[i].name;
+        ul->kind = defs[i].kind;
+        const int64_t k = i == LIST_FFN || i == LIST_ATTN ? nk : rq->top_k;
+        if (i == LIST_HEADS) {
+            if ((st = resid_score_all(r->ex, ul->kind, &ul->s, &ul->n, err)) != RESID_OK) return st;
+            ul->all_exact = true;
+            ul->st.n_units = ul->st.n_exact = ul->n;
+            ul->st.k_requested = k;
+            ul->st.k = k < ul->n ? k : ul->n;
+            ul->st.clamped = k > ul->n;
+            continue;
+        }
+        resid_rank_opts ro = resid_rank_defaults(ul->kind, k);
+        ro.key = r->key;
+        ro.exhaustive = rq->exhaustive;
+        if ((st = resid_rank(r->ex, &ro, &ul->s, &ul->n, &ul->st, err)) != RESID_OK) return st;
+    }
+
+    /* Q1: which lower layers activate the top FFN value neurons. */
+    if (rq->query) {
+        resid_query_opts qo = resid_query_defaults();
+        resid_error qerr;
+        if (resid_query_layers_new(r->ex, RESID_UNIT_FFN_NEURON, &qo, &r->q1, &qerr) != RESID_OK) {
+            r->q1 = NULL;
+            snprintf(r->q1_error, sizeof r->q1_error, "%s", qerr.msg);
+        }
+    }
+    return RESID_OK;
+}
+
+/* ------------------------------------------------------------------------- */
+/* JSON                                                                      */
+/* ------------------------------------------------------------------------- */
+
+/* Top and bottom tokens of a unit. FFN and attention neurons: of the raw
+ * parameter row (fc2_k, W_O row; coefficient not applied, as the notebooks
+ * print them). Heads and head × positions: of the unit's vector itself. */
+static resid_status unit_tokens(const report *r, const resid_unit *u, int32_t k,
+                                resid_token_value *top, resid_token_value *bottom, int32_t *k_out,
+                                resid_error *err) {
+    const int32_t dh = r->info->d_head;
+    if (k == 0) {
+        *k_out = 0;
+        return RESID_OK;
+    }
+    switch (u->kind) {
+    case RESID_UNIT_FFN_NEURON:
+        return resid_project_param(r->m, RESID_PARAM_FC2, u->layer, u->index, 1.0, 1.0, k, top,
+                                   bottom, k_out, err);
+    case RESID_UNIT_ATTN_NEURON:
+        return resid_project_param(r->m, RESID_PARAM_WO, u->layer, (int64_t)u->head * dh + u->index,
+                                   1.0, 1.0, k, top, bottom, k_out, err);
+    default: return resid_project_unit(r->ex, u, k, top, bottom, k_out, err);
+    }
+}
+
+static cJSON *json_token(const report *r, int32_t id) {
+    return rs_report_token(r->tok, r->rq->tokens[r->rq->n_tokens - 1], id);
+}
+
+static bool add_tokens(const report *r, cJSON *obj, const char *name, const resid_token_value *t,
+                       int32_t n) {
+    cJSON *arr = cJSON_AddArrayToObject(obj, name);
+    if (!arr) return false;
+    for (int32_t i = 0; i < n; i++) {
+        cJSON *e = json_token(r, t[i].id);
+        if (!e) return false;
+        cJSON_AddItemToArray(arr, e);
+        if (!cJSON_AddNumberToObject(e, "bs", t[i].value)) return false;
+    }
+    return true;
+}
+
+/* Descending by the ranking key; ties keep enumeration order (qsort is not
+ * stable, so the enumeration index breaks ties). */
+typedef struct keyed {
+    double key;
+    int64_t i;
+} keyed;
+
+static int cmp_keyed(const void *pa, const void *pb) {
+    const keyed *a = pa, *b = pb;
+    if (a->key != b->key) return a->key > b->key ? -1 : 1;
+    return (a->i > b->i) - (a->i < b->i);
+}
+
+static void slot_name(int32_t j, char *buf, size_t n) {
+    if (j == 0)
+        snprintf(buf, n, "emb");
+    else
+        snprintf(buf, n, "%c%d", (j % 2) ? 'a' : 'f', (j - 1) / 2);
+}
+
+/* One entry of a unit list. */
+static bool add_unit(const report *r, cJSON *arr, int li, const resid_score *sc, bool tokens,
+                     resid_token_value *top, resid_token_value *bot, resid_status *st,
+                     resid_error *err) {
+    const resid_unit *u = &sc->unit;
+    const int32_t *ids = r->rq->tokens;
+    char id[64];
+    resid_unit_format(u, id, sizeof id);
+    cJSON *e = cJSON_CreateObject();
+    if (!e) return false;
+    cJSON_AddItemToArray(arr, e);
+    if (r->rq->compact)
+        return cJSON_AddStringToObject(e, "id", id) && cJSON_AddNumberToObject(e, "lpi", sc->lpi) &&
+               (r->contrast < 0 || cJSON_AddNumberToObject(e, "contrast", sc->contrast));
+    bool ok = cJSON_AddNumberToObject(e, "layer", u->layer) != NULL;
+    if (ok && u->kind != RESID_UNIT_FFN_NEURON)
+        ok = cJSON_AddNumberToObject(e, "head", u->head) != NULL;
+    if (ok && u->kind == RESID_UNIT_ATTN_NEURON)
+        ok = cJSON_AddNumberToObject(e, "dim", u->index) &&
+             cJSON_AddNumberToObject(e, "row", (double)u->head * r->info->d_head + u->index);
+    if (ok && u->kind == RESID_UNIT_FFN_NEURON)
+        ok = cJSON_AddNumberToObject(e, "neuron", u->index) != NULL;
+    if (ok && u->pos >= 0) {
+        ok = cJSON_AddNumberToObject(e, "pos", u->pos) != NULL;
+        cJSON *src =
+            ok ? rs_report_token(r->tok, u->pos ? ids[u->pos - 1] : -1, ids[u->pos]) : NULL;
+        ok = src != NULL;
+        if (ok) cJSON_AddItemToObject(e, "source", src);
+    }
+    if (ok && !isnan(sc->coef)) ok = cJSON_AddNumberToObject(e, "coef", sc->coef) != NULL;
+    ok = ok && cJSON_AddStringToObject(e, "id", id) && cJSON_AddNumberToObject(e, "lpi", sc->lpi) &&
+         cJSON_AddNumberToObject(e, "prob_inc", sc->prob_inc) &&
+         cJSON_AddNumberToObject(e, "bs_target", sc->bs_target);
+    if (ok && r->contrast >= 0) ok = cJSON_AddNumberToObject(e, "contrast", sc->contrast) != NULL;
+    if (ok && tokens) {
+        int32_t k = 0;
+        resid_status ts = unit_tokens(r, u, r->rq->n_unit_tokens, top, bot, &k, err);
+        if (ts != RESID_OK) {
+            *st = ts;
+            return false;
+        }
+        ok = add_tokens(r, e, "top_tokens", top, k) && add_tokens(r, e, "bottom_tokens", bot, k);
+    }
+    return ok;
+}
+
+/* Builds the tree; on failure *st says why (RESID_E_NOMEM unless a
+ * projection failed). */
+static cJSON *build_json(const report *r, resid_status *st, resid_error *err) {
+    const resid_model_info *info = r->info;
+    const resid_explain_request *rq = r->rq;
+    const int32_t L = info->n_layer;
+    *st = RESID_E_NOMEM;
+    cJSON *root = cJSON_CreateObject();
+    if (!root) return NULL;
+    resid_token_value *top = malloc((size_t)(rq->n_unit_tokens + 1) * sizeof *top);
+    resid_token_value *bot = malloc((size_t)(rq->n_unit_tokens + 1) * sizeof *bot);
+    bool ok = top && bot;
+    cJSON *mo = ok ? cJSON_AddObjectToObject(root, "model") : NULL;
+    ok = mo && cJSON_AddStringToObject(mo, "name", info->name) &&
+         cJSON_AddStringToObject(mo, "arch", resid_arch_name(info->arch)) &&
+         cJSON_AddNumberToObject(mo, "n_layer", L) &&
+         cJSON_AddNumberToObject(mo, "n_head", info->n_head) &&
+         cJSON_AddNumberToObject(mo, "d_head", info->d_head) &&
+         cJSON_AddNumberToObject(mo, "d_ffn", info->d_ffn) &&
+         cJSON_AddNumberToObject(mo, "n_vocab", info->n_vocab);
+    if (ok && rq->prompt_tokens) {
+        cJSON *toks = json_tokens(r->tok, rq->tokens, rq->n_tokens);
+        ok = toks != NULL;
+        if (ok) cJSON_AddItemToObject(root, "tokens", toks);
+    }
+
+    cJSON *tg = ok ? json_token(r, r->target) : NULL;
+    ok = tg != NULL;
+    if (ok) {
+        cJSON_AddItemToObject(root, "target", tg);
+        ok = cJSON_AddNumberToObject(tg, "prob", r->prob) &&
+             cJSON_AddNumberToObject(tg, "model_prob", r->model_prob) &&
+             cJSON_AddNumberToObject(tg, "logprob", r->logp_final);
+    }
+    if (ok && r->contrast >= 0) {
+        cJSON *c = json_token(r, r->contrast);
+        ok = c != NULL;
+        if (ok) {
+            cJSON_AddItemToObject(root, "contrast", c);
+            ok = cJSON_AddNumberToObject(c, "prob", r->c_prob) &&
+                 cJSON_AddNumberToObject(c, "model_prob", r->c_model_prob) &&
+                 cJSON_AddNumberToObject(c, "logit_diff_initial", r->c_diff_initial) &&
+                 cJSON_AddNumberToObject(c, "logit_diff_final", r->c_diff_final) &&
+                 cJSON_AddNumberToObject(c, "total", r->c_diff_final - r->c_diff_initial);
+        }
+    }
+    ok = ok && cJSON_AddStringToObject(root, "lens", resid_lens_name(rq->lens)) &&
+         cJSON_AddStringToObject(root, "unit_lens", resid_lens_name(resid_explainer_lens(r->ex))) &&
+         cJSON_AddNumberToObject(root, "scale", resid_explainer_scale(r->ex)) &&
+         cJSON_AddStringToObject(root, "score", r->key == RESID_KEY_CONTRAST ? "contrast" : "lpi");
+
+    /* Layers. */
+    cJSON *layers = ok ? cJSON_AddArrayToObject(root, "layers") : NULL;
+    ok = layers != NULL;
+    double sa = 0, sf = 0;
+    for (int32_t l = 0; ok && l < L; l++) {
+        const resid_layer_row *w = &r->rows[l];
+        cJSON *e = cJSON_CreateObject();
+        ok = e != NULL;
+        if (!ok) break;
+        cJSON_AddItemToArray(layers, e);
+        sa += w->attn_lpi;
+        sf += w->ffn_lpi;
+        ok = cJSON_AddNumberToObject(e, "layer", l) &&
+             cJSON_AddNumberToObject(e, "attn_lpi", w->attn_lpi) &&
+             cJSON_AddNumberToObject(e, "ffn_lpi", w->ffn_lpi) &&
+             cJSON_AddNumberToObject(e, "cum_lpi", sa + sf) &&
+             cJSON_AddNumberToObject(e, "attn_bs_target", w->attn_bs_target) &&
+             cJSON_AddNumberToObject(e, "ffn_bs_target", w->ffn_bs_target) &&
+             cJSON_AddNumberToObject(e, "p_in", w->p_in) &&
+             cJSON_AddNumberToObject(e, "p_mid", w->p_mid);
+        if (ok && r->contrast >= 0)
+            ok = cJSON_AddNumberToObject(e, "attn_contrast", r->attn_contrast[l]) &&
+                 cJSON_AddNumberToObject(e, "ffn_contrast", r->ffn_contrast[l]);
+    }
+    cJSON *tot = ok ? cJSON_AddObjectToObject(root, "layer_totals") : NULL;
+    ok = tot && cJSON_AddNumberToObject(tot, "attn_lpi", sa) &&
+         cJSON_AddNumberToObject(tot, "ffn_lpi", sf) &&
+         cJSON_AddNumberToObject(tot, "total", sa + sf) &&
+         cJSON_AddNumberToObject(tot, "telescoped", r->logp_final - r->logp_initial) &&
+         cJSON_AddNumberToObject(tot, "logp_initial", r->logp_initial) &&
+         cJSON_AddNumberToObject(tot, "logp_final", r->logp_final);
+
+    /* Unit lists. */
+    cJSON *ranking = ok ? cJSON_AddObjectToObject(root, "ranking") : NULL;
+    ok = ranking &&
+         cJSON_AddStringToObject(ranking, "key",
+                                 r->key == RESID_KEY_CONTRAST ? "contrast" : "lpi") &&
+         cJSON_AddNumberToObject(ranking, "top_requested", (double)rq->top_k);
+    for (int li = 0; ok && li < N_LISTS; li++) {
+        const unit_list *ul = &r->lists[li];
+        cJSON *rk = cJSON_AddObjectToObject(ranking, ul->name);
+        ok = rk &&
+             cJSON_AddStringToObject(
+                 rk, "method", ul->all_exact || rq->exhaustive ? "exhaustive" : "certified") &&
+             cJSON_AddNumberToObject(rk, "units_total", (double)ul->st.n_units) &&
+             cJSON_AddNumberToObject(rk, "units_scored_exactly", (double)ul->st.n_exact) &&
+             cJSON_AddNumberToObject(rk, "k", (double)(ul->all_exact ? ul->n : ul->st.k)) &&
+             cJSON_AddBoolToObject(rk, "clamped", ul->st.clamped);
+        if (ok && (li == LIST_FFN || li == LIST_ATTN) && rq->neuron_top_k > 0)
+            ok = cJSON_AddNumberToObject(rk, "k_requested", (double)ul->st.k_requested) != NULL;
+        cJSON *arr = ok ? cJSON_AddArrayToObject(root, ul->name) : NULL;
+        ok = arr != NULL;
+        /* Heads get tokens only on request, the top_k by score. */
+        bool *want = NULL;
+        if (li == LIST_HEADS && rq->head_tokens && !rq->compact) {
+            want = calloc((size_t)ul->n + 1, sizeof *want);
+            keyed *order = malloc(((size_t)ul->n + 1) * sizeof *order);
+            ok = want && order;
+            for (int64_t i = 0; ok && i < ul->n; i++)
+                order[i] =
+                    (keyed){r->key == RESID_KEY_CONTRAST ? ul->s[i].contrast : ul->s[i].lpi, i};
+            if (ok) qsort(order, (size_t)ul->n, sizeof *order, cmp_keyed);
+            for (int64_t i = 0; ok && i < ul->st.k; i++)
+                want[order[i].i] = true;
+            free(order);
+        }
+        for (int64_t i = 0; ok && i < ul->n; i++) {
+            ok = add_unit(r, arr, li, &ul->s[i], li != LIST_HEADS || (want && want[i]), top, bot,
+                          st, err);
+            if (!ok && *st != RESID_E_NOMEM) {
+                free(want);
+                free(top), free(bot);
+                cJSON_Delete(root);
+                return NULL;
+            }
+        }
+        free(want);
+    }
+
+    /* Query layers (Q1). */
+    if (ok && rq->query) {
+        cJSON *ql = cJSON_AddArrayToObject(root, "query_layers");
+        ok = ql != NULL;
+        if (ok && r->q1) {
+            const resid_query_layers *q = r->q1;
+            for (int32_t j = 0; ok && j < q->n_slots; j++) {
+                char lab[16];
+                slot_name(j, lab, sizeof lab);
+                cJSON *e = cJSON_CreateObject();
+                ok = e != NULL;
+                if (!ok) break;
+                cJSON_AddItemToArray(ql, e);
+                ok = cJSON_AddStringToObject(e, "slot", lab) != NULL;
+                if (ok && q->q_gate)
+                    ok = cJSON_AddNumberToObject(e, "gate_share", q->q_gate[j]) &&
+                         cJSON_AddNumberToObject(e, "up_share", q->q[j]);
+                else if (ok)
+                    ok = cJSON_AddNumberToObject(e, "share", q->q[j]) != NULL;
+            }
+            cJSON *qi = ok ? cJSON_AddObjectToObject(root, "query") : NULL;
+            ok = qi && cJSON_AddStringToObject(qi, "kind", "ffn-neuron") &&
+                 cJSON_AddStringToObject(qi, "key", q->q_gate ? "up+gate" : "fc1") &&
+                 cJSON_AddNumberToObject(qi, "n_value", q->n_units) &&
+                 cJSON_AddNumberToObject(qi, "lpi_sum", q->lpi_sum) &&
+                 cJSON_AddNumberToObject(qi, "mean_layer", q->mean_layer) &&
+                 cJSON_AddNumberToObject(qi, "n_small_den", q->n_small_den);
+        } else if (ok) {
+            cJSON *qi = cJSON_AddObjectToObject(root, "query");
+            ok = qi && cJSON_AddStringToObject(qi, "error", r->q1_error);
+        }
+    }
+    free(top), free(bot);
+    if (!ok) {
+        cJSON_Delete(root);
+        rs_err(err, RESID_E_NOMEM, "explain: out of memory building the report");
+        return NULL;
+    }
+    *st = RESID_OK;
+    return root;
+}
+
+/* ------------------------------------------------------------------------- */
+/* Entry points                                                              */
+/* ------------------------------------------------------------------------- */
+
+resid_status rs_explain_cjson(const resid_model *m, const resid_explain_request *rq, cJSON **out,
+                              resid_error *err) {
+    *out = NULL;
+    if (!m || !rq) return rs_err(err, RESID_E_ARG, "explain: no model or no request");
+    report r;
+    memset(&r, 0, sizeof r);
+    r.m = m;
+    r.rq = rq;
+    r.info = resid_model_get_info(m);
+    r.tok = resid_model_tokenizer(m);
+    resid_status st = compute(&r, err);
+    if (st == RESID_OK) *out = build_json(&r, &st, err);
+    report_free(&r);
+    return st;
+}
+
+resid_status resid_explain_json(const resid_model *m, const resid_explain_request *rq, char **json,
+                                resid_error *err) {
+    *json = NULL;
+    cJSON *root;
+    resid_status st = rs_explain_cjson(m, rq, &root, err);
+    if (st != RESID_OK) return st;
+    *json = cJSON_PrintUnformatted(root);
+    cJSON_Delete(root);
+    if (!*json) return rs_err(err, RESID_E_NOMEM, "explain: out of memory printing the report");
+    return RESID_OK;
+}

@@ -1,0 +1,39 @@
+/*
+ * report.h - the explain report (docs/explain-json.md) as a cJSON tree:
+ * one prompt run once, every piece of the residual stream at t* scored by
+ * its LPI, the layer table, the ranked unit lists with their tokens and the
+ * Q1 query layers. Internal (src/); the public entry point is
+ * resid_explain_json (include/resid.h, "Reports"). `resid explain` renders
+ * its text report from this tree, `resid batch` writes it as JSON lines.
+ */
+#ifndef RESID_OUTPUT_REPORT_H
+#define RESID_OUTPUT_REPORT_H
+
+#include <cjson/cJSON.h>
+
+#include "resid.h"
+
+/* Runs rq->tokens through m (RESID_EXPLAIN_CAPTURE | LOGITS, last position)
+ * and builds the report into *out (free with cJSON_Delete). Errors: those of
+ * resid_forward (RESID_E_CONTEXT for a prompt longer than the context) and
+ * resid_explainer_new; RESID_E_ARG for no tokens or a target/contrast out of
+ * [0, V); RESID_E_NOMEM. A failing Q1 analysis is not an error: the report
+ * then holds "query": {"error": msg}. Never prints. */
+resid_status rs_explain_cjson(const resid_model *m, const resid_explain_request *rq, cJSON **out,
+                              resid_error *err);
+
+/* Token object {"id", "text"[, "bytes"]}: the bytes of id read after prev,
+ * sanitised to UTF-8 (a bad byte b becomes U+00bb, NUL becomes U+2400) with
+ * "bytes" = their hex when anything was replaced; no "text" without a
+ * tokenizer. NULL on out of memory. Same as the CLI's cli_json_token. */
+cJSON *rs_report_token(const resid_tokenizer *tok, int32_t prev, int32_t id);
+
+/* Resolves `text` to exactly one token id, as `resid explain --target`
+ * does: a token whose text after `prev` is exactly `text` wins; otherwise
+ * the text must encode to one token (SentencePiece: a leading space is the
+ * one the encoder adds). RESID_E_ARG "<what> \"...\" is N tokens" else;
+ * RESID_E_TOKENIZE for invalid UTF-8. */
+resid_status rs_report_resolve_token(const resid_tokenizer *tok, const char *what, const char *text,
+                                     int32_t prev, int32_t *out, resid_error *err);
+
+#endif
