@@ -16,6 +16,7 @@
 #include <string.h>
 
 #include "common.h"
+#include "output/html.h"
 #include "output/report.h"
 
 static const char help[] =
@@ -50,7 +51,10 @@ static const char help[] =
     "      --exhaustive     score every unit exactly instead of the certified\n"
     "                       bounds (same result, slower; for checking)\n"
     "      --json FILE      write the full result as JSON to FILE (- = stdout,\n"
-    "                       then no text report); see docs/explain-json.md\n" CLI_HELP_GLOBAL "\n"
+    "                       then no text report); see docs/explain-json.md\n"
+    "      --html FILE      write a self-contained HTML report to FILE (opens\n"
+    "                       from disk; adds the lens grid, head and neuron\n"
+    "                       details); see docs/serve.md\n" CLI_HELP_GLOBAL "\n"
     "Examples:\n"
     "  resid explain $RESID_MODELS/tinyllamas/stories260K.bin \\\n"
     "      -p \"Once upon a time, there was a boy named Tim. Tim had a big red\"\n"
@@ -69,6 +73,7 @@ enum {
     OPT_TOKENS,
     OPT_EXHAUSTIVE,
     OPT_JSON_FILE,
+    OPT_HTML_FILE,
 };
 
 typedef struct explain_opts {
@@ -79,6 +84,7 @@ typedef struct explain_opts {
     long n_tokens;
     bool exhaustive;
     const char *json_path;
+    const char *html_path;
 } explain_opts;
 
 static int on_opt(const cli_command *cmd, void *user, int opt, const char *arg) {
@@ -93,6 +99,7 @@ static int on_opt(const cli_command *cmd, void *user, int opt, const char *arg) 
     case OPT_VS_ID: return cli_parse_int(cmd, "--vs-id", arg, 0, INT32_MAX, &o->vs_id);
     case OPT_EXHAUSTIVE: o->exhaustive = true; return CLI_CONTINUE;
     case OPT_JSON_FILE: o->json_path = arg; return CLI_CONTINUE;
+    case OPT_HTML_FILE: o->html_path = arg; return CLI_CONTINUE;
     case OPT_LENS:
         if (resid_lens_parse(arg, &o->lens, &err) != RESID_OK)
             return cli_usage_error(cmd, "--lens expects paper, exact or logit-lens, got '%s'", arg);
@@ -441,9 +448,10 @@ static int run(const cli_command *cmd, int argc, char **argv) {
         {"tokens", required_argument, NULL, OPT_TOKENS},
         {"exhaustive", no_argument, NULL, OPT_EXHAUSTIVE},
         {"json", required_argument, NULL, OPT_JSON_FILE},
+        {"html", required_argument, NULL, OPT_HTML_FILE},
         {NULL, 0, NULL, 0},
     };
-    explain_opts o = {NULL, NULL, -1, -1, RESID_LENS_PAPER, 10, 5, false, NULL};
+    explain_opts o = {NULL, NULL, -1, -1, RESID_LENS_PAPER, 10, 5, false, NULL, NULL};
     cli_args a;
     int r = cli_parse(cmd, argc, argv, CLI_OPT_PROMPT, extra, "k:", on_opt, &o, &a);
     if (r != CLI_CONTINUE) return r;
@@ -507,6 +515,20 @@ static int run(const cli_command *cmd, int argc, char **argv) {
     if (r == CLI_EXIT_OK && !json_stdout) {
         text_ctx tc = {tok, ids, n, root};
         r = print_text(&tc);
+    }
+    if (r == CLI_EXIT_OK && o.html_path) {
+        /* The report adds views to the tree: work on a copy if the JSON is
+         * still to be written. */
+        cJSON *h = o.json_path ? cJSON_Duplicate(root, true) : root;
+        rs_web_opts wo = rs_web_defaults();
+        wo.n_tokens = (int32_t)o.n_tokens;
+        resid_error err;
+        if (!h)
+            r = cli_error("out of memory");
+        else if (rs_web_extras_for(m, h, &wo, &err) != RESID_OK ||
+                 rs_html_write_file(o.html_path, h, &err) != RESID_OK)
+            r = cli_lib_error(&err);
+        if (h != root) cJSON_Delete(h);
     }
     if (r == CLI_EXIT_OK && o.json_path) {
         /* The head tokens were for the text report; the schema has none. */

@@ -15,7 +15,8 @@
     X(run)                                                                                         \
     X(generate)                                                                                    \
     X(explain)                                                                                     \
-    X(neuron)
+    X(neuron)                                                                                      \
+    X(serve)
 
 #define X(name) extern const cli_command cli_cmd_##name;
 CLI_COMMANDS

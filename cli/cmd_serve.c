@@ -1,0 +1,576 @@
+/*
+ * cmd_serve.c - `resid serve MODEL`: the explain views in the browser, live.
+ * A small HTTP server (libmicrohttpd, linked by the CLI only) serving the
+ * front end compiled into the library (web/) and a JSON API (docs/serve.md):
+ *
+ *   GET  /                 the page;   GET /app.css, /app.js
+ *   GET  /api/info         the model
+ *   POST /api/explain      {prompt|ids, target?|target_id?, vs?|vs_id?,
+ *                           lens?, top?}: the explain report + lens_grid,
+ *                           head_details, neuron_details
+ *   POST /api/head         the same + {layer, head}
+ *   POST /api/neuron       {layer, neuron} (or {layer, head, dim, pos} with
+ *                           a prompt): tokens, and with a prompt the query
+ *                           layers and query neurons
+ *   POST /api/ablate       501: not wired yet
+ *
+ * Limits: request body (--max-body), prompt tokens (--max-tokens), an MHD
+ * thread pool of 4, at most 64 connections (8 per client address), a 30 s
+ * connection timeout, so a slow or stalled client cannot hold the others.
+ * Computations are serialised by one mutex (the machine's cores already
+ * run each one in parallel). Errors are JSON {"error": msg} with a 4xx/5xx
+ * status. Binds to 127.0.0.1 by default; a non-loopback --host also needs
+ * --allow-remote, and when bound to loopback any non-loopback peer is
+ * refused.
+ */
+#include <arpa/inet.h>
+#include <math.h>
+#include <netinet/in.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+
+#include <microhttpd.h>
+
+#include "common.h"
+#include "output/html.h"
+#include "output/report.h"
+#include "output/web_assets.h"
+
+static const char help[] =
+    "Usage: resid serve MODEL [--host ADDR] [--port N] [OPTIONS]\n"
+    "\n"
+    "Serves the explain views of MODEL in the browser: type a prompt, pick a\n"
+    "target or a contrast token, change the lens, click heads and neurons.\n"
+    "JSON API and limits: docs/serve.md.\n"
+    "\n"
+    "Options:\n"
+    "      --host ADDR      IPv4 address to listen on (default 127.0.0.1). An\n"
+    "                       address other than loopback also needs\n"
+    "                       --allow-remote: the server has no authentication\n"
+    "      --allow-remote   allow a non-loopback --host\n"
+    "      --port N         TCP port (default 8080; 0 = any free port, printed)\n"
+    "      --max-tokens N   longest prompt accepted, in tokens (default 256)\n"
+    "      --max-body N     largest request body, bytes (default 65536)\n"
+    "      --timeout S      idle connection timeout, seconds (default 30)\n" CLI_HELP_GLOBAL "\n"
+    "Example:\n"
+    "  resid serve $RESID_MODELS/tinyllamas/stories260K.bin --port 8080\n"
+    "  # then open http://127.0.0.1:8080/\n";
+
+enum {
+    OPT_HOST = 300,
+    OPT_PORT,
+    OPT_ALLOW_REMOTE,
+    OPT_MAX_TOKENS,
+    OPT_MAX_BODY,
+    OPT_TIMEOUT,
+};
+
+typedef struct serve_opts {
+    const char *host;
+    long port, max_tokens, max_body, timeout;
+    bool allow_remote;
+} serve_opts;
+
+static int on_opt(const cli_command *cmd, void *user, int opt, const char *arg) {
+    serve_opts *o = user;
+    switch (opt) {
+    case OPT_HOST: o->host = arg; return CLI_CONTINUE;
+    case OPT_ALLOW_REMOTE: o->allow_remote = true; return CLI_CONTINUE;
+    case OPT_PORT: return cli_parse_int(cmd, "--port", arg, 0, 65535, &o->port);
+    case OPT_MAX_TOKENS: return cli_parse_int(cmd, "--max-tokens", arg, 1, 1 << 20, &o->max_tokens);
+    case OPT_MAX_BODY: return cli_parse_int(cmd, "--max-body", arg, 64, 1 << 26, &o->max_body);
+    case OPT_TIMEOUT: return cli_parse_int(cmd, "--timeout", arg, 1, 3600, &o->timeout);
+    }
+    return cli_usage_error(cmd, "unknown option");
+}
+
+typedef struct server {
+    resid_model *m;
+    const resid_model_info *info;
+    const resid_tokenizer *tok;
+    serve_opts o;
+    bool loopback;
+    pthread_mutex_t lock;
+} server;
+
+/* One request's body, accumulated across calls. */
+typedef struct conn {
+    char *body;
+    size_t len;
+    bool too_big;
+} conn;
+
+/* ------------------------------------------------------------------------- */
+/* Responses                                                                 */
+/* ------------------------------------------------------------------------- */
+
+static enum MHD_Result send_buf(struct MHD_Connection *c, unsigned status, const char *mime,
+                                void *buf, size_t len, bool owned) {
+    struct MHD_Response *r = MHD_create_response_from_buffer(
+        len, buf, owned ? MHD_RESPMEM_MUST_FREE : MHD_RESPMEM_PERSISTENT);
+    if (!r) {
+        if (owned) free(buf);
+        return MHD_NO;
+    }
+    MHD_add_response_header(r, "Content-Type", mime);
+    MHD_add_response_header(r, "Cache-Control", "no-store");
+    MHD_add_response_header(r, "X-Content-Type-Options", "nosniff");
+    MHD_add_response_header(r, "Content-Security-Policy",
+                            "default-src 'self'; style-src 'self' 'unsafe-inline'");
+    enum MHD_Result ret = MHD_queue_response(c, status, r);
+    MHD_destroy_response(r);
+    return ret;
+}
+
+static enum MHD_Result send_json(struct MHD_Connection *c, unsigned status, cJSON *j) {
+    char *text = j ? cJSON_PrintUnformatted(j) : NULL;
+    cJSON_Delete(j);
+    if (!text) {
+        static char oom[] = "{\"error\":\"out of memory\"}";
+        return send_buf(c, 500, "application/json", oom, sizeof oom - 1, false);
+    }
+    return send_buf(c, status, "application/json", text, strlen(text), true);
+}
+
+static enum MHD_Result send_error(struct MHD_Connection *c, unsigned status, const char *fmt,
+                                  ...) __attribute__((format(printf, 3, 4)));
+static enum MHD_Result send_error(struct MHD_Connection *c, unsigned status, const char *fmt,
+                                  ...) {
+    char msg[768];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    cJSON *j = cJSON_CreateObject();
+    if (j) {
+        cJSON_AddStringToObject(j, "error", msg);
+        cJSON_AddNumberToObject(j, "status", status);
+    }
+    return send_json(c, status, j);
+}
+
+/* The HTTP status for a library error: bad input is the client's (400),
+ * the rest is ours (500). */
+static unsigned lib_status(resid_status s) {
+    switch (s) {
+    case RESID_E_ARG:
+    case RESID_E_TOKENIZE:
+    case RESID_E_CONTEXT: return 400;
+    default: return 500;
+    }
+}
+
+/* ------------------------------------------------------------------------- */
+/* Requests                                                                  */
+/* ------------------------------------------------------------------------- */
+
+/* A parsed prompt request. */
+typedef struct req {
+    int32_t *ids;
+    int32_t n;
+    int32_t target, contrast;
+    resid_lens lens;
+    long top;
+} req;
+
+static const cJSON *field(const cJSON *b, const char *name) {
+    return cJSON_GetObjectItemCaseSensitive(b, name);
+}
+
+/* An integer field in [lo, hi]; absent: dflt. false with msg on error. */
+static bool int_field(const cJSON *b, const char *name, long lo, long hi, long dflt, long *out,
+                      char *msg, size_t n) {
+    const cJSON *v = field(b, name);
+    if (!v || cJSON_IsNull(v)) {
+        *out = dflt;
+        return true;
+    }
+    if (!cJSON_IsNumber(v) || v->valuedouble != floor(v->valuedouble) || v->valuedouble < lo ||
+        v->valuedouble > hi) {
+        snprintf(msg, n, "\"%s\" must be an integer in [%ld, %ld]", name, lo, hi);
+        return false;
+    }
+    *out = (long)v->valuedouble;
+    return true;
+}
+
+/* Parses {prompt|ids, target?, target_id?, vs?, vs_id?, lens?, top?}.
+ * Returns 0 or the HTTP status with msg filled. */
+static unsigned parse_req(server *s, const cJSON *b, bool need_prompt, req *r, char *msg,
+                          size_t n) {
+    memset(r, 0, sizeof *r);
+    r->target = r->contrast = -1;
+    const int32_t V = s->info->n_vocab;
+    const cJSON *p = field(b, "prompt"), *ids = field(b, "ids");
+    if (p && ids) return snprintf(msg, n, "give \"prompt\" or \"ids\", not both"), 400;
+    if (!p && !ids) {
+        if (need_prompt) return snprintf(msg, n, "missing \"prompt\" (text) or \"ids\" (array)"), 400;
+        return 0;
+    }
+    resid_error err;
+    if (p) {
+        if (!cJSON_IsString(p)) return snprintf(msg, n, "\"prompt\" must be a string"), 400;
+        if (!s->tok) return snprintf(msg, n, "the model has no tokenizer: send \"ids\""), 400;
+        resid_encode_opts eo = resid_encode_defaults(s->tok);
+        if (resid_tokenize(s->tok, p->valuestring, -1, &eo, &r->ids, &r->n, &err) != RESID_OK)
+            return snprintf(msg, n, "%s", err.msg), 400;
+    } else {
+        if (!cJSON_IsArray(ids)) return snprintf(msg, n, "\"ids\" must be an array of token ids"), 400;
+        const int na = cJSON_GetArraySize(ids);
+        if (na > s->o.max_tokens)
+            return snprintf(msg, n, "the prompt is %d tokens; this server accepts at most %ld "
+                                    "(--max-tokens)", na, s->o.max_tokens), 413;
+        r->ids = malloc((size_t)(na + 1) * sizeof *r->ids);
+        if (!r->ids) return snprintf(msg, n, "out of memory"), 500;
+        const cJSON *e;
+        cJSON_ArrayForEach(e, ids) {
+            if (!cJSON_IsNumber(e) || e->valuedouble < 0 || e->valuedouble >= V ||
+                e->valuedouble != floor(e->valuedouble))
+                return snprintf(msg, n, "\"ids\"[%d] is not a token id in [0, %d)", r->n, V), 400;
+            r->ids[r->n++] = (int32_t)e->valuedouble;
+        }
+    }
+    if (r->n < 1) return snprintf(msg, n, "the prompt is empty"), 400;
+    if (r->n > s->o.max_tokens)
+        return snprintf(msg, n, "the prompt is %d tokens; this server accepts at most %ld "
+                                "(--max-tokens)", r->n, s->o.max_tokens), 413;
+    if (r->n > s->info->n_ctx)
+        return snprintf(msg, n, "the prompt is %d tokens; the model's context is %d", r->n,
+                        s->info->n_ctx), 400;
+    long v;
+    if (!int_field(b, "target_id", 0, V - 1, -1, &v, msg, n)) return 400;
+    r->target = (int32_t)v;
+    if (!int_field(b, "vs_id", 0, V - 1, -1, &v, msg, n)) return 400;
+    r->contrast = (int32_t)v;
+    if (!int_field(b, "top", 1, 100, 10, &r->top, msg, n)) return 400;
+    static const char *const tn[2] = {"target", "vs"};
+    int32_t *const to[2] = {&r->target, &r->contrast};
+    for (int i = 0; i < 2; i++) {
+        const cJSON *t = field(b, tn[i]);
+        if (!t || cJSON_IsNull(t) || (cJSON_IsString(t) && !t->valuestring[0])) continue;
+        if (!cJSON_IsString(t)) return snprintf(msg, n, "\"%s\" must be a string", tn[i]), 400;
+        if (!s->tok) return snprintf(msg, n, "the model has no tokenizer: use \"%s_id\"", tn[i]), 400;
+        if (rs_report_resolve_token(s->tok, i ? "--vs" : "--target", t->valuestring,
+                                    r->ids[r->n - 1], to[i], &err) != RESID_OK)
+            return snprintf(msg, n, "%s", err.msg), 400;
+    }
+    const cJSON *l = field(b, "lens");
+    if (l && !cJSON_IsNull(l)) {
+        if (!cJSON_IsString(l) || resid_lens_parse(l->valuestring, &r->lens, &err) != RESID_OK)
+            return snprintf(msg, n, "\"lens\" must be \"paper\", \"exact\" or \"logit-lens\""), 400;
+    }
+    return 0;
+}
+
+static enum MHD_Result api_explain(server *s, struct MHD_Connection *c, const cJSON *b,
+                                   const char *what) {
+    char msg[600];
+    req r;
+    unsigned code = parse_req(s, b, true, &r, msg, sizeof msg);
+    if (code) {
+        free(r.ids);
+        return send_error(c, code, "%s: %s", what, msg);
+    }
+    long layer = -1, head = -1;
+    if (!strcmp(what, "head") &&
+        (!int_field(b, "layer", 0, INT32_MAX, -1, &layer, msg, sizeof msg) ||
+         !int_field(b, "head", 0, INT32_MAX, -1, &head, msg, sizeof msg) || layer < 0 || head < 0)) {
+        free(r.ids);
+        return send_error(c, 400, "head: %s", layer < 0 || head < 0 ? "needs \"layer\" and \"head\"" : msg);
+    }
+    resid_error err;
+    resid_status st = RESID_OK;
+    cJSON *out = NULL;
+    rs_web_opts wo = rs_web_defaults();
+    pthread_mutex_lock(&s->lock);
+    if (!strcmp(what, "explain")) {
+        resid_explain_request rq = resid_explain_request_defaults();
+        rq.tokens = r.ids;
+        rq.n_tokens = r.n;
+        rq.target = r.target;
+        rq.contrast = r.contrast;
+        rq.lens = r.lens;
+        rq.top_k = r.top;
+        st = rs_explain_cjson(s->m, &rq, &out, &err);
+        if (st == RESID_OK) st = rs_web_extras_for(s->m, out, &wo, &err);
+    } else {
+        rs_web_ctx *wc;
+        st = rs_web_ctx_new(s->m, r.ids, r.n, r.target, r.contrast, r.lens, &wc, &err);
+        if (st == RESID_OK) st = rs_web_head(wc, (int32_t)layer, (int32_t)head, &wo, &out, &err);
+        rs_web_ctx_free(wc);
+    }
+    pthread_mutex_unlock(&s->lock);
+    free(r.ids);
+    if (st != RESID_OK) {
+        cJSON_Delete(out);
+        return send_error(c, lib_status(st), "%s: %s", what, err.msg);
+    }
+    return send_json(c, 200, out);
+}
+
+static enum MHD_Result api_neuron(server *s, struct MHD_Connection *c, const cJSON *b) {
+    char msg[600];
+    req r;
+    unsigned code = parse_req(s, b, false, &r, msg, sizeof msg);
+    if (code) {
+        free(r.ids);
+        return send_error(c, code, "neuron: %s", msg);
+    }
+    const resid_model_info *in = s->info;
+    long layer, k, head, dim, pos;
+    if (!int_field(b, "layer", 0, INT32_MAX, -1, &layer, msg, sizeof msg) ||
+        !int_field(b, "neuron", 0, INT32_MAX, -1, &k, msg, sizeof msg) ||
+        !int_field(b, "head", 0, INT32_MAX, -1, &head, msg, sizeof msg) ||
+        !int_field(b, "dim", 0, INT32_MAX, -1, &dim, msg, sizeof msg) ||
+        !int_field(b, "pos", 0, INT32_MAX, -1, &pos, msg, sizeof msg)) {
+        free(r.ids);
+        return send_error(c, 400, "neuron: %s", msg);
+    }
+    const bool ffn = k >= 0;
+    if (layer < 0 || (ffn ? head >= 0 : (head < 0 || dim < 0 || pos < 0))) {
+        free(r.ids);
+        return send_error(c, 400, "neuron: give {\"layer\", \"neuron\"} (FFN) or {\"layer\", "
+                                  "\"head\", \"dim\", \"pos\"} (attention, with a prompt)");
+    }
+    if (layer >= in->n_layer || (ffn && k >= in->d_ffn) || (!ffn && (head >= in->n_head || dim >= in->d_head))) {
+        free(r.ids);
+        return send_error(c, 400,
+                          "neuron: unit out of range: the model has %d layers, %d FFN neurons "
+                          "per layer, %d heads of %d dimensions",
+                          in->n_layer, in->d_ffn, in->n_head, in->d_head);
+    }
+    if (!ffn && !r.ids) return send_error(c, 400, "neuron: an attention neuron needs a prompt");
+    resid_unit u = ffn ? (resid_unit){RESID_UNIT_FFN_NEURON, (int32_t)layer, -1, (int32_t)k, -1}
+                       : (resid_unit){RESID_UNIT_ATTN_NEURON, (int32_t)layer, (int32_t)head,
+                                      (int32_t)dim, (int32_t)pos};
+    resid_error err;
+    resid_status st = RESID_OK;
+    cJSON *out = NULL;
+    enum { K = 10 };
+    resid_token_value top[K], bot[K];
+    int32_t nk = 0;
+    pthread_mutex_lock(&s->lock);
+    if (r.ids) {
+        rs_web_ctx *wc;
+        rs_web_opts wo = rs_web_defaults();
+        st = rs_web_ctx_new(s->m, r.ids, r.n, r.target, r.contrast, r.lens, &wc, &err);
+        if (st == RESID_OK) st = rs_web_neuron(wc, &u, &wo, &out, &err);
+        rs_web_ctx_free(wc);
+    } else {
+        out = cJSON_CreateObject();
+        char id[64];
+        resid_unit_format(&u, id, sizeof id);
+        if (!out || !cJSON_AddStringToObject(out, "id", id)) st = RESID_E_NOMEM;
+    }
+    if (st == RESID_OK)
+        st = resid_project_param(s->m, ffn ? RESID_PARAM_FC2 : RESID_PARAM_WO, u.layer,
+                                 ffn ? u.index : (int64_t)u.head * in->d_head + u.index, 1.0, 1.0,
+                                 K, top, bot, &nk, &err);
+    pthread_mutex_unlock(&s->lock);
+    const int32_t prev = r.ids ? r.ids[r.n - 1] : -1;
+    cJSON *tt = st == RESID_OK ? cJSON_AddArrayToObject(out, "top_tokens") : NULL;
+    cJSON *bt = tt ? cJSON_AddArrayToObject(out, "bottom_tokens") : NULL;
+    for (int32_t i = 0; bt && i < nk; i++) {
+        cJSON *a = rs_web_token(s->tok, prev, top[i].id), *z = rs_web_token(s->tok, prev, bot[i].id);
+        if (a) cJSON_AddNumberToObject(a, "bs", top[i].value), cJSON_AddItemToArray(tt, a);
+        if (z) cJSON_AddNumberToObject(z, "bs", bot[i].value), cJSON_AddItemToArray(bt, z);
+    }
+    free(r.ids);
+    if (st != RESID_OK) {
+        cJSON_Delete(out);
+        return send_error(c, lib_status(st), "neuron: %s", st == RESID_E_NOMEM ? "out of memory" : err.msg);
+    }
+    return send_json(c, 200, out);
+}
+
+static enum MHD_Result api_info(server *s, struct MHD_Connection *c) {
+    const resid_model_info *in = s->info;
+    cJSON *j = cJSON_CreateObject();
+    if (j) {
+        cJSON_AddStringToObject(j, "name", in->name);
+        cJSON_AddStringToObject(j, "arch", resid_arch_name(in->arch));
+        cJSON_AddNumberToObject(j, "n_layer", in->n_layer);
+        cJSON_AddNumberToObject(j, "n_head", in->n_head);
+        cJSON_AddNumberToObject(j, "d_head", in->d_head);
+        cJSON_AddNumberToObject(j, "d_ffn", in->d_ffn);
+        cJSON_AddNumberToObject(j, "n_vocab", in->n_vocab);
+        cJSON_AddNumberToObject(j, "n_ctx", in->n_ctx);
+        cJSON_AddNumberToObject(j, "max_tokens", (double)s->o.max_tokens);
+        cJSON_AddNumberToObject(j, "max_body", (double)s->o.max_body);
+        cJSON_AddStringToObject(j, "version", RESID_VERSION);
+    }
+    return send_json(c, 200, j);
+}
+
+/* ------------------------------------------------------------------------- */
+/* The MHD callbacks                                                         */
+/* ------------------------------------------------------------------------- */
+
+static bool is_loopback(const struct sockaddr *a) {
+    if (a->sa_family == AF_INET)
+        return (ntohl(((const struct sockaddr_in *)a)->sin_addr.s_addr) >> 24) == 127;
+    if (a->sa_family == AF_INET6) {
+        const struct in6_addr *x = &((const struct sockaddr_in6 *)a)->sin6_addr;
+        if (IN6_IS_ADDR_LOOPBACK(x)) return true;
+        if (IN6_IS_ADDR_V4MAPPED(x)) return x->s6_addr[12] == 127;
+    }
+    return false;
+}
+
+static enum MHD_Result on_accept(void *cls, const struct sockaddr *addr, socklen_t len) {
+    server *s = cls;
+    (void)len;
+    return (!s->loopback || is_loopback(addr)) ? MHD_YES : MHD_NO;
+}
+
+static void on_done(void *cls, struct MHD_Connection *c, void **con_cls,
+                    enum MHD_RequestTerminationCode toe) {
+    (void)cls, (void)c, (void)toe;
+    conn *k = *con_cls;
+    if (k) free(k->body), free(k);
+    *con_cls = NULL;
+}
+
+static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const char *url,
+                                  const char *method, const char *version, const char *data,
+                                  size_t *data_size, void **con_cls) {
+    server *s = cls;
+    (void)version;
+    const bool post = !strcmp(method, "POST");
+    if (!*con_cls) {
+        conn *k = calloc(1, sizeof *k);
+        if (!k) return MHD_NO;
+        *con_cls = k;
+        return MHD_YES;
+    }
+    conn *k = *con_cls;
+    if (post && *data_size) {
+        /* Accumulate, up to the limit; past it keep reading and drop. */
+        if (!k->too_big && k->len + *data_size <= (size_t)s->o.max_body) {
+            char *nb = realloc(k->body, k->len + *data_size + 1);
+            if (!nb) return MHD_NO;
+            memcpy(nb + k->len, data, *data_size);
+            k->body = nb;
+            k->len += *data_size;
+            k->body[k->len] = 0;
+        } else {
+            k->too_big = true;
+        }
+        *data_size = 0;
+        return MHD_YES;
+    }
+    if (!strcmp(method, "GET") || !strcmp(method, "HEAD")) {
+        if (!strcmp(url, "/api/info")) return api_info(s, c);
+        if (!strcmp(url, "/favicon.ico")) return send_buf(c, 204, "image/x-icon", "", 0, false);
+        const rs_web_asset *a = rs_web_asset_find(!strcmp(url, "/") ? "index.html" : url + 1);
+        if (a && strncmp(url, "/api/", 5))
+            return send_buf(c, 200, a->mime, (void *)a->data, a->len, false);
+        if (!strncmp(url, "/api/", 5))
+            return send_error(c, 405, "%s: use POST with a JSON body", url);
+        return send_error(c, 404, "%s: not found", url);
+    }
+    if (!post) return send_error(c, 405, "method %s not allowed", method);
+    if (k->too_big)
+        return send_error(c, 413, "request body larger than %ld bytes (--max-body)", s->o.max_body);
+    const char *api[] = {"/api/explain", "/api/head", "/api/neuron", "/api/ablate"};
+    int which = -1;
+    for (int i = 0; i < 4; i++)
+        if (!strcmp(url, api[i])) which = i;
+    if (which < 0) return send_error(c, 404, "%s: not found (POST /api/explain, /api/head, "
+                                             "/api/neuron, /api/ablate)", url);
+    if (which == 3)
+        return send_error(c, 501, "/api/ablate is not implemented yet in this build: run "
+                                  "ablations with the library (include/resid.h, \"Interventions\")");
+    const char *end = NULL;
+    cJSON *b = k->body ? cJSON_ParseWithOpts(k->body, &end, true) : NULL;
+    if (!cJSON_IsObject(b)) {
+        char where[80] = "";
+        if (k->body && end && end >= k->body)
+            snprintf(where, sizeof where, " (at byte %ld)", (long)(end - k->body));
+        cJSON_Delete(b);
+        return send_error(c, 400, "%s: the body must be a JSON object%s", url, where);
+    }
+    enum MHD_Result ret = which == 0   ? api_explain(s, c, b, "explain")
+                          : which == 1 ? api_explain(s, c, b, "head")
+                                       : api_neuron(s, c, b);
+    cJSON_Delete(b);
+    return ret;
+}
+
+/* ------------------------------------------------------------------------- */
+/* The command                                                               */
+/* ------------------------------------------------------------------------- */
+
+static int run(const cli_command *cmd, int argc, char **argv) {
+    static const struct option extra[] = {
+        {"host", required_argument, NULL, OPT_HOST},
+        {"port", required_argument, NULL, OPT_PORT},
+        {"allow-remote", no_argument, NULL, OPT_ALLOW_REMOTE},
+        {"max-tokens", required_argument, NULL, OPT_MAX_TOKENS},
+        {"max-body", required_argument, NULL, OPT_MAX_BODY},
+        {"timeout", required_argument, NULL, OPT_TIMEOUT},
+        {NULL, 0, NULL, 0},
+    };
+    server s;
+    memset(&s, 0, sizeof s);
+    s.o = (serve_opts){"127.0.0.1", 8080, 256, 65536, 30, false};
+    cli_args a;
+    int r = cli_parse(cmd, argc, argv, 0, extra, NULL, on_opt, &s.o, &a);
+    if (r != CLI_CONTINUE) return r;
+    struct sockaddr_in addr;
+    memset(&addr, 0, sizeof addr);
+    addr.sin_family = AF_INET;
+    addr.sin_port = htons((uint16_t)s.o.port);
+    const char *host = !strcmp(s.o.host, "localhost") ? "127.0.0.1" : s.o.host;
+    if (inet_pton(AF_INET, host, &addr.sin_addr) != 1)
+        return cli_usage_error(cmd, "--host expects an IPv4 address such as 127.0.0.1, got '%s'",
+                               s.o.host);
+    s.loopback = is_loopback((const struct sockaddr *)&addr);
+    if (!s.loopback && !s.o.allow_remote)
+        return cli_usage_error(cmd,
+                               "refusing to listen on non-loopback address %s: the server has "
+                               "no authentication; add --allow-remote if you mean it",
+                               s.o.host);
+    if ((r = cli_open_model(&a, &s.m)) != CLI_EXIT_OK) return r;
+    s.info = resid_model_get_info(s.m);
+    s.tok = resid_model_tokenizer(s.m);
+    pthread_mutex_init(&s.lock, NULL);
+
+    /* SIGINT/SIGTERM end the server: block them here (the MHD threads
+     * inherit the mask) and wait for one below. */
+    sigset_t sigs;
+    sigemptyset(&sigs);
+    sigaddset(&sigs, SIGINT);
+    sigaddset(&sigs, SIGTERM);
+    pthread_sigmask(SIG_BLOCK, &sigs, NULL);
+    signal(SIGPIPE, SIG_IGN);
+
+    struct MHD_Daemon *d = MHD_start_daemon(
+        MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_ERROR_LOG, 0, on_accept, &s, on_request, &s,
+        MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&addr, MHD_OPTION_THREAD_POOL_SIZE, 4u,
+        MHD_OPTION_CONNECTION_LIMIT, 64u, MHD_OPTION_PER_IP_CONNECTION_LIMIT, 16u,
+        MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)s.o.timeout, MHD_OPTION_CONNECTION_MEMORY_LIMIT,
+        (size_t)128 * 1024, MHD_OPTION_NOTIFY_COMPLETED, on_done, &s, MHD_OPTION_END);
+    if (!d) {
+        resid_model_free(s.m);
+        return cli_error("cannot listen on %s:%ld (address in use, or not this machine's?)",
+                         s.o.host, s.o.port);
+    }
+    const union MHD_DaemonInfo *di = MHD_get_daemon_info(d, MHD_DAEMON_INFO_BIND_PORT);
+    fprintf(stderr, "resid serve: %s on http://%s:%u/ (Ctrl-C to stop)\n", s.info->name, host,
+            di ? (unsigned)di->port : (unsigned)s.o.port);
+    fflush(stderr);
+    int sig = 0;
+    sigwait(&sigs, &sig);
+    fprintf(stderr, "resid serve: stopping (signal %d)\n", sig);
+    MHD_stop_daemon(d);
+    pthread_mutex_destroy(&s.lock);
+    resid_model_free(s.m);
+    return CLI_EXIT_OK;
+}
+
+const cli_command cli_cmd_serve = {"serve", "serve the explain views in the browser (HTTP)", help,
+                                   run};

@@ -1,0 +1,67 @@
+// report.test.cjs - the self-contained report of `resid explain --html` in
+// headless Chromium: opened from disk, it shows the target, the lens grid
+// ((2L+1) x T cells), the layer chart (2L bars), the head map (L x H cells);
+// clicking a head and a neuron opens their details; no console errors, no
+// network. Screenshots: browser-report*.png in the working directory.
+'use strict';
+const test = require('node:test');
+const assert = require('node:assert');
+const fs = require('node:fs');
+const path = require('node:path');
+const { launch, cli, STORIES, PROMPT } = require('./lib.cjs');
+
+test('report of stories260K opens from disk and is interactive', async () => {
+  const out = path.resolve('browser-report.html');
+  const json = JSON.parse(cli(['explain', STORIES, '-p', PROMPT, '--json', '-']));
+  cli(['explain', STORIES, '-p', PROMPT, '--html', out], { stdio: ['ignore', 'ignore', 'pipe'] });
+  assert.ok(fs.statSync(out).size > 10000);
+  const L = json.model.n_layer, H = json.model.n_head, T = json.tokens.length;
+  const { browser, page, errors } = await launch();
+  try {
+    await page.goto('file://' + out);
+    await page.waitForSelector('#head-map');
+    // The embedded data is the CLI's JSON (plus the extra views).
+    const data = await page.evaluate(() => JSON.parse(document.getElementById('resid-data').textContent));
+    assert.strictEqual(data.target.id, json.target.id);
+    assert.ok(Math.abs(data.target.prob - json.target.prob) < 1e-12);
+    const tgt = await page.textContent('#summary .target .tok.big');
+    assert.strictEqual(tgt, json.target.text.replace(/ /g, '\u2423'));
+    assert.match(await page.textContent('#target-prob'), new RegExp(json.target.prob.toFixed(4)));
+    assert.strictEqual(await page.locator('#prompt-tokens .tok').count(), T);
+    assert.strictEqual(await page.locator('#head-map .head-cell').count(), L * H);
+    assert.strictEqual(await page.locator('#layer-chart .bar').count(), 2 * L);
+    assert.strictEqual(await page.locator('#layer-chart .bar.attn').count(), L);
+    assert.strictEqual(await page.locator('#lens-grid .cell').count(), (2 * L + 1) * T);
+    assert.strictEqual(await page.locator('#ffn-table tbody tr').count(), json.ffn_neurons.length);
+    assert.strictEqual(await page.locator('#query-chart .bar').count(), 2 * L + 1);
+    assert.ok(await page.locator('#compare').isHidden(), 'no ablations: comparison hidden');
+    await page.screenshot({ path: 'browser-report.png', fullPage: true });
+
+    // Hover a lens cell: the tooltip names the top-1 token.
+    await page.locator('#lens-grid .cell').last().hover();
+    assert.match(await page.textContent('#tip'), /top-1/);
+
+    // The best head (by LPI) has details: click it.
+    const best = json.heads.slice().sort((a, b) => b.lpi - a.lpi)[0];
+    await page.click(`#head-map .head-cell[data-id="${best.id}"]`);
+    assert.match(await page.textContent('#head-detail h3'), new RegExp('Head ' + best.id));
+    assert.strictEqual(await page.locator('#head-pos-chart .bar').count(), T);
+    assert.strictEqual(await page.locator('#head-detail .attn .tok').count(), T);
+    await page.locator('#heads').screenshot({ path: 'browser-report-head.png' });
+
+    // A neuron: its query layers and query neurons.
+    const n0 = json.ffn_neurons[json.ffn_neurons.findIndex((n) => n.layer > 0)];
+    await page.click(`#ffn-table tr[data-id="${n0.id}"]`);
+    assert.match(await page.textContent('#neuron-detail h3'), new RegExp('Neuron ' + n0.id));
+    assert.strictEqual(await page.locator('#neuron-detail #neuron-query-chart').first().locator('.bar').count(), 2 * n0.layer + 2);
+    assert.ok(await page.locator('#query-neurons tr').count() > 1);
+    // An attention neuron too.
+    const a0 = json.attn_neurons[0];
+    await page.click(`#attn-table tr[data-id="${a0.id}"]`);
+    assert.match(await page.textContent('#neuron-detail h3'), new RegExp('Neuron ' + a0.id));
+    await page.locator('#neurons').screenshot({ path: 'browser-report-neuron.png' });
+    assert.deepStrictEqual(errors, []);
+  } finally {
+    await browser.close();
+  }
+});

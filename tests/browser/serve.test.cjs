@@ -1,0 +1,72 @@
+// serve.test.cjs - `resid serve` in headless Chromium: the page loads, a
+// prompt typed into the form is explained (spinner, then the views), the
+// DOM matches the CLI's JSON, a head without precomputed details is fetched
+// from /api/head, a neuron opens its details; no console errors, no
+// request leaves 127.0.0.1. Screenshot: browser-serve.png.
+'use strict';
+const test = require('node:test');
+const assert = require('node:assert');
+const { spawn } = require('node:child_process');
+const { launch, cli, CLI, STORIES, PROMPT } = require('./lib.cjs');
+
+function startServer() {
+  return new Promise((resolve, reject) => {
+    const p = spawn(CLI, ['serve', STORIES, '--port', '0'], { stdio: ['ignore', 'ignore', 'pipe'] });
+    let err = '';
+    const timer = setTimeout(() => { p.kill(); reject(new Error('server did not start: ' + err)); }, 20000);
+    p.stderr.on('data', (d) => {
+      err += d;
+      const m = /http:\/\/127\.0\.0\.1:(\d+)\//.exec(err);
+      if (m) { clearTimeout(timer); resolve({ proc: p, url: `http://127.0.0.1:${m[1]}/` }); }
+    });
+    p.on('exit', (c) => { clearTimeout(timer); reject(new Error('server exited ' + c + ': ' + err)); });
+  });
+}
+
+test('resid serve: explain a typed prompt, open a head and a neuron', async () => {
+  const json = JSON.parse(cli(['explain', STORIES, '-p', PROMPT, '--vs', ' a', '--json', '-']));
+  const L = json.model.n_layer, H = json.model.n_head, T = json.tokens.length;
+  const srv = await startServer();
+  const { browser, page, errors } = await launch();
+  try {
+    await page.goto(srv.url);
+    await page.fill('#f-prompt', PROMPT);
+    await page.fill('#f-vs', ' a');
+    await page.click('#f-go');
+    await page.waitForSelector('#head-map', { timeout: 60000 });
+    assert.match(await page.textContent('#status'), /done in/);
+    assert.strictEqual(await page.textContent('#summary .target .tok.big'), json.target.text.replace(/ /g, '\u2423'));
+    assert.match(await page.textContent('#target-prob'), new RegExp(json.target.prob.toFixed(4)));
+    assert.strictEqual(await page.locator('#head-map .head-cell').count(), L * H);
+    assert.strictEqual(await page.locator('#layer-chart .bar').count(), 2 * L);
+    assert.strictEqual(await page.locator('#lens-grid .cell').count(), (2 * L + 1) * T);
+    // The units are those of the CLI (contrast ranking).
+    const ids = await page.locator('#ffn-table tbody tr').evaluateAll((rs) => rs.map((r) => r.dataset.id));
+    assert.deepStrictEqual(ids, json.ffn_neurons.map((n) => n.id));
+    await page.screenshot({ path: 'browser-serve.png', fullPage: true });
+
+    // The worst head by contrast has no precomputed details: /api/head.
+    const worst = json.heads.slice().sort((a, b) => a.contrast - b.contrast)[0];
+    const resp = page.waitForResponse((r) => r.url().endsWith('/api/head'));
+    await page.click(`#head-map .head-cell[data-id="${worst.id}"]`);
+    assert.strictEqual((await resp).status(), 200);
+    await page.waitForSelector('#head-pos-chart');
+    assert.strictEqual(await page.locator('#head-pos-chart .bar').count(), T);
+    assert.match(await page.textContent('#head-detail h3'), new RegExp('Head ' + worst.id));
+
+    const n0 = json.ffn_neurons[json.ffn_neurons.findIndex((n) => n.layer > 0)];
+    await page.click(`#ffn-table tr[data-id="${n0.id}"]`);
+    assert.match(await page.textContent('#neuron-detail h3'), new RegExp('Neuron ' + n0.id));
+    assert.ok(await page.locator('#query-neurons tr').count() > 1);
+
+    // A bad request shows the server's message, and the server stays up.
+    await page.fill('#f-target', 'not one token at all');
+    await page.click('#f-go');
+    await page.waitForSelector('.error');
+    assert.match(await page.textContent('.error'), /tokens/);
+    assert.deepStrictEqual(errors.filter((e) => !/status of 400/.test(e)), []);
+  } finally {
+    await browser.close();
+    srv.proc.kill('SIGTERM');
+  }
+});
