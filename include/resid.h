@@ -1089,6 +1089,250 @@ resid_explain_request resid_explain_request_defaults(void);
 resid_status resid_explain_json(const resid_model *m, const resid_explain_request *rq,
                                 char **json, resid_error *err);
 
+/* ------------------------------------------------------------------------- */
+/* Interventions and verification (src/analysis/intervene.c)                 */
+/* ------------------------------------------------------------------------- */
+
+/*
+ * Change units during a forward pass and measure what happens to the
+ * target token w at t* = T-1 (METHOD.md §4): zero a unit, replace it by its
+ * mean over a data set, patch in its activation from a clean prompt, or
+ * steer by adding a vector to the residual stream. Built on the forward
+ * pass hooks (RESID_HOOK_*); the weights are never touched.
+ *
+ *     resid_intervention *iv;
+ *     resid_intervention_new(m, &iv, &err);
+ *     resid_unit u = {RESID_UNIT_FFN_NEURON, 3, -1, 17, -1};
+ *     resid_intervention_zero(iv, &u, NULL, 0, &err);  // every position
+ *     resid_target_stats before, after;
+ *     resid_intervention_run(m, NULL, ids, n, w, &before, NULL, NULL, &err);
+ *     resid_intervention_run(m, iv, ids, n, w, &after, NULL, NULL, &err);
+ *     resid_intervention_free(iv);
+ *
+ * What "the unit" is for each kind, and what an intervention changes
+ * (positions are query positions; "default" applies when none are given):
+ *
+ *   FFN neuron "L_K"     the coefficient m_k at each position; default
+ *                        every position, which is exactly zeroing the
+ *                        neuron's fc2 row/column (parameter zeroing,
+ *                        METHOD.md §4.2): f = Σ m_k fc2_k + b_2.
+ *   head "L_H"           its d_h columns of the per-head mix (Σ_j α v_j)
+ *                        before W_O; default every position = zeroing its
+ *                        W_O columns (METHOD.md §4.3). b_O stays.
+ *   head×source "L_H_J"  the weight α^h_{t,j}, set to 0 (or the clean
+ *                        value) without renormalising the row; default
+ *                        query t = t* only.
+ *   attention neuron     (l,h,n,j) names a source position j, so it is the
+ *   "L_H_N_J"            single contribution α^h_{t,j}·v_j[n] to dim n of
+ *                        head h's mix at query t (default t = t* only),
+ *                        i.e. exactly the vector α v_j[n] W_O^h[n,:] the
+ *                        attribution scores. With pos = -1 (CLI "wo:L_H_N")
+ *                        the unit is instead mix column h·d_h+n at every
+ *                        source: default every position = zeroing the
+ *                        neuron's W_O row (the paper's parameter zeroing).
+ *   per-position "aL_J"  α^h_{t,j} for every head h (v1's subvalue).
+ *   attention layer "aL" a[l] (after W_O, including b_O); default every
+ *                        position.
+ *   FFN layer "fL"       f[l] (including b_2); default every position.
+ *                        Zeroing all N neurons of layer l instead leaves
+ *                        f[l] = b_2: the two agree exactly for models
+ *                        without FFN bias (Llama) and differ by b_2 (GPT-2).
+ *
+ * Modes: ZERO; MEAN (a value per unit, computed by resid_unit_means: the
+ * mean of the activation over every position of a set of prompts; kinds
+ * with a source position have no position-free mean and are refused);
+ * REPLACE (activation patching: the clean prompt set by
+ * resid_intervention_set_clean is run first with no interventions, its
+ * activation recorded at every position, and written into the run at the
+ * chosen positions; clean and corrupt must have the same number of tokens;
+ * replacing with the same prompt is a bit-exact no-op); ADD (steering: a
+ * vector times a scale added to x_in[l] at the chosen layers, l in [0, L],
+ * l = L is the final residual x_L before the final norm; default t* only).
+ */
+
+typedef enum resid_iv_mode {
+    RESID_IV_ZERO = 0,
+    RESID_IV_MEAN = 1,
+    RESID_IV_REPLACE = 2,
+    RESID_IV_ADD = 3,
+} resid_iv_mode;
+
+/* "zero", "mean", "replace", "add"; parse accepts those (RESID_E_ARG). */
+const char *resid_iv_mode_name(resid_iv_mode mode);
+resid_status resid_iv_mode_parse(const char *s, resid_iv_mode *out, resid_error *err);
+
+typedef struct resid_intervention resid_intervention;
+
+resid_status resid_intervention_new(const resid_model *m, resid_intervention **out,
+                                    resid_error *err);
+void resid_intervention_free(resid_intervention *iv);
+
+/* Floats per unit in a MEAN value: 1 (FFN neuron, W_O-row neuron), d_h
+ * (head), D (aL, fL); 0 for kinds without a position-free mean. */
+int64_t resid_iv_mean_width(const resid_model *m, const resid_unit *u);
+
+/* Adds one edit. `pos`: absolute query positions (n_pos of them; NULL or
+ * n_pos == 0: the default above). Units are checked against the model's
+ * dimensions (RESID_E_ARG names the bad field); positions and source
+ * positions are checked against the prompt when the intervention runs.
+ * MEAN copies mean[n_mean] (n_mean must equal resid_iv_mean_width). */
+resid_status resid_intervention_zero(resid_intervention *iv, const resid_unit *u,
+                                     const int32_t *pos, int32_t n_pos, resid_error *err);
+resid_status resid_intervention_mean(resid_intervention *iv, const resid_unit *u,
+                                     const float *mean, int64_t n_mean, const int32_t *pos,
+                                     int32_t n_pos, resid_error *err);
+resid_status resid_intervention_replace(resid_intervention *iv, const resid_unit *u,
+                                        const int32_t *pos, int32_t n_pos, resid_error *err);
+/* The clean prompt of REPLACE edits (copied). */
+resid_status resid_intervention_set_clean(resid_intervention *iv, const int32_t *tokens,
+                                          int32_t n, resid_error *err);
+/* x_in[layer][t] += scale·v[D] at the chosen positions (default t*). */
+resid_status resid_intervention_add(resid_intervention *iv, int32_t layer, const float *v,
+                                    double scale, const int32_t *pos, int32_t n_pos,
+                                    resid_error *err);
+int32_t resid_intervention_count(const resid_intervention *iv);
+
+/* The target at t*, in the paper lens of the run's own final residual x_L
+ * (bs = W_U·(γ_f ⊙ centre(x_L))/s(x_L), final-norm bias dropped; equal to
+ * the model for Llama) and in the model's own logits. rank is 0-based
+ * (tokens with a higher value, ties broken by lower id); rr = 1/(rank+1).
+ * The CLI reports rank + 1. */
+typedef struct resid_target_stats {
+    double prob, logprob, rr;
+    int32_t rank;
+    double model_prob, model_logprob, model_rr;
+    int32_t model_rank;
+} resid_target_stats;
+
+/* The target's statistics from a final residual x_L[D] and the model's
+ * logits[V]. */
+resid_status resid_target_stats_from(const resid_model *m, const float *x_L,
+                                     const float *logits, int32_t target,
+                                     resid_target_stats *out, resid_error *err);
+
+/* Runs tokens[0..n) with the intervention (iv may be NULL: the plain model)
+ * and measures `target` (< 0: the plain model's argmax at t*, resolved by
+ * an extra plain run; *target_out receives it when not NULL). x_L[D] and
+ * logits[V], when not NULL, receive the run's final residual and logits at
+ * t*. Errors: RESID_E_ARG for positions/source positions outside the prompt
+ * or a clean prompt of another length; the forward pass's errors. */
+resid_status resid_intervention_run(const resid_model *m, resid_intervention *iv,
+                                    const int32_t *tokens, int32_t n, int32_t target,
+                                    resid_target_stats *out, int32_t *target_out,
+                                    float *x_L, float *logits, resid_error *err);
+
+/* MEAN values of units over prompts: for each unit its activation averaged
+ * over every position of every prompt; means is malloc'd, the units'
+ * values concatenated in order (resid_iv_mean_width floats each), *n_means
+ * their total. RESID_E_UNSUPPORTED for a kind without a mean. */
+resid_status resid_unit_means(const resid_model *m, const int32_t *const *prompts,
+                              const int32_t *n_tokens, int32_t n_prompts,
+                              const resid_unit *units, int64_t n_units, float **means,
+                              int64_t *n_means, resid_error *err);
+
+/* splitmix64: the next 64-bit value of the state (deterministic, portable). */
+uint64_t resid_splitmix64(uint64_t *state);
+
+/* n_random units drawn uniformly (splitmix64 seeded with `seed`, rejection
+ * sampling) of the same kinds as `chosen` (unit i copies the kind of
+ * chosen[i % n_chosen]; a W_O-row attention neuron stays one), distinct,
+ * and none equal to a chosen unit. Source positions are drawn in
+ * [0, n_tokens). RESID_E_ARG when a kind has too few units left. */
+resid_status resid_random_units(const resid_model *m, int32_t n_tokens,
+                                const resid_unit *chosen, int64_t n_chosen,
+                                int64_t n_random, uint64_t seed, resid_unit *out,
+                                resid_error *err);
+
+/* ---- Scoring-method comparison (METHOD.md §3.5, v3/v4 Table 2) ---- */
+
+/* Scores of an FFN neuron (l,k) with v = m_k fc2_k, context x = x_mid[l][t*]
+ * and P_k = bs(fc2_k) (paper lens, coefficient not applied):
+ *   LPI        (a) log p(w|x+v) − log p(w|x)
+ *   LOGP_ALONE (b) log softmax(bs(v))_w
+ *   PROB_INC   (c) p(w|x+v) − p(w|x)
+ *   NORM       (d) ‖v‖ = |m_k|·‖fc2_k‖ (residual space, no norm applied)
+ *   COEF       (e) m_k
+ *   RANK       (f) −rank of w in P_k (0-based; best rank = highest score)
+ *   COEF_NORM  (g) m_k·‖fc2_k‖ (signed: the norm of v with m's sign)
+ *   COEF_RANK  (h) m_k·(1 − 2·rank/(V−1)): Geva et al. 2022 style, the
+ *                  coefficient times the target's position in the neuron's
+ *                  projection mapped to [+1 (top), −1 (bottom)], so a
+ *                  negative coefficient on a bottom-ranked token scores
+ *                  high (METHOD.md §2.3).
+ * Higher is "more important" for every score. */
+typedef enum resid_fscore {
+    RESID_FSCORE_LPI = 0,
+    RESID_FSCORE_LOGP_ALONE,
+    RESID_FSCORE_PROB_INC,
+    RESID_FSCORE_NORM,
+    RESID_FSCORE_COEF,
+    RESID_FSCORE_RANK,
+    RESID_FSCORE_COEF_NORM,
+    RESID_FSCORE_COEF_RANK,
+    RESID_FSCORE_COUNT
+} resid_fscore;
+
+/* "lpi", "logp-alone", "prob-inc", "norm", "coef", "rank", "coef-norm",
+ * "coef-rank". */
+const char *resid_fscore_name(resid_fscore s);
+
+/* Every score of every FFN neuron into out[RESID_FSCORE_COUNT][L·N]
+ * (neuron index l·N + k). The explainer's lens must be PAPER or EXACT. */
+resid_status resid_ffn_neuron_scores(resid_explainer *e, double *out, resid_error *err);
+
+/* One prompt: the top-k FFN neurons by each score (ties: enumeration
+ * order) are zeroed at every position (fc2 zeroing) and the target is
+ * measured; likewise k random FFN neurons (resid_random_units, `seed`). */
+typedef struct resid_score_compare {
+    int32_t k, target;
+    resid_target_stats original;
+    resid_target_stats method[RESID_FSCORE_COUNT];
+    resid_target_stats random;
+    resid_unit *units; /* [RESID_FSCORE_COUNT + 1][k]: methods, then random */
+} resid_score_compare;
+
+/* tokens[0..n), target (< 0: the model's argmax). *out: free with
+ * resid_score_compare_free. */
+resid_status resid_compare_scores(const resid_model *m, const int32_t *tokens, int32_t n,
+                                  int32_t target, int32_t k, uint64_t seed,
+                                  resid_score_compare **out, resid_error *err);
+void resid_score_compare_free(resid_score_compare *c);
+
+/* ---- Additivity check (METHOD.md §3.4) ---- */
+
+/* The FFN neurons of one layer ranked by LPI (descending, ties by index),
+ * v_1, v_2, ...; for every prefix i: x = Σ_{j<=i} C(v_j) and y = C(Σ_{j<=i}
+ * v_j), all in the same context x_mid[l][t*], for C = LPI and C = prob
+ * increase. Pearson r of (x, y) and the least-squares slope of y on x
+ * (with intercept); NAN when x or y is constant. */
+typedef struct resid_additivity {
+    int32_t layer, n; /* neurons used */
+    int32_t *order;   /* [n] neuron index k */
+    double *sum_lpi, *lpi_sum;   /* [n] x and y for C = LPI */
+    double *sum_pinc, *pinc_sum; /* [n] for C = prob increase */
+    double r_lpi, slope_lpi, r_pinc, slope_pinc;
+} resid_additivity;
+
+/* n_max <= 0: every neuron of the layer. Lens PAPER or EXACT. */
+resid_status resid_additivity_new(resid_explainer *e, int32_t layer, int32_t n_max,
+                                  resid_additivity **out, resid_error *err);
+void resid_additivity_free(resid_additivity *a);
+
+/* Over prompts: the mean of the per-prompt r and slope, and r and slope of
+ * all points pooled. */
+typedef struct resid_additivity_summary {
+    int32_t n_prompts;
+    double mean_r_lpi, mean_slope_lpi, pooled_r_lpi, pooled_slope_lpi;
+    double mean_r_pinc, mean_slope_pinc, pooled_r_pinc, pooled_slope_pinc;
+} resid_additivity_summary;
+
+void resid_additivity_aggregate(const resid_additivity *const *a, int32_t n,
+                                resid_additivity_summary *out);
+
+/* Pearson r and least-squares slope of y on x; NAN when undefined. */
+void resid_pearson_slope(const double *x, const double *y, int64_t n, double *r,
+                         double *slope);
+
 #ifdef __cplusplus
 }
 #endif
