@@ -16,6 +16,8 @@
     X(generate)                                                                                    \
     X(explain)                                                                                     \
     X(neuron)                                                                                      \
+    X(batch)                                                                                       \
+    X(summarize)                                                                                   \
     X(serve)
 
 #define X(name) extern const cli_command cli_cmd_##name;

@@ -1,0 +1,684 @@
+/*
+ * cmd_summarize.c - `resid summarize RESULTS.jsonl`: the aggregate views of
+ * METHOD.md §4.2 over the records of `resid batch`, per "type" and overall:
+ * the layer histograms of the top value neurons (FFN, attention) and of
+ * query neurons when the records have them, the summed importance of
+ * attention versus FFN, the rate at which neurons are shared across the
+ * sentences of a type, the head and layer rankings by mean LPI, and the
+ * scoring-method comparison (records made with --ablate). As a text table,
+ * JSON or CSV.
+ */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common.h"
+#include "output/jsonl.h"
+
+static const char help[] =
+    "Usage: resid summarize RESULTS.jsonl [--format text|json|csv] [OPTIONS]\n"
+    "\n"
+    "Summarises the records of resid batch, for every \"type\" and for all of\n"
+    "them (\"all\"); records with an \"error\" are counted and skipped:\n"
+    "  - layer histograms of the top-K value neurons of each record\n"
+    "    (ffn_neurons, attn_neurons; query_neurons when present)\n"
+    "  - summed importance: the sums (and means) over records of the attention\n"
+    "    and FFN layer LPIs (layer_totals.attn_lpi, ffn_lpi)\n"
+    "  - sharing: the fraction of a record's top-K neurons that appear in the\n"
+    "    top-K of more than half of the records of the group (METHOD.md 4.2),\n"
+    "    averaged over the records; attention neurons are compared without\n"
+    "    their source position (L_H_N)\n"
+    "  - head and layer rankings by mean LPI over the records\n"
+    "  - the scoring-method comparison (records made with batch --ablate):\n"
+    "    mean probability and reciprocal rank of the target with the top-k FFN\n"
+    "    neurons of each score zeroed, the original and random neurons, and\n"
+    "    the % decrease of each from the original\n"
+    "\n"
+    "Options:\n"
+    "      --format F       text (default), json or csv (group,section,key,\n"
+    "                       field,value rows)\n"
+    "  -k, --top N          heads and layers listed (default 10)\n"
+    "      --neurons K      top-K neurons of each record used (default 300)\n"
+    "  -h, --help           show this help\n"
+    "\n"
+    "Examples:\n"
+    "  resid summarize results.jsonl\n"
+    "  resid summarize results.jsonl --format csv > summary.csv\n";
+
+enum { OPT_TOP = 'k', OPT_FORMAT = 300, OPT_NEURONS };
+enum { FMT_TEXT, FMT_JSON, FMT_CSV };
+
+typedef struct sum_opts {
+    int format;
+    long top, neurons;
+} sum_opts;
+
+static int on_opt(const cli_command *cmd, void *user, int opt, const char *arg) {
+    sum_opts *o = user;
+    switch (opt) {
+    case OPT_TOP: return cli_parse_int(cmd, "--top", arg, 1, INT32_MAX, &o->top);
+    case OPT_NEURONS: return cli_parse_int(cmd, "--neurons", arg, 1, INT32_MAX, &o->neurons);
+    case OPT_FORMAT:
+        if (!strcmp(arg, "text"))
+            o->format = FMT_TEXT;
+        else if (!strcmp(arg, "json"))
+            o->format = FMT_JSON;
+        else if (!strcmp(arg, "csv"))
+            o->format = FMT_CSV;
+        else
+            return cli_usage_error(cmd, "--format expects text, json or csv, got '%s'", arg);
+        return CLI_CONTINUE;
+    }
+    return cli_usage_error(cmd, "unknown option");
+}
+
+/* ------------------------------------------------------------------------- */
+/* Neuron id counting                                                        */
+/* ------------------------------------------------------------------------- */
+
+/* A string -> count map (open addressing), for neuron ids. */
+typedef struct counter {
+    char **key;
+    int64_t *count;
+    int64_t cap, n;
+} counter;
+
+static uint64_t hash_str(const char *s) {
+    uint64_t h = 1469598103934665603ull;
+    for (; *s; s++)
+        h = (h ^ (uint8_t)*s) * 1099511628211ull;
+    return h;
+}
+
+/* Adds 1 to key; false on out of memory. */
+static bool counter_add(counter *c, const char *key) {
+    if (2 * (c->n + 1) > c->cap) {
+        int64_t nc = c->cap ? 2 * c->cap : 256;
+        char **nk = calloc((size_t)nc, sizeof *nk);
+        int64_t *nn = calloc((size_t)nc, sizeof *nn);
+        if (!nk || !nn) {
+            free(nk), free(nn);
+            return false;
+        }
+        for (int64_t i = 0; i < c->cap; i++) {
+            if (!c->key[i]) continue;
+            int64_t j = (int64_t)(hash_str(c->key[i]) & (uint64_t)(nc - 1));
+            while (nk[j])
+                j = (j + 1) & (nc - 1);
+            nk[j] = c->key[i];
+            nn[j] = c->count[i];
+        }
+        free(c->key), free(c->count);
+        c->key = nk, c->count = nn, c->cap = nc;
+    }
+    int64_t j = (int64_t)(hash_str(key) & (uint64_t)(c->cap - 1));
+    while (c->key[j] && strcmp(c->key[j], key))
+        j = (j + 1) & (c->cap - 1);
+    if (!c->key[j]) {
+        if (!(c->key[j] = strdup(key))) return false;
+        c->n++;
+    }
+    c->count[j]++;
+    return true;
+}
+
+static int64_t counter_get(const counter *c, const char *key) {
+    if (!c->cap) return 0;
+    int64_t j = (int64_t)(hash_str(key) & (uint64_t)(c->cap - 1));
+    while (c->key[j] && strcmp(c->key[j], key))
+        j = (j + 1) & (c->cap - 1);
+    return c->key[j] ? c->count[j] : 0;
+}
+
+static void counter_free(counter *c) {
+    for (int64_t i = 0; i < c->cap; i++)
+        free(c->key[i]);
+    free(c->key), free(c->count);
+    memset(c, 0, sizeof *c);
+}
+
+/* ------------------------------------------------------------------------- */
+/* Groups                                                                    */
+/* ------------------------------------------------------------------------- */
+
+/* The neuron lists summarised: JSON key, short name, whether the id's last
+ * field (a source position) is dropped for sharing. */
+static const struct {
+    const char *key, *name;
+    bool drop_pos;
+} neuron_lists[] = {
+    {"ffn_neurons", "ffn", false},
+    {"attn_neurons", "attn", true},
+    {"query_neurons", "query", false},
+};
+enum { N_NLISTS = 3 };
+
+#define N_STATS (RESID_FSCORE_COUNT + 2) /* original, methods, random */
+
+typedef struct group {
+    char *type;               /* NULL: all */
+    int64_t n, n_error;       /* records used, error records */
+    int64_t *hist[N_NLISTS];  /* [L] */
+    int64_t n_with[N_NLISTS]; /* records having the list */
+    double attn_sum, ffn_sum;
+    double *head_sum;               /* [L*H] by enumeration index */
+    int64_t n_heads;                /* records with heads */
+    double *layer_attn, *layer_ffn; /* [L] */
+    counter shared[N_NLISTS];       /* neuron id -> records */
+    int64_t n_ablate;
+    double ab_prob[N_STATS], ab_rr[N_STATS];
+} group;
+
+typedef struct summary {
+    int32_t L, H;
+    group *g; /* g[0]: all */
+    int n_groups;
+    const char *path;
+    cJSON **recs; /* every usable record */
+    int64_t n_recs, n_error;
+} summary;
+
+/* The stat slots: 0 original, 1..8 methods, 9 random. */
+static const char *stat_name(int i) {
+    if (i == 0) return "original";
+    if (i == N_STATS - 1) return "random";
+    return resid_fscore_name((resid_fscore)(i - 1));
+}
+
+static const cJSON *jget(const cJSON *o, const char *k) {
+    return cJSON_GetObjectItemCaseSensitive(o, k);
+}
+
+static double jnum(const cJSON *o, const char *k) {
+    const cJSON *v = jget(o, k);
+    return cJSON_IsNumber(v) ? v->valuedouble : NAN;
+}
+
+/* The sharing key of a neuron id: the id, or without its last "_J". */
+static void share_key(const char *id, bool drop_pos, char *buf, size_t n) {
+    snprintf(buf, n, "%s", id);
+    if (drop_pos) {
+        char *u = strrchr(buf, '_');
+        if (u) *u = 0;
+    }
+}
+
+static group *group_for(summary *s, const char *type) {
+    for (int i = 1; i < s->n_groups; i++)
+        if (!strcmp(s->g[i].type, type)) return &s->g[i];
+    group *ng = realloc(s->g, (size_t)(s->n_groups + 1) * sizeof *ng);
+    if (!ng) return NULL;
+    s->g = ng;
+    group *g = &s->g[s->n_groups];
+    memset(g, 0, sizeof *g);
+    if (!(g->type = strdup(type))) return NULL;
+    s->n_groups++;
+    return g;
+}
+
+static bool group_alloc(group *g, int32_t L, int32_t H) {
+    for (int i = 0; i < N_NLISTS; i++)
+        if (!(g->hist[i] = calloc((size_t)L, sizeof(int64_t)))) return false;
+    g->head_sum = calloc((size_t)L * (size_t)H + 1, sizeof(double));
+    g->layer_attn = calloc((size_t)L, sizeof(double));
+    g->layer_ffn = calloc((size_t)L, sizeof(double));
+    return g->head_sum && g->layer_attn && g->layer_ffn;
+}
+
+static void group_free(group *g) {
+    free(g->type);
+    for (int i = 0; i < N_NLISTS; i++) {
+        free(g->hist[i]);
+        counter_free(&g->shared[i]);
+    }
+    free(g->head_sum), free(g->layer_attn), free(g->layer_ffn);
+}
+
+/* Adds one record to a group (first pass: everything but sharing rates). */
+static bool group_add(const summary *s, group *g, const cJSON *r, long k_neurons) {
+    const int32_t L = s->L, H = s->H;
+    if (!g->head_sum && !group_alloc(g, L, H)) return false;
+    g->n++;
+    for (int li = 0; li < N_NLISTS; li++) {
+        const cJSON *arr = jget(r, neuron_lists[li].key);
+        if (!cJSON_IsArray(arr)) continue;
+        g->n_with[li]++;
+        long i = 0;
+        const cJSON *e;
+        cJSON_ArrayForEach(e, arr) {
+            if (i++ >= k_neurons) break;
+            const cJSON *id = jget(e, "id");
+            if (!cJSON_IsString(id)) continue;
+            const long layer = strtol(id->valuestring, NULL, 10);
+            if (layer >= 0 && layer < L) g->hist[li][layer]++;
+            char key[64];
+            share_key(id->valuestring, neuron_lists[li].drop_pos, key, sizeof key);
+            if (!counter_add(&g->shared[li], key)) return false;
+        }
+    }
+    const cJSON *tot = jget(r, "layer_totals");
+    g->attn_sum += jnum(tot, "attn_lpi");
+    g->ffn_sum += jnum(tot, "ffn_lpi");
+    const cJSON *heads = jget(r, "heads");
+    if (cJSON_GetArraySize(heads) == L * H) {
+        g->n_heads++;
+        int i = 0;
+        const cJSON *e;
+        cJSON_ArrayForEach(e, heads) g->head_sum[i++] += jnum(e, "lpi");
+    }
+    const cJSON *layers = jget(r, "layers");
+    int l = 0;
+    const cJSON *e;
+    cJSON_ArrayForEach(e, layers) {
+        if (l >= L) break;
+        g->layer_attn[l] += jnum(e, "attn_lpi");
+        g->layer_ffn[l] += jnum(e, "ffn_lpi");
+        l++;
+    }
+    const cJSON *ab = jget(r, "ablation");
+    if (ab) {
+        g->n_ablate++;
+        for (int i = 0; i < N_STATS; i++) {
+            const cJSON *st = i == 0             ? jget(ab, "original")
+                              : i == N_STATS - 1 ? jget(ab, "random")
+                                                 : jget(jget(ab, "methods"), stat_name(i));
+            g->ab_prob[i] += jnum(st, "prob");
+            g->ab_rr[i] += jnum(st, "rr");
+        }
+    }
+    return true;
+}
+
+/* The sharing rate of list li in group g: the mean over the group's records
+ * of the fraction of their top-K keys counted in > half of the records. */
+static double sharing_rate(const summary *s, const group *g, int li, long k_neurons,
+                           int64_t *n_shared) {
+    const int64_t S = g->n_with[li];
+    *n_shared = 0;
+    if (S == 0) return NAN;
+    for (int64_t i = 0; i < g->shared[li].cap; i++)
+        if (g->shared[li].key[i] && 2 * g->shared[li].count[i] > S) (*n_shared)++;
+    double sum = 0;
+    for (int64_t ri = 0; ri < s->n_recs; ri++) {
+        const cJSON *r = s->recs[ri];
+        const cJSON *t = jget(r, "type");
+        if (g->type && !(cJSON_IsString(t) && !strcmp(t->valuestring, g->type))) continue;
+        const cJSON *arr = jget(r, neuron_lists[li].key);
+        if (!cJSON_IsArray(arr)) continue;
+        long i = 0, hit = 0;
+        const cJSON *e;
+        cJSON_ArrayForEach(e, arr) {
+            if (i >= k_neurons) break;
+            const cJSON *id = jget(e, "id");
+            if (!cJSON_IsString(id)) continue;
+            i++;
+            char key[64];
+            share_key(id->valuestring, neuron_lists[li].drop_pos, key, sizeof key);
+            hit += 2 * counter_get(&g->shared[li], key) > S;
+        }
+        if (i) sum += (double)hit / (double)i;
+    }
+    return sum / (double)S;
+}
+
+/* ------------------------------------------------------------------------- */
+/* Rankings                                                                  */
+/* ------------------------------------------------------------------------- */
+
+typedef struct ranked {
+    char id[32];
+    double mean;
+    int64_t i;
+} ranked;
+
+static int cmp_ranked(const void *pa, const void *pb) {
+    const ranked *a = pa, *b = pb;
+    if (a->mean != b->mean) return a->mean > b->mean ? -1 : 1;
+    return (a->i > b->i) - (a->i < b->i);
+}
+
+/* Heads (L*H) or layers (2L: a0, f0, a1, ...) by mean LPI, best first;
+ * *n receives the count. malloc'd. */
+static ranked *rank_units(const summary *s, const group *g, bool heads, int64_t *n) {
+    const int32_t L = s->L, H = s->H;
+    *n = heads ? (g->n_heads ? (int64_t)L * H : 0) : 2 * (int64_t)L;
+    ranked *r = malloc((size_t)(*n + 1) * sizeof *r);
+    if (!r) return NULL;
+    for (int64_t i = 0; i < *n; i++) {
+        r[i].i = i;
+        if (heads) {
+            snprintf(r[i].id, sizeof r[i].id, "%d_%d", (int)(i / H), (int)(i % H));
+            r[i].mean = g->head_sum[i] / (double)g->n_heads;
+        } else {
+            snprintf(r[i].id, sizeof r[i].id, "%c%d", i % 2 ? 'f' : 'a', (int)(i / 2));
+            r[i].mean = (i % 2 ? g->layer_ffn : g->layer_attn)[i / 2] / (double)g->n;
+        }
+    }
+    qsort(r, (size_t)*n, sizeof *r, cmp_ranked);
+    return r;
+}
+
+/* ------------------------------------------------------------------------- */
+/* Output                                                                    */
+/* ------------------------------------------------------------------------- */
+
+static double pct_drop(double orig, double v) {
+    return orig != 0 ? 100.0 * (orig - v) / orig : NAN;
+}
+
+/* The summary as JSON (the CSV and the text are written from it). */
+static cJSON *build(const summary *s, const sum_opts *o) {
+    cJSON *root = cJSON_CreateObject();
+    bool ok = root && cJSON_AddStringToObject(root, "file", s->path) &&
+              cJSON_AddNumberToObject(root, "n_records", (double)s->n_recs) &&
+              cJSON_AddNumberToObject(root, "n_errors", (double)s->n_error) &&
+              cJSON_AddNumberToObject(root, "n_layer", s->L) &&
+              cJSON_AddNumberToObject(root, "n_head", s->H) &&
+              cJSON_AddNumberToObject(root, "neurons_k", (double)o->neurons);
+    cJSON *groups = ok ? cJSON_AddArrayToObject(root, "groups") : NULL;
+    ok = groups != NULL;
+    for (int gi = 0; ok && gi < s->n_groups; gi++) {
+        const group *g = &s->g[gi];
+        if (!g->n) continue;
+        cJSON *go = cJSON_CreateObject();
+        ok = go != NULL;
+        if (!ok) break;
+        cJSON_AddItemToArray(groups, go);
+        ok = cJSON_AddStringToObject(go, "type", g->type ? g->type : "all") &&
+             cJSON_AddNumberToObject(go, "n", (double)g->n);
+        for (int li = 0; ok && li < N_NLISTS; li++) {
+            if (!g->n_with[li]) continue;
+            char name[64];
+            snprintf(name, sizeof name, "%s_layer_hist", neuron_lists[li].name);
+            cJSON *h = cJSON_AddArrayToObject(go, name);
+            ok = h != NULL;
+            for (int32_t l = 0; ok && l < s->L; l++) {
+                cJSON *v = cJSON_CreateNumber((double)g->hist[li][l]);
+                ok = v != NULL;
+                if (ok) cJSON_AddItemToArray(h, v);
+            }
+        }
+        cJSON *imp = ok ? cJSON_AddObjectToObject(go, "importance") : NULL;
+        ok = imp && cJSON_AddNumberToObject(imp, "attn_lpi_sum", g->attn_sum) &&
+             cJSON_AddNumberToObject(imp, "ffn_lpi_sum", g->ffn_sum) &&
+             cJSON_AddNumberToObject(imp, "attn_lpi_mean", g->attn_sum / (double)g->n) &&
+             cJSON_AddNumberToObject(imp, "ffn_lpi_mean", g->ffn_sum / (double)g->n);
+        cJSON *sh = ok ? cJSON_AddObjectToObject(go, "sharing") : NULL;
+        ok = sh != NULL;
+        for (int li = 0; ok && li < N_NLISTS; li++) {
+            if (!g->n_with[li]) continue;
+            int64_t n_shared;
+            const double rate = sharing_rate(s, g, li, o->neurons, &n_shared);
+            cJSON *e = cJSON_AddObjectToObject(sh, neuron_lists[li].name);
+            ok = e && cJSON_AddNumberToObject(e, "rate", rate) &&
+                 cJSON_AddNumberToObject(e, "n_shared", (double)n_shared) &&
+                 cJSON_AddNumberToObject(e, "n_distinct", (double)g->shared[li].n);
+        }
+        for (int hl = 0; ok && hl < 2; hl++) {
+            int64_t n;
+            ranked *r = rank_units(s, g, hl == 0, &n);
+            cJSON *arr = r ? cJSON_AddArrayToObject(go, hl == 0 ? "heads" : "layers") : NULL;
+            ok = arr != NULL;
+            for (int64_t i = 0; ok && i < n && i < o->top; i++) {
+                cJSON *e = cJSON_CreateObject();
+                ok = e && cJSON_AddStringToObject(e, "id", r[i].id) &&
+                     cJSON_AddNumberToObject(e, "mean_lpi", r[i].mean);
+                if (e) cJSON_AddItemToArray(arr, e);
+            }
+            free(r);
+        }
+        if (ok && g->n_ablate) {
+            cJSON *ab = cJSON_AddObjectToObject(go, "ablation");
+            ok = ab && cJSON_AddNumberToObject(ab, "n", (double)g->n_ablate);
+            const double p0 = g->ab_prob[0] / (double)g->n_ablate;
+            const double r0 = g->ab_rr[0] / (double)g->n_ablate;
+            for (int i = 0; ok && i < N_STATS; i++) {
+                const double p = g->ab_prob[i] / (double)g->n_ablate;
+                const double rr = g->ab_rr[i] / (double)g->n_ablate;
+                cJSON *e = cJSON_AddObjectToObject(ab, stat_name(i));
+                ok = e && cJSON_AddNumberToObject(e, "prob", p) &&
+                     cJSON_AddNumberToObject(e, "mrr", rr) &&
+                     cJSON_AddNumberToObject(e, "prob_drop_pct", pct_drop(p0, p)) &&
+                     cJSON_AddNumberToObject(e, "mrr_drop_pct", pct_drop(r0, rr));
+            }
+        }
+    }
+    if (!ok) {
+        cJSON_Delete(root);
+        return NULL;
+    }
+    return root;
+}
+
+static void csv_num(const char *g, const char *sec, const char *key, const char *field, double v) {
+    printf("%s,%s,%s,%s,%.10g\n", g, sec, key, field, v);
+}
+
+/* group,section,key,field,value - one row per number. Types are written
+ * with any ',', '"' or newline quoted. */
+static void print_csv(const cJSON *root) {
+    printf("group,section,key,field,value\n");
+    const cJSON *go;
+    cJSON_ArrayForEach(go, jget(root, "groups")) {
+        const char *t = jget(go, "type")->valuestring;
+        char g[512];
+        if (strpbrk(t, ",\"\n\r")) {
+            size_t k = 0;
+            g[k++] = '"';
+            for (const char *p = t; *p && k + 3 < sizeof g; p++) {
+                if (*p == '"') g[k++] = '"';
+                g[k++] = *p;
+            }
+            g[k++] = '"';
+            g[k] = 0;
+        } else {
+            snprintf(g, sizeof g, "%s", t);
+        }
+        csv_num(g, "count", "records", "n", jnum(go, "n"));
+        for (int li = 0; li < N_NLISTS; li++) {
+            char name[64];
+            snprintf(name, sizeof name, "%s_layer_hist", neuron_lists[li].name);
+            int l = 0;
+            const cJSON *v;
+            cJSON_ArrayForEach(v, jget(go, name)) {
+                char key[16];
+                snprintf(key, sizeof key, "%d", l++);
+                csv_num(g, name, key, "count", v->valuedouble);
+            }
+        }
+        const cJSON *e;
+        cJSON_ArrayForEach(e, jget(go, "importance"))
+            csv_num(g, "importance", e->string, "value", e->valuedouble);
+        cJSON_ArrayForEach(e, jget(go, "sharing")) {
+            const cJSON *f;
+            cJSON_ArrayForEach(f, e) csv_num(g, "sharing", e->string, f->string, f->valuedouble);
+        }
+        cJSON_ArrayForEach(e, jget(go, "heads"))
+            csv_num(g, "heads", jget(e, "id")->valuestring, "mean_lpi", jnum(e, "mean_lpi"));
+        cJSON_ArrayForEach(e, jget(go, "layers"))
+            csv_num(g, "layers", jget(e, "id")->valuestring, "mean_lpi", jnum(e, "mean_lpi"));
+        cJSON_ArrayForEach(e, jget(go, "ablation")) {
+            if (!cJSON_IsObject(e)) continue;
+            const cJSON *f;
+            cJSON_ArrayForEach(f, e) csv_num(g, "ablation", e->string, f->string, f->valuedouble);
+        }
+    }
+}
+
+static void print_text(const cJSON *root) {
+    printf("%s: %d records used, %d with errors; %d layers, %d heads; top-%d neurons per "
+           "record\n",
+           jget(root, "file")->valuestring, (int)jnum(root, "n_records"),
+           (int)jnum(root, "n_errors"), (int)jnum(root, "n_layer"), (int)jnum(root, "n_head"),
+           (int)jnum(root, "neurons_k"));
+    const cJSON *go;
+    cJSON_ArrayForEach(go, jget(root, "groups")) {
+        printf("\n== %s (%d records)\n", jget(go, "type")->valuestring, (int)jnum(go, "n"));
+        const cJSON *imp = jget(go, "importance");
+        printf("summed importance: attention %+.4f, FFN %+.4f (per record %+.4f, %+.4f)\n",
+               jnum(imp, "attn_lpi_sum"), jnum(imp, "ffn_lpi_sum"), jnum(imp, "attn_lpi_mean"),
+               jnum(imp, "ffn_lpi_mean"));
+        printf("layer histogram of the top neurons:\n%6s", "layer");
+        const int L = (int)jnum(root, "n_layer");
+        for (int li = 0; li < N_NLISTS; li++) {
+            char name[64];
+            snprintf(name, sizeof name, "%s_layer_hist", neuron_lists[li].name);
+            if (jget(go, name)) printf(" %8s", neuron_lists[li].name);
+        }
+        putchar('\n');
+        for (int l = 0; l < L; l++) {
+            printf("%6d", l);
+            for (int li = 0; li < N_NLISTS; li++) {
+                char name[64];
+                snprintf(name, sizeof name, "%s_layer_hist", neuron_lists[li].name);
+                const cJSON *h = jget(go, name);
+                if (h) printf(" %8d", (int)cJSON_GetArrayItem(h, l)->valuedouble);
+            }
+            putchar('\n');
+        }
+        const cJSON *e;
+        cJSON_ArrayForEach(e, jget(go, "sharing")) printf(
+            "sharing (%s): %.1f%% of a record's top neurons are in > 50%% of the "
+            "records (%d such neurons of %d seen)\n",
+            e->string, 100 * jnum(e, "rate"), (int)jnum(e, "n_shared"), (int)jnum(e, "n_distinct"));
+        for (int hl = 0; hl < 2; hl++) {
+            printf("%s by mean LPI:", hl == 0 ? "heads " : "layers");
+            cJSON_ArrayForEach(e, jget(go, hl == 0 ? "heads" : "layers"))
+                printf(" %s %+.4f", jget(e, "id")->valuestring, jnum(e, "mean_lpi"));
+            putchar('\n');
+        }
+        const cJSON *ab = jget(go, "ablation");
+        if (ab) {
+            printf("scoring methods (top-k FFN neurons zeroed, %d records):\n", (int)jnum(ab, "n"));
+            printf("  %-12s %10s %10s %10s %10s\n", "method", "prob", "drop%", "MRR", "drop%");
+            cJSON_ArrayForEach(e, ab) {
+                if (!cJSON_IsObject(e)) continue;
+                printf("  %-12s %10.4f %10.1f %10.4f %10.1f\n", e->string, jnum(e, "prob"),
+                       jnum(e, "prob_drop_pct"), jnum(e, "mrr"), jnum(e, "mrr_drop_pct"));
+            }
+        }
+    }
+}
+
+/* ------------------------------------------------------------------------- */
+/* The command                                                               */
+/* ------------------------------------------------------------------------- */
+
+static int load(summary *s, const sum_opts *o) {
+    FILE *f = fopen(s->path, "rb");
+    if (!f) return cli_error("%s: cannot open", s->path);
+    resid_error err;
+    rs_jsonl_reader *rd;
+    if (rs_jsonl_reader_new(f, s->path, (size_t)1 << 30, &rd, &err) != RESID_OK) {
+        fclose(f);
+        return cli_lib_error(&err);
+    }
+    int rc = CLI_EXIT_OK;
+    int64_t cap = 0;
+    for (;;) {
+        const char *line;
+        size_t len;
+        int64_t line_no;
+        bool eof;
+        if (rs_jsonl_next(rd, &line, &len, &line_no, &eof, &err) != RESID_OK) {
+            rc = cli_lib_error(&err);
+            break;
+        }
+        if (eof) break;
+        if (len == 0) continue;
+        cJSON *r = cJSON_ParseWithLength(line, len);
+        if (!cJSON_IsObject(r)) {
+            cJSON_Delete(r);
+            rc = cli_error("%s:%lld: not a JSON object (a record of resid batch)", s->path,
+                           (long long)line_no);
+            break;
+        }
+        if (jget(r, "error")) {
+            s->n_error++;
+            cJSON_Delete(r);
+            continue;
+        }
+        if (!jget(r, "layers") || !jget(r, "layer_totals")) {
+            cJSON_Delete(r);
+            rc = cli_error("%s:%lld: not a record of resid batch (no layers)", s->path,
+                           (long long)line_no);
+            break;
+        }
+        if (s->n_recs == cap) {
+            cap = cap ? 2 * cap : 256;
+            cJSON **nr = realloc(s->recs, (size_t)cap * sizeof *nr);
+            if (!nr) {
+                cJSON_Delete(r);
+                rc = cli_error("out of memory");
+                break;
+            }
+            s->recs = nr;
+        }
+        s->recs[s->n_recs++] = r;
+        if (s->n_recs == 1) {
+            const cJSON *mo = jget(r, "model");
+            s->L = (int32_t)jnum(mo, "n_layer");
+            s->H = (int32_t)jnum(mo, "n_head");
+            if (!(s->L > 0 && s->L < 100000)) s->L = cJSON_GetArraySize(jget(r, "layers"));
+            if (!(s->H > 0 && s->H < 100000)) s->H = 1;
+        }
+    }
+    rs_jsonl_reader_free(rd);
+    fclose(f);
+    if (rc == CLI_EXIT_OK && s->n_recs == 0)
+        rc = cli_error("%s: no records without errors to summarise", s->path);
+    (void)o;
+    return rc;
+}
+
+static int run(const cli_command *cmd, int argc, char **argv) {
+    static const struct option extra[] = {
+        {"format", required_argument, NULL, OPT_FORMAT},
+        {"top", required_argument, NULL, OPT_TOP},
+        {"neurons", required_argument, NULL, OPT_NEURONS},
+        {NULL, 0, NULL, 0},
+    };
+    sum_opts o = {FMT_TEXT, 10, 300};
+    cli_args a;
+    int r = cli_parse(cmd, argc, argv, 0, extra, "k:", on_opt, &o, &a);
+    if (r != CLI_CONTINUE) return r;
+    summary s;
+    memset(&s, 0, sizeof s);
+    s.path = a.model;
+    s.g = calloc(1, sizeof *s.g);
+    s.n_groups = 1;
+    r = s.g ? load(&s, &o) : cli_error("out of memory");
+    for (int64_t i = 0; r == CLI_EXIT_OK && i < s.n_recs; i++) {
+        const cJSON *t = jget(s.recs[i], "type");
+        if (!group_add(&s, &s.g[0], s.recs[i], o.neurons)) r = cli_error("out of memory");
+        group *g = r == CLI_EXIT_OK && cJSON_IsString(t) ? group_for(&s, t->valuestring) : NULL;
+        if (r == CLI_EXIT_OK && cJSON_IsString(t) &&
+            (!g || !group_add(&s, g, s.recs[i], o.neurons)))
+            r = cli_error("out of memory");
+    }
+    if (r == CLI_EXIT_OK) {
+        cJSON *root = build(&s, &o);
+        if (!root) {
+            r = cli_error("out of memory");
+        } else if (o.format == FMT_JSON) {
+            r = cli_json_print(root);
+            root = NULL;
+        } else if (o.format == FMT_CSV) {
+            print_csv(root);
+        } else {
+            print_text(root);
+        }
+        cJSON_Delete(root);
+    }
+    for (int i = 0; s.g && i < s.n_groups; i++)
+        group_free(&s.g[i]);
+    free(s.g);
+    for (int64_t i = 0; i < s.n_recs; i++)
+        cJSON_Delete(s.recs[i]);
+    free(s.recs);
+    return r;
+}
+
+const cli_command cli_cmd_summarize = {
+    "summarize", "summarise the records of resid batch (per type: layers, heads, sharing)", help,
+    run};
