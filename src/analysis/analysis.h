@@ -83,6 +83,10 @@ void rs_lensmap(const resid_explainer *e, const float *v, float *y);
 /* c[n][V] = y[n][D]·W_Uᵀ for n <= RS_PROJ_ROWS rows, through one GEMM of
  * exactly RS_PROJ_ROWS rows. `pad` is scratch [RS_PROJ_ROWS][D]. */
 void rs_project(resid_explainer *e, const float *y, int n, float *pad, float *c);
+/* The same product, computed so that each row's result depends on that row
+ * alone (a fixed operation order, independent of n, tiles and threads): the
+ * definition of an exact score. c[n][V]. */
+void rs_project_canon(resid_explainer *e, const float *y, int n, float *c);
 /* log Σ_t p_t·exp(κ c_t) for the context, double accumulation. If cmax
  * is not NAN it must be max_t κ c_t (saves a pass). */
 double rs_lse_shift(const resid_explainer *e, const rs_context *cx,
@@ -121,11 +125,15 @@ void rs_score_linear(resid_explainer *e, const resid_unit *u, resid_score *sc);
  * statistics). Call before the functions below. */
 resid_status rs_units_prepare(resid_explainer *e, const resid_unit *u, int64_t n,
                               resid_error *err);
-/* Exact LPIs of n prepared units (any mix of kinds) into lpi[n]. Vector
+/* Exact LPIs of n prepared units (any mix of kinds) into lpi[n]; canon:
+ * through rs_project_canon (the exact score), else through BLAS (within
+ * rounding proportional to rs_unit_ynorm of it). Vector
  * units are projected RS_PROJ_ROWS per GEMM, directional units once per
  * distinct direction (which also fills the direction's pmax/pmin). */
 resid_status rs_exact_lpi(resid_explainer *e, const resid_unit *const *u, int64_t n,
-                          double *lpi, resid_error *err);
+                          double *lpi, bool canon, resid_error *err);
+/* ‖lensmap(v)‖ of a prepared unit (bounds the size of its bs values). */
+double rs_unit_ynorm(resid_explainer *e, const resid_unit *u);
 /* Sets sc->lpi and sc->prob_inc = p(w|x)·expm1(lpi). */
 void rs_score_finish(resid_explainer *e, resid_score *sc, double lpi);
 

@@ -5,8 +5,9 @@
  * head × position and per-position subvalues), projected row by row, or a
  * coefficient times a fixed parameter row (FFN neurons: m_k·fc2_k;
  * attention neurons: α_j v_j[n]·W_O^h[n,:]), projected once per row and
- * shared by every unit on it. Both go through rs_project, whose GEMM shape
- * never changes, so a unit's score does not depend on its batch.
+ * shared by every unit on it. Exact scores go through rs_project_canon,
+ * whose operation order is fixed per row, so a unit's score does not depend
+ * on its batch; BLAS (rs_project) only screens, in the exhaustive ranking.
  */
 #include <errno.h>
 #include <math.h>
@@ -433,7 +434,7 @@ static resid_status prepare(resid_explainer *e, const resid_unit *u, int64_t n,
 
 /* LPIs of vector units, RS_PROJ_ROWS at a time. */
 static resid_status exact_vectors(resid_explainer *e, const resid_unit *const *u, int64_t n,
-                                  double *lpi, resid_error *err) {
+                                  double *lpi, bool canon, resid_error *err) {
     const int D = e->D, V = e->V;
     float *y = malloc((size_t)RS_PROJ_ROWS * D * sizeof(float));
     float *pad = malloc((size_t)RS_PROJ_ROWS * D * sizeof(float));
@@ -449,7 +450,10 @@ static resid_status exact_vectors(resid_explainer *e, const resid_unit *const *u
             rs_unit_vector(e, u[i0 + r], v);
             rs_lensmap(e, v, y + (size_t)r * D);
         }
-        rs_project(e, y, nb, pad, c);
+        if (canon)
+            rs_project_canon(e, y, nb, c);
+        else
+            rs_project(e, y, nb, pad, c);
 #pragma omp parallel for schedule(static) if ((int64_t)nb * V >= RS_PAR_MIN_WORK)
         for (int r = 0; r < nb; r++)
             lpi[i0 + r] = rs_lpi_from(e, &e->ctx[rs_unit_ctx(u[i0 + r])], c + (size_t)r * V, 1.0f);
@@ -472,7 +476,7 @@ static int cmp_dir_ref(const void *a, const void *b) {
 /* LPIs of directional units: each distinct direction is projected once,
  * RS_PROJ_ROWS directions per GEMM, and records its max/min. */
 static resid_status exact_directional(resid_explainer *e, const resid_unit *const *u,
-                                      int64_t n, double *lpi, resid_error *err) {
+                                      int64_t n, double *lpi, bool canon, resid_error *err) {
     const int D = e->D, V = e->V;
     const int64_t maxrow = (int64_t)e->N > (int64_t)e->H * e->dh ? e->N : (int64_t)e->H * e->dh;
     dir_ref *refs = malloc((size_t)n * sizeof *refs);
@@ -509,7 +513,10 @@ static resid_status exact_directional(resid_explainer *e, const resid_unit *cons
             nb++;
         }
         first[nb] = j;
-        rs_project(e, y, nb, pad, c);
+        if (canon)
+            rs_project_canon(e, y, nb, c);
+        else
+            rs_project(e, y, nb, pad, c);
 #pragma omp parallel for schedule(dynamic) if ((j - i) * (int64_t)V >= RS_PAR_MIN_WORK)
         for (int r = 0; r < nb; r++) {
             const float *P = c + (size_t)r * V;
@@ -541,7 +548,7 @@ static resid_status exact_directional(resid_explainer *e, const resid_unit *cons
 
 /* Exact LPIs of any mix of units (pointers), checked and prepared. */
 resid_status rs_exact_lpi(resid_explainer *e, const resid_unit *const *u, int64_t n,
-                          double *lpi, resid_error *err) {
+                          double *lpi, bool canon, resid_error *err) {
     if (e->lens == RESID_LENS_LOGIT)
         return rs_err(err, RESID_E_ARG,
                       "the logit lens is not linear: only the layer table accepts it");
@@ -563,8 +570,8 @@ resid_status rs_exact_lpi(resid_explainer *e, const resid_unit *const *u, int64_
         else
             vec[nv] = u[i], vi[nv++] = i;
     }
-    if (nv && (st = exact_vectors(e, vec, nv, lv, err))) goto done;
-    if (nd && (st = exact_directional(e, dir, nd, ld, err))) goto done;
+    if (nv && (st = exact_vectors(e, vec, nv, lv, canon, err))) goto done;
+    if (nd && (st = exact_directional(e, dir, nd, ld, canon, err))) goto done;
     for (int64_t i = 0; i < nv; i++) lpi[vi[i]] = lv[i];
     for (int64_t i = 0; i < nd; i++) lpi[di[i]] = ld[i];
 done:
@@ -575,6 +582,22 @@ done:
 resid_status rs_units_prepare(resid_explainer *e, const resid_unit *u, int64_t n,
                               resid_error *err) {
     return prepare(e, u, n, err);
+}
+
+double rs_unit_ynorm(resid_explainer *e, const resid_unit *u) {
+    if (rs_unit_is_directional(u->kind)) {
+        int64_t row;
+        double a = rs_unit_coef(e, u, &row);
+        const rs_dirstats *ds = u->kind == RESID_UNIT_FFN_NEURON ? &e->ffn_dirs[u->layer]
+                                                                 : &e->attn_dirs[u->layer];
+        return fabs(a) * ds->nd[row];
+    }
+    float v[e->D], y[e->D];
+    rs_unit_vector(e, u, v);
+    rs_lensmap(e, v, y);
+    double ss = 0;
+    for (int d = 0; d < e->D; d++) ss += (double)y[d] * y[d];
+    return sqrt(ss) * (1 + 1e-6);
 }
 
 /* Completes a score from its exact LPI. */
@@ -599,7 +622,7 @@ resid_status resid_score_units(resid_explainer *e, const resid_unit *units, int6
         return rs_err(err, RESID_E_NOMEM, "score: out of memory");
     }
     for (int64_t i = 0; i < n; i++) p[i] = &units[i];
-    st = rs_exact_lpi(e, p, n, lpi, err);
+    st = rs_exact_lpi(e, p, n, lpi, true, err);
     if (!st)
         for (int64_t i = 0; i < n; i++) {
             rs_score_linear(e, &units[i], &out[i]);

@@ -81,7 +81,84 @@ void rs_project(resid_explainer *e, const float *y, int n, float *pad, float *c)
     e->n_proj += n;
 }
 
-double rs_lse_shift(const resid_explainer *e, const rs_context *cx, const float *c,
+/* The canonical dot product: 8 lanes accumulated in order over d, then a
+ * fixed reduction tree, then the tail. Every exact score goes through this
+ * exact sequence of float operations, whatever the batch or tile. */
+typedef float v8f __attribute__((vector_size(32)));
+#define RS_HOT_DECL __attribute__((optimize("O2")))
+
+/* (macros, not functions: vector arguments would change the ABI without AVX) */
+#define reduce8(a) ((((a)[0] + (a)[1]) + ((a)[2] + (a)[3])) + (((a)[4] + (a)[5]) + ((a)[6] + (a)[7])))
+#define load8(p) (*(const v8f_u *)(p))
+typedef float v8f_u __attribute__((vector_size(32), aligned(4), may_alias));
+
+RS_HOT_DECL static float dot_canon(const float *a, const float *b, int D) {
+    v8f acc = {0};
+    int d = 0;
+    for (; d + 8 <= D; d += 8) acc += load8(a + d) * load8(b + d);
+    float s = reduce8(acc);
+    for (; d < D; d++) s += a[d] * b[d];
+    return s;
+}
+
+/* Tokens per block: a block of W_U rows stays in cache while every row of
+ * y passes over it. */
+#define CANON_TOKEN_BLOCK 64
+
+/* The two hot loops are optimised even in Debug builds (the test suite
+ * scores hundreds of thousands of units through them). */
+#define RS_HOT __attribute__((optimize("O2")))
+
+RS_HOT void rs_project_canon(resid_explainer *e, const float *y, int n, float *c) {
+    const int D = e->D, V = e->V, D8 = D / 8 * 8;
+    const float *wu = e->wu;
+    const int nblk = (V + CANON_TOKEN_BLOCK - 1) / CANON_TOKEN_BLOCK;
+#pragma omp parallel for schedule(dynamic) if ((int64_t)n * V * D >= RS_PAR_MIN_WORK)
+    for (int b = 0; b < nblk; b++) {
+        const int t0 = b * CANON_TOKEN_BLOCK;
+        const int t1 = t0 + CANON_TOKEN_BLOCK < V ? t0 + CANON_TOKEN_BLOCK : V;
+        int r = 0;
+        /* 4 rows x 2 tokens: eight independent accumulators, each doing the
+         * same operations as dot_canon */
+        for (; r + 4 <= n; r += 4) {
+            const float *y0 = y + (size_t)r * D, *y1 = y0 + D, *y2 = y1 + D, *y3 = y2 + D;
+            int t = t0;
+            for (; t + 2 <= t1; t += 2) {
+                const float *w0 = wu + (size_t)t * D, *w1 = w0 + D;
+                v8f a00 = {0}, a01 = {0}, a10 = {0}, a11 = {0};
+                v8f a20 = {0}, a21 = {0}, a30 = {0}, a31 = {0};
+                for (int d = 0; d < D8; d += 8) {
+                    v8f x0 = load8(w0 + d), x1 = load8(w1 + d);
+                    v8f z0 = load8(y0 + d), z1 = load8(y1 + d);
+                    v8f z2 = load8(y2 + d), z3 = load8(y3 + d);
+                    a00 += z0 * x0, a01 += z0 * x1, a10 += z1 * x0, a11 += z1 * x1;
+                    a20 += z2 * x0, a21 += z2 * x1, a30 += z3 * x0, a31 += z3 * x1;
+                }
+                float s[8] = {reduce8(a00), reduce8(a01), reduce8(a10), reduce8(a11),
+                              reduce8(a20), reduce8(a21), reduce8(a30), reduce8(a31)};
+                const float *yy[4] = {y0, y1, y2, y3};
+                for (int q = 0; q < 4; q++)
+                    for (int d = D8; d < D; d++) {
+                        s[2 * q] += yy[q][d] * w0[d];
+                        s[2 * q + 1] += yy[q][d] * w1[d];
+                    }
+                for (int q = 0; q < 4; q++) {
+                    c[(size_t)(r + q) * V + t] = s[2 * q];
+                    c[(size_t)(r + q) * V + t + 1] = s[2 * q + 1];
+                }
+            }
+            for (; t < t1; t++)
+                for (int q = 0; q < 4; q++)
+                    c[(size_t)(r + q) * V + t] = dot_canon(y + (size_t)(r + q) * D, wu + (size_t)t * D, D);
+        }
+        for (; r < n; r++)
+            for (int t = t0; t < t1; t++)
+                c[(size_t)r * V + t] = dot_canon(y + (size_t)r * D, wu + (size_t)t * D, D);
+    }
+    e->n_proj += n;
+}
+
+RS_HOT double rs_lse_shift(const resid_explainer *e, const rs_context *cx, const float *c,
                     float kappa, double cmax) {
     const int V = e->V;
     const float *lp = cx->logp;

@@ -95,6 +95,16 @@ static int cmp_best_first(const void *pa, const void *pb) {
 /* Bounds                                                                 */
 /* ---------------------------------------------------------------------- */
 
+/* How far a float32 LPI may sit from the true one, or two float32
+ * computations of it from each other, for a unit with ‖lensmap(v)‖ = ny:
+ * each bs value is a D-term float dot product, off by at most
+ * γ_D·Σ|W_U[t,d] y_d| <= γ_D·‖W_U[t]‖·ny (γ_D = D·u/(1 − D·u)), and the
+ * LPI moves by at most twice the largest bs change. */
+static double rounding_allowance(const resid_explainer *e, double ny) {
+    const double u = 0x1p-24, gd = e->D * u / (1 - e->D * u);
+    return 2 * gd * e->mnorm * ny + 1e-6;
+}
+
 /* [lo, up] on the LPI of unit u, widened by a rounding allowance. */
 static void lpi_bounds(resid_explainer *e, const resid_unit *u, float *vbuf, float *ybuf,
                        double *lo, double *up) {
@@ -129,7 +139,7 @@ static void lpi_bounds(resid_explainer *e, const resid_unit *u, float *vbuf, flo
         lo2 = U - e->mnorm * e->mnorm * ny * ny / 2;
     }
     /* float32 projections and log-probabilities: allow for their rounding */
-    double tol = 1e-5 * (1 + fabs(U) + e->mnorm * ny);
+    double tol = 1e-6 * (1 + fabs(U)) + rounding_allowance(e, ny);
     *up = U + tol;
     *lo = (lo1 > lo2 ? lo1 : lo2) - tol;
     if (*lo > *up) *lo = *up; /* cannot happen in exact arithmetic */
@@ -152,7 +162,8 @@ typedef struct rank_job {
 static double signed_key(const rank_job *j, double key) { return j->o->bottom ? -key : key; }
 
 /* Scores units idx[0..m) exactly, fills lpi/sk. */
-static resid_status score_exact(rank_job *j, const int64_t *idx, int64_t m, resid_error *err) {
+static resid_status score_exact(rank_job *j, const int64_t *idx, int64_t m, bool canon,
+                                resid_error *err) {
     const resid_unit **p = calloc((size_t)(m ? m : 1), sizeof *p);
     double *l = malloc((size_t)(m ? m : 1) * sizeof *l);
     if (!p || !l) {
@@ -160,7 +171,7 @@ static resid_status score_exact(rank_job *j, const int64_t *idx, int64_t m, resi
         return rs_err(err, RESID_E_NOMEM, "rank: out of memory");
     }
     for (int64_t i = 0; i < m; i++) p[i] = &j->u[idx[i]];
-    resid_status st = rs_exact_lpi(j->e, p, m, l, err);
+    resid_status st = rs_exact_lpi(j->e, p, m, l, canon, err);
     if (!st)
         for (int64_t i = 0; i < m; i++) {
             resid_score sc;
@@ -195,8 +206,9 @@ static resid_status certified(rank_job *j, heap *h, resid_error *err) {
     kv *ord = malloc((size_t)n * sizeof *ord);
     int64_t *batch = malloc((size_t)RS_PROJ_ROWS * (j->e->T + 1) * sizeof *batch);
     float *vb = malloc((size_t)e->D * sizeof(float)), *yb = malloc((size_t)e->D * sizeof(float));
-    if (!ord || !batch || !vb || !yb) {
-        free(ord), free(batch), free(vb), free(yb);
+    char *queued = calloc((size_t)(n ? n : 1), 1); /* scored or in the batch */
+    if (!ord || !batch || !vb || !yb || !queued) {
+        free(ord), free(batch), free(vb), free(yb), free(queued);
         return rs_err(err, RESID_E_NOMEM, "rank: out of memory");
     }
     /* Optimistic bound of every unit in signed-key space. */
@@ -222,22 +234,22 @@ static resid_status certified(rank_job *j, heap *h, resid_error *err) {
             kv x = ord[pos];
             if (h->n == h->cap && x.v < h->a[0].v) break;
             pos++;
-            if (!isnan(j->lpi[x.i])) continue;
+            if (queued[x.i]) continue;
             if (dirl) {
                 int64_t b0, b1;
                 direction_group(j, x.i, &b0, &b1);
-                for (int64_t q = b0; q < b1; q++) batch[m++] = q;
+                for (int64_t q = b0; q < b1; q++) batch[m++] = q, queued[q] = 1;
             } else {
-                batch[m++] = x.i;
+                batch[m++] = x.i, queued[x.i] = 1;
             }
             rows++;
         }
         if (m == 0) break;
-        if ((st = score_exact(j, batch, m, err))) break;
+        if ((st = score_exact(j, batch, m, true, err))) break;
         for (int64_t q = 0; q < m; q++) heap_push(h, (kv){j->sk[batch[q]], batch[q]});
         if (h->n == h->cap && pos < n && ord[pos].v < h->a[0].v) break;
     }
-    free(ord), free(batch), free(vb), free(yb);
+    free(ord), free(batch), free(vb), free(yb), free(queued);
     return st;
 }
 
@@ -287,10 +299,49 @@ resid_status resid_rank(resid_explainer *e, const resid_rank_opts *opts, resid_s
             goto done;
         }
         for (int64_t i = 0; i < n; i++) all[i] = i;
-        st = score_exact(&j, all, n, err);
+        /* Screen every unit through BLAS, then rescore exactly those that
+         * can reach the top k given the screening's rounding. */
+        st = score_exact(&j, all, n, false, err);
+        if (st) {
+            free(all);
+            goto done;
+        }
+        double *hi = malloc((size_t)(n ? n : 1) * sizeof *hi);
+        heap hl = {malloc((size_t)(j.k ? j.k : 1) * sizeof(kv)), 0, j.k};
+        if (!hi || !hl.a) {
+            free(all), free(hi), free(hl.a);
+            st = rs_err(err, RESID_E_NOMEM, "rank: out of memory");
+            goto done;
+        }
+        for (int64_t i = 0; i < n; i++) {
+            double dl = 0;
+            if (o.key == RESID_KEY_LPI || o.key == RESID_KEY_PROB_INC)
+                dl = rounding_allowance(e, rs_unit_ynorm(e, &j.u[i])) + 1e-6 * fabs(j.lpi[i]);
+            double klo, khi;
+            if (o.key == RESID_KEY_PROB_INC) {
+                double pw = e->ctx[rs_unit_ctx(&j.u[i])].pw;
+                klo = pw * expm1(j.lpi[i] - dl), khi = pw * expm1(j.lpi[i] + dl);
+            } else {
+                klo = j.sk[i] - dl, khi = j.sk[i] + dl;
+                if (o.bottom) klo = -(-j.sk[i] + dl), khi = -(-j.sk[i] - dl);
+            }
+            if (o.key == RESID_KEY_PROB_INC && o.bottom) {
+                double t = -khi;
+                khi = -klo, klo = t;
+            }
+            hi[i] = khi;
+            heap_push(&hl, (kv){klo, i});
+        }
+        const double theta = hl.n == hl.cap && hl.n > 0 ? hl.a[0].v : -INFINITY;
+        int64_t nb = 0;
+        for (int64_t i = 0; i < n; i++)
+            if (!(hi[i] < theta)) all[nb++] = i;
+        free(hi), free(hl.a);
+        st = score_exact(&j, all, nb, true, err);
+        if (!st)
+            for (int64_t q = 0; q < nb; q++) heap_push(&h, (kv){j.sk[all[q]], all[q]});
         free(all);
         if (st) goto done;
-        for (int64_t i = 0; i < n; i++) heap_push(&h, (kv){j.sk[i], i});
     } else if (o.key == RESID_KEY_LOGIT || o.key == RESID_KEY_CONTRAST) {
         /* Linear keys are exact in O(D): select, then score the winners. */
         for (int64_t i = 0; i < n; i++) {
@@ -304,7 +355,7 @@ resid_status resid_rank(resid_explainer *e, const resid_rank_opts *opts, resid_s
             goto done;
         }
         for (int64_t q = 0; q < h.n; q++) win[q] = h.a[q].i;
-        st = score_exact(&j, win, h.n, err);
+        st = score_exact(&j, win, h.n, true, err);
         free(win);
         if (st) goto done;
     } else if (j.k > 0) {

@@ -1,0 +1,276 @@
+/*
+ * test_rank.c - the certified top-K / bottom-K (METHOD.md §10) against
+ * exhaustive scoring: the same units, in the same order, with bit-identical
+ * scores, for K in {1, 10, 300, N+5 (clamped)}, top and bottom, every unit
+ * kind, every fixture model, two prompts each; the library's exhaustive
+ * path against the test's own sort; other keys; and a constructed tie
+ * (zeroed FFN coefficients give exactly equal scores, which must keep the
+ * enumeration order). Prints how many exact scorings the certified path
+ * needed.
+ */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "testutil.h"
+
+typedef struct fixture {
+    const char *path;
+    int32_t ids[2][12];
+    int n[2];
+} fixture;
+
+static const fixture fixtures[] = {
+    {"tinyllamas/stories260K.bin",
+     {{1, 403, 407, 261, 378, 432, 383, 286, 261, 376}, {1, 300, 301, 302}},
+     {10, 4}},
+    {"tiny-random-llama-2", {{1, 42, 99, 7}, {1, 2999, 5, 17, 256}}, {4, 5}},
+    {"tiny-gpt2", {{464, 3139, 286, 4881}, {15496, 11}}, {4, 2}},
+    {"tiny-gpt2-stories", {{7454, 2402, 257}, {40, 1101}}, {3, 2}},
+    {"quant/tiny-llama-256.q4_k_m.gguf", {{1, 300, 301, 302, 403, 407}, {1, 403}}, {6, 2}},
+    {"quant/tiny-llama-256.q8_0.gguf", {{1, 403, 407, 261, 378}, {1, 5, 6, 7}}, {5, 4}},
+};
+#define N_FIXTURES (int)(sizeof fixtures / sizeof fixtures[0])
+
+static resid_trace *forward(resid_model *m, const int32_t *ids, int n) {
+    resid_trace_opts o = resid_trace_defaults();
+    o.capture = RESID_CAP_ALL;
+    resid_trace *tr;
+    resid_error err;
+    if (resid_forward(m, ids, n, &o, &tr, &err) != RESID_OK) {
+        print_error("resid_forward: %s\n", err.msg);
+        fail();
+    }
+    return tr;
+}
+
+static resid_explainer *explainer(resid_model *m, resid_trace *tr, int32_t contrast) {
+    resid_explain_opts eo = resid_explain_defaults();
+    eo.contrast = contrast;
+    resid_explainer *e;
+    resid_error err;
+    if (resid_explainer_new(m, tr, &eo, &e, &err) != RESID_OK) {
+        print_error("explainer: %s\n", err.msg);
+        fail();
+    }
+    return e;
+}
+
+/* The test's own ordering of exhaustive scores: by key, ties by index. */
+static const resid_score *g_all;
+static resid_rank_key g_key;
+static int g_bottom;
+
+static double keyv(const resid_score *s) {
+    switch (g_key) {
+    case RESID_KEY_PROB_INC: return s->prob_inc;
+    case RESID_KEY_LOGIT: return s->bs_target;
+    case RESID_KEY_CONTRAST: return s->contrast;
+    default: return s->lpi;
+    }
+}
+
+static int cmp_idx(const void *pa, const void *pb) {
+    int64_t a = *(const int64_t *)pa, b = *(const int64_t *)pb;
+    double ka = keyv(&g_all[a]), kb = keyv(&g_all[b]);
+    if (ka != kb) return (g_bottom ? ka < kb : ka > kb) ? -1 : 1;
+    return a < b ? -1 : a > b;
+}
+
+static int64_t *reference_order(const resid_score *all, int64_t n, resid_rank_key key,
+                                int bottom) {
+    int64_t *ord = malloc(sizeof(int64_t) * (size_t)(n ? n : 1));
+    for (int64_t i = 0; i < n; i++) ord[i] = i;
+    g_all = all, g_key = key, g_bottom = bottom;
+    qsort(ord, (size_t)n, sizeof *ord, cmp_idx);
+    return ord;
+}
+
+typedef struct tally {
+    int64_t calls, units, exact;
+} tally;
+
+/* Ranks with opts and checks against all[ord[0..k)). */
+static void check_rank(resid_explainer *e, const resid_rank_opts *o, const resid_score *all,
+                       const int64_t *ord, int64_t n, tally *t, const char *what) {
+    resid_score *got;
+    int64_t ng;
+    resid_rank_stats st;
+    resid_error err;
+    if (resid_rank(e, o, &got, &ng, &st, &err) != RESID_OK) {
+        print_error("%s: resid_rank: %s\n", what, err.msg);
+        fail();
+    }
+    int64_t k = o->k < n ? o->k : n;
+    assert_int_equal(ng, k);
+    assert_int_equal(st.k, k);
+    assert_int_equal(st.n_units, n);
+    assert_int_equal(st.clamped, o->k > n);
+    for (int64_t i = 0; i < k; i++) {
+        const resid_score *want = &all[ord[i]];
+        if (memcmp(&got[i].unit, &want->unit, sizeof want->unit) != 0 ||
+            memcmp(&got[i].lpi, &want->lpi, sizeof(double)) != 0 ||
+            memcmp(&got[i].bs_target, &want->bs_target, sizeof(double)) != 0) {
+            char a[64], b[64];
+            resid_unit_format(&got[i].unit, a, sizeof a);
+            resid_unit_format(&want->unit, b, sizeof b);
+            print_error("%s: %s K=%lld %s #%lld: got %s %.17g, want %s %.17g\n", what,
+                        resid_unit_kind_name(o->kind), (long long)o->k,
+                        o->bottom ? "bottom" : "top", (long long)i, a, got[i].lpi, b,
+                        want->lpi);
+            fail();
+        }
+    }
+    t->calls++;
+    t->units += n;
+    t->exact += st.n_exact;
+    free(got);
+}
+
+static void test_certified_equals_exhaustive(void **state) {
+    (void)state;
+    const int64_t ks[] = {1, 10, 300, -1 /* N+5 */};
+    for (int fi = 0; fi < N_FIXTURES; fi++) {
+        resid_model *m = tu_open_model(fixtures[fi].path);
+        tally tk[RESID_UNIT_KIND_COUNT];
+        memset(tk, 0, sizeof tk);
+        for (int pi = 0; pi < 2; pi++) {
+            resid_trace *tr = forward(m, fixtures[fi].ids[pi], fixtures[fi].n[pi]);
+            resid_explainer *e = explainer(m, tr, -1);
+            for (int k = 0; k < RESID_UNIT_KIND_COUNT; k++) {
+                resid_score *all;
+                int64_t n;
+                assert_int_equal(resid_score_all(e, (resid_unit_kind)k, &all, &n, NULL), 0);
+                for (int bottom = 0; bottom < 2; bottom++) {
+                    int64_t *ord = reference_order(all, n, RESID_KEY_LPI, bottom);
+                    resid_rank_opts o = resid_rank_defaults((resid_unit_kind)k, 10);
+                    o.bottom = bottom;
+                    /* the library's exhaustive path vs the test's sort */
+                    o.exhaustive = true;
+                    tally dummy = {0, 0, 0};
+                    check_rank(e, &o, all, ord, n, &dummy, fixtures[fi].path);
+                    o.exhaustive = false;
+                    for (size_t ki = 0; ki < sizeof ks / sizeof ks[0]; ki++) {
+                        o.k = ks[ki] < 0 ? n + 5 : ks[ki];
+                        check_rank(e, &o, all, ord, n, &tk[k], fixtures[fi].path);
+                    }
+                    free(ord);
+                }
+                free(all);
+            }
+            resid_explainer_free(e);
+            resid_trace_free(tr);
+        }
+        printf("  %-34s exact scorings / units (8 rankings x 2 prompts):\n",
+               fixtures[fi].path);
+        for (int k = 0; k < RESID_UNIT_KIND_COUNT; k++)
+            printf("      %-12s %8lld / %8lld (%.1f%%)\n", resid_unit_kind_name(k),
+                   (long long)tk[k].exact, (long long)tk[k].units,
+                   100.0 * (double)tk[k].exact / (double)tk[k].units);
+        resid_model_free(m);
+    }
+}
+
+/* Other keys and a layer filter, on the FFN and attention neurons. */
+static void test_other_keys(void **state) {
+    (void)state;
+    for (int fi = 0; fi < N_FIXTURES; fi++) {
+        resid_model *m = tu_open_model(fixtures[fi].path);
+        resid_trace *tr = forward(m, fixtures[fi].ids[0], fixtures[fi].n[0]);
+        resid_explainer *e = explainer(m, tr, 3);
+        const resid_unit_kind kinds[] = {RESID_UNIT_FFN_NEURON, RESID_UNIT_ATTN_NEURON,
+                                         RESID_UNIT_HEAD_POS};
+        const resid_rank_key keys[] = {RESID_KEY_PROB_INC, RESID_KEY_LOGIT, RESID_KEY_CONTRAST};
+        tally t = {0, 0, 0};
+        for (size_t ki = 0; ki < 3; ki++)
+            for (size_t kk = 0; kk < 3; kk++) {
+                resid_score *all;
+                int64_t n;
+                assert_int_equal(resid_score_all(e, kinds[ki], &all, &n, NULL), 0);
+                for (int bottom = 0; bottom < 2; bottom++) {
+                    int64_t *ord = reference_order(all, n, keys[kk], bottom);
+                    resid_rank_opts o = resid_rank_defaults(kinds[ki], 25);
+                    o.key = keys[kk];
+                    o.bottom = bottom;
+                    check_rank(e, &o, all, ord, n, &t, fixtures[fi].path);
+                    free(ord);
+                }
+                free(all);
+            }
+        /* a layer filter: the last layer's FFN neurons only */
+        int L = resid_model_get_info(m)->n_layer;
+        resid_rank_opts o = resid_rank_defaults(RESID_UNIT_FFN_NEURON, 7);
+        o.layer = L - 1;
+        resid_score *all;
+        int64_t n;
+        assert_int_equal(resid_score_all(e, RESID_UNIT_FFN_NEURON, &all, &n, NULL), 0);
+        int64_t N = n / L;
+        int64_t *ord = reference_order(all + (L - 1) * N, N, RESID_KEY_LPI, 0);
+        check_rank(e, &o, all + (L - 1) * N, ord, N, &t, fixtures[fi].path);
+        free(ord), free(all);
+        /* bad options */
+        resid_error err;
+        resid_score *got;
+        int64_t ng;
+        o.layer = L;
+        assert_int_equal(resid_rank(e, &o, &got, &ng, NULL, &err), RESID_E_ARG);
+        o.layer = -1, o.k = -1;
+        assert_int_equal(resid_rank(e, &o, &got, &ng, NULL, &err), RESID_E_ARG);
+        printf("  %-34s other keys: %lld exact scorings for %lld units\n", fixtures[fi].path,
+               (long long)t.exact, (long long)t.units);
+        resid_explainer_free(e);
+        resid_trace_free(tr);
+        resid_model_free(m);
+    }
+}
+
+/* Zeroed FFN coefficients: many exactly equal scores. */
+static void test_ties(void **state) {
+    (void)state;
+    for (int fi = 0; fi < N_FIXTURES; fi++) {
+        resid_model *m = tu_open_model(fixtures[fi].path);
+        resid_trace *tr = forward(m, fixtures[fi].ids[0], fixtures[fi].n[0]);
+        const int N = tr->d_ffn;
+        /* layer 0 at t*: every other neuron off; so is neuron 1 of layer 1 */
+        float *mrow = tr->ffn_coef + (size_t)(tr->n_cap - 1) * N;
+        for (int k = 0; k < N; k += 2) mrow[k] = 0.0f;
+        tr->ffn_coef[((size_t)tr->n_cap + tr->n_cap - 1) * N + 1] = 0.0f;
+        resid_explainer *e = explainer(m, tr, -1);
+        resid_score *all;
+        int64_t n;
+        assert_int_equal(resid_score_all(e, RESID_UNIT_FFN_NEURON, &all, &n, NULL), 0);
+        assert_true(all[0].lpi == all[2 * (N / 4)].lpi); /* a real tie */
+        tally t = {0, 0, 0};
+        for (int bottom = 0; bottom < 2; bottom++) {
+            int64_t *ord = reference_order(all, n, RESID_KEY_LPI, bottom);
+            /* K cutting the tie block of unit 0 (layer 0) */
+            int64_t r0 = 0, r1 = 0;
+            for (int64_t i = 0; i < n; i++) {
+                if (ord[i] == 0) r0 = i;
+                if (ord[i] == N + 1) r1 = i;
+            }
+            const int64_t ks[] = {r0 + 1, r0 + 3, r1 + 1, r1 + 2, 1, n};
+            for (size_t ki = 0; ki < sizeof ks / sizeof ks[0]; ki++) {
+                resid_rank_opts o = resid_rank_defaults(RESID_UNIT_FFN_NEURON, ks[ki]);
+                o.bottom = bottom;
+                check_rank(e, &o, all, ord, n, &t, fixtures[fi].path);
+            }
+            free(ord);
+        }
+        free(all);
+        resid_explainer_free(e);
+        resid_trace_free(tr);
+        resid_model_free(m);
+    }
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_ties),
+        cmocka_unit_test(test_other_keys),
+        cmocka_unit_test(test_certified_equals_exhaustive),
+    };
+    if (getenv("RESID_TEST_FILTER")) cmocka_set_test_filter(getenv("RESID_TEST_FILTER"));
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
