@@ -18,7 +18,8 @@
     X(neuron)                                                                                      \
     X(batch)                                                                                       \
     X(summarize)                                                                                   \
-    X(serve)
+    X(serve)                                                                                       \
+    X(ablate)
 
 #define X(name) extern const cli_command cli_cmd_##name;
 CLI_COMMANDS
