@@ -528,7 +528,7 @@ static int run(const cli_command *cmd, int argc, char **argv) {
     if (inet_pton(AF_INET, host, &addr.sin_addr) != 1)
         return cli_usage_error(cmd, "--host expects an IPv4 address such as 127.0.0.1, got '%s'",
                                s.o.host);
-    s.loopback = is_loopback((const struct sockaddr *)&addr);
+    s.loopback = (ntohl(addr.sin_addr.s_addr) >> 24) == 127;
     if (!s.loopback && !s.o.allow_remote)
         return cli_usage_error(cmd,
                                "refusing to listen on non-loopback address %s: the server has "

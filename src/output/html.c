@@ -379,13 +379,14 @@ typedef struct query_job {
 } query_job;
 
 /* Fills every job's contributions: one pass over each layer's w_down in
- * row panels (D x N logically: row d, column k = fc2_k[d]). */
+ * row panels (D x N logically: row d, column k = fc2_k[d]), each panel
+ * read once for all the jobs above that layer. */
 static resid_status query_contrib(rs_web_ctx *c, query_job *jobs, int32_t n_jobs,
                                   resid_error *err) {
     const int32_t L = c->info->n_layer, D = c->info->d_model, N = c->info->d_ffn;
     enum { PANEL = 64 };
     float *panel = malloc((size_t)PANEL * (size_t)N * sizeof *panel);
-    double *g = malloc((size_t)N * sizeof *g);
+    double *g = malloc((size_t)(n_jobs + 1) * (size_t)N * sizeof *g);
     if (!panel || !g) {
         free(panel), free(g);
         return rs_err(err, RESID_E_NOMEM, "web: out of memory");
@@ -397,23 +398,29 @@ static resid_status query_contrib(rs_web_ctx *c, query_job *jobs, int32_t n_jobs
             any |= jobs[q].u->layer > i;
         if (!any) continue;
         const rs_tensor *w = c->m->layers[i].w_down;
+        memset(g, 0, (size_t)n_jobs * (size_t)N * sizeof *g);
+        for (int32_t r0 = 0; r0 < D; r0 += PANEL) {
+            const int32_t nr = D - r0 < PANEL ? D - r0 : PANEL;
+            rs_tensor_rows(w, r0, nr, panel);
+            for (int32_t q = 0; q < n_jobs; q++) {
+                if (jobs[q].u->layer <= i) continue;
+                double *gq = g + (size_t)q * N;
+                for (int32_t r = 0; r < nr; r++) {
+                    const double kd = jobs[q].K[r0 + r];
+                    const float *row = panel + (size_t)r * N;
+                    for (int32_t k = 0; k < N; k++)
+                        gq[k] += kd * row[k];
+                }
+            }
+        }
         for (int32_t q = 0; q < n_jobs; q++) {
             query_job *jb = &jobs[q];
             if (jb->u->layer <= i) continue;
-            memset(g, 0, (size_t)N * sizeof *g);
-            for (int32_t r0 = 0; r0 < D; r0 += PANEL) {
-                int32_t nr = D - r0 < PANEL ? D - r0 : PANEL;
-                rs_tensor_rows(w, r0, nr, panel);
-                for (int32_t r = 0; r < nr; r++) {
-                    const double kd = jb->K[r0 + r];
-                    const float *row = panel + (size_t)r * N;
-                    for (int32_t k = 0; k < N; k++)
-                        g[k] += kd * row[k];
-                }
-            }
-            const float *coef = tr->ffn_coef + ((size_t)i * tr->n_cap + (jb->pos - tr->pos_first)) * N;
+            const double *gq = g + (size_t)q * N;
+            const float *coef =
+                tr->ffn_coef + ((size_t)i * tr->n_cap + (size_t)(jb->pos - tr->pos_first)) * N;
             for (int32_t k = 0; k < N; k++)
-                jb->contrib[(size_t)i * N + k] = coef[k] * g[k] / jb->sigma;
+                jb->contrib[(size_t)i * N + k] = coef[k] * gq[k] / jb->sigma;
         }
     }
     free(panel), free(g);
