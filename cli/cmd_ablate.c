@@ -39,8 +39,7 @@ static const char help[] =
     "  aL, fL     the attention / FFN output of layer L (with its bias)\n"
     "  aL_J       source position J for every head of layer L\n"
     "\n"
-    "Options:\n" CLI_HELP_PROMPT
-    "  -u, --units LIST     the units to change\n"
+    "Options:\n" CLI_HELP_PROMPT "  -u, --units LIST     the units to change\n"
     "      --kind K         neuron or head: what a bare L_X id means\n"
     "  -m, --mode M         zero (default), mean, replace or add\n"
     "      --positions LIST query positions to change (default: every position\n"
@@ -155,7 +154,8 @@ static int on_opt(const cli_command *cmd, void *user, int opt, const char *arg) 
     case OPT_TARGET_ID: return cli_parse_int(cmd, "--target-id", arg, 0, INT32_MAX, &o->target_id);
     case OPT_COMPARE: o->compare = true; return CLI_CONTINUE;
     case OPT_TOP: return cli_parse_int(cmd, "--top", arg, 1, 100000, &o->top);
-    case OPT_ADDITIVITY: return cli_parse_int(cmd, "--additivity", arg, 0, INT32_MAX, &o->additivity);
+    case OPT_ADDITIVITY:
+        return cli_parse_int(cmd, "--additivity", arg, 0, INT32_MAX, &o->additivity);
     case OPT_PROMPTS: o->prompts = arg; return CLI_CONTINUE;
     default: return cli_usage_error(cmd, "unknown option");
     }
@@ -172,7 +172,8 @@ static int parse_int_list(const cli_command *cmd, const char *what, const char *
     *out = NULL;
     *n = 0;
     size_t cap = 1;
-    for (const char *p = s; *p; p++) cap += *p == ',';
+    for (const char *p = s; *p; p++)
+        cap += *p == ',';
     int32_t *v = malloc(cap * sizeof *v);
     if (!v) return cli_error("out of memory");
     const char *p = s;
@@ -182,8 +183,8 @@ static int parse_int_list(const cli_command *cmd, const char *what, const char *
         long x = strtol(p, &end, 10);
         if (end == p || errno || x < 0 || x > hi || (*end && *end != ',')) {
             free(v);
-            return cli_usage_error(cmd, "%s: '%s' is not a list of integers in [0, %ld]", what,
-                                   s, hi);
+            return cli_usage_error(cmd, "%s: '%s' is not a list of integers in [0, %ld]", what, s,
+                                   hi);
         }
         v[(*n)++] = (int32_t)x;
         if (!*end) break;
@@ -201,7 +202,8 @@ static int parse_unit(const cli_command *cmd, const char *id, const char *kind, 
     resid_unit_kind k;
     bool wo = false;
     int n_num = 1;
-    for (const char *p = id; *p; p++) n_num += *p == '_';
+    for (const char *p = id; *p; p++)
+        n_num += *p == '_';
     if (!strncmp(id, "n:", 2)) {
         k = RESID_UNIT_FFN_NEURON, body = id + 2;
     } else if (!strncmp(id, "h:", 2)) {
@@ -234,17 +236,17 @@ static int parse_unit(const cli_command *cmd, const char *id, const char *kind, 
     }
     /* range checks */
     if (u->layer >= in->n_layer)
-        return cli_usage_error(cmd, "unit '%s': layer %d out of range (model has %d)", id,
-                               u->layer, in->n_layer);
+        return cli_usage_error(cmd, "unit '%s': layer %d out of range (model has %d)", id, u->layer,
+                               in->n_layer);
     if (u->head >= in->n_head)
-        return cli_usage_error(cmd, "unit '%s': head %d out of range (model has %d)", id,
-                               u->head, in->n_head);
+        return cli_usage_error(cmd, "unit '%s': head %d out of range (model has %d)", id, u->head,
+                               in->n_head);
     if (u->kind == RESID_UNIT_FFN_NEURON && u->index >= in->d_ffn)
         return cli_usage_error(cmd, "unit '%s': FFN neuron %d out of range (layer has %d)", id,
                                u->index, in->d_ffn);
     if (u->kind == RESID_UNIT_ATTN_NEURON && u->index >= in->d_head)
-        return cli_usage_error(cmd, "unit '%s': head dimension %d out of range (d_head is %d)",
-                               id, u->index, in->d_head);
+        return cli_usage_error(cmd, "unit '%s': head dimension %d out of range (d_head is %d)", id,
+                               u->index, in->d_head);
     if (u->pos >= T)
         return cli_usage_error(cmd,
                                "unit '%s': source position %d out of range (prompt has %d tokens)",
@@ -293,7 +295,8 @@ static int read_floats(const char *path, int64_t want, float **out, int64_t *n) 
         v = malloc((len / 2 + 1) * sizeof *v);
         char *p = buf;
         while (v) {
-            while (*p == ',' || *p == ' ' || *p == '\t' || *p == '\r' || *p == '\n') p++;
+            while (*p == ',' || *p == ' ' || *p == '\t' || *p == '\r' || *p == '\n')
+                p++;
             if (!*p) break;
             char *end;
             float x = strtof(p, &end);
@@ -339,7 +342,8 @@ static int read_lines(const char *path, char ***out, int32_t *n) {
     int32_t cnt = 0, cap = 0;
     ssize_t got;
     while ((got = getline(&line, &lcap, f)) >= 0) {
-        while (got > 0 && (line[got - 1] == '\n' || line[got - 1] == '\r')) line[--got] = 0;
+        while (got > 0 && (line[got - 1] == '\n' || line[got - 1] == '\r'))
+            line[--got] = 0;
         if (!got) continue;
         if (cnt == cap) {
             cap = cap ? 2 * cap : 16;
@@ -425,8 +429,8 @@ static void print_stats_header(void) {
 }
 
 static void print_stats(const char *label, const resid_target_stats *s) {
-    printf("%-22s %10.6f %10.4f %6d %11.6f %11.4f %6d\n", label, s->prob, s->logprob,
-           s->rank + 1, s->model_prob, s->model_logprob, s->model_rank + 1);
+    printf("%-22s %10.6f %10.4f %6d %11.6f %11.4f %6d\n", label, s->prob, s->logprob, s->rank + 1,
+           s->model_prob, s->model_logprob, s->model_rank + 1);
 }
 
 static void print_target(const resid_tokenizer *tok, int32_t prev, int32_t target) {
@@ -443,8 +447,7 @@ static void print_target(const resid_tokenizer *tok, int32_t prev, int32_t targe
 /* The unit's own vector at t* (for --mode add without --vector)             */
 /* ------------------------------------------------------------------------- */
 
-static int unit_vector(const resid_model *m, const resid_trace *tr, const resid_unit *u,
-                       float *v) {
+static int unit_vector(const resid_model *m, const resid_trace *tr, const resid_unit *u, float *v) {
     const resid_model_info *in = resid_model_get_info(m);
     const int D = in->d_model, H = in->n_head, dh = in->d_head, T = tr->n_tokens;
     const int ts = tr->n_cap - 1, l = u->layer, kvd = in->n_kv_head * dh;
@@ -471,7 +474,8 @@ static int unit_vector(const resid_model *m, const resid_trace *tr, const resid_
             r = cli_lib_error(&err);
             break;
         }
-        for (int d = 0; d < D; d++) v[d] = mk * w[d];
+        for (int d = 0; d < D; d++)
+            v[d] = mk * w[d];
         break;
     }
     default: { /* attention units with sources: Σ α_{t*,j} v_j[n] W_O^h[n,:] */
@@ -490,7 +494,8 @@ static int unit_vector(const resid_model *m, const resid_trace *tr, const resid_
                     c += (double)tr->attn[(((size_t)l * H + h) * tr->n_cap + ts) * T + j] *
                          tr->values[((size_t)l * T + j) * kvd + (h / group) * dh + n];
                 }
-                for (int d = 0; d < D; d++) v[d] += (float)(c * w[d]);
+                for (int d = 0; d < D; d++)
+                    v[d] += (float)(c * w[d]);
             }
     }
     }
@@ -583,15 +588,15 @@ static int do_ablate(const ctx *c, const int32_t *ids, int32_t n) {
         return cli_usage_error(c->cmd, "--units is required (or --mode add --vector FILE)");
     if (o->units) {
         size_t cap = 1;
-        for (const char *p = o->units; *p; p++) cap += *p == ',';
+        for (const char *p = o->units; *p; p++)
+            cap += *p == ',';
         u = malloc(cap * sizeof *u);
         char *copy = strdup(o->units);
         if (!u || !copy) {
             free(u), free(copy);
             return cli_error("out of memory");
         }
-        for (char *save, *t = strtok_r(copy, ",", &save); t && !r;
-             t = strtok_r(NULL, ",", &save))
+        for (char *save, *t = strtok_r(copy, ",", &save); t && !r; t = strtok_r(NULL, ",", &save))
             r = parse_unit(c->cmd, t, o->kind, n, c->in, &u[nu++]);
         free(copy);
         if (r) goto out;
@@ -601,10 +606,11 @@ static int do_ablate(const ctx *c, const int32_t *ids, int32_t n) {
             pos = malloc(sizeof *pos), pos[0] = n - 1, n_pos = 1;
         } else if (!strcmp(o->positions, "all")) {
             pos = malloc((size_t)n * sizeof *pos);
-            for (int32_t t = 0; t < n; t++) pos[t] = t;
+            for (int32_t t = 0; t < n; t++)
+                pos[t] = t;
             n_pos = n;
-        } else if ((r = parse_int_list(c->cmd, "--positions", o->positions, n - 1, &pos,
-                                       &n_pos)) != CLI_CONTINUE) {
+        } else if ((r = parse_int_list(c->cmd, "--positions", o->positions, n - 1, &pos, &n_pos)) !=
+                   CLI_CONTINUE) {
             goto out;
         }
         r = 0;
@@ -646,8 +652,10 @@ static int do_ablate(const ctx *c, const int32_t *ids, int32_t n) {
             if (!w) {
                 char id[64];
                 format_unit(&u[i], id, sizeof id);
-                r = cli_usage_error(c->cmd, "unit %s names a source position: it has no mean "
-                                            "(use zero or replace)", id);
+                r = cli_usage_error(c->cmd,
+                                    "unit %s names a source position: it has no mean "
+                                    "(use zero or replace)",
+                                    id);
                 goto out;
             }
             want += w;
@@ -665,8 +673,8 @@ static int do_ablate(const ctx *c, const int32_t *ids, int32_t n) {
             for (int32_t i = 0; i < n_mp && !r; i++)
                 r = prompt_ids(c, mp[i], NULL, &mp_ids[i], &mp_n[i]);
             if (r) goto out;
-            if (resid_unit_means(c->m, (const int32_t *const *)mp_ids, mp_n, n_mp, u, nu,
-                                 &means, &n_means, &err)) {
+            if (resid_unit_means(c->m, (const int32_t *const *)mp_ids, mp_n, n_mp, u, nu, &means,
+                                 &n_means, &err)) {
                 r = cli_lib_error(&err);
                 goto out;
             }
@@ -733,8 +741,8 @@ static int do_ablate(const ctx *c, const int32_t *ids, int32_t n) {
         }
         if (o->mode == RESID_IV_MEAN) {
             int64_t nrm;
-            if (resid_unit_means(c->m, (const int32_t *const *)mp_ids, mp_n, n_mp, ru,
-                                 o->random, &rmeans, &nrm, &err)) {
+            if (resid_unit_means(c->m, (const int32_t *const *)mp_ids, mp_n, n_mp, ru, o->random,
+                                 &rmeans, &nrm, &err)) {
                 r = cli_lib_error(&err);
                 goto out;
             }
@@ -785,7 +793,8 @@ static int do_ablate(const ctx *c, const int32_t *ids, int32_t n) {
         }
         if (o->mode == RESID_IV_ADD) {
             printf("%s (scale %g) at layers", o->vector ? " vector file" : "", o->scale);
-            for (int32_t i = 0; i < n_layers; i++) printf(" %d", layers[i]);
+            for (int32_t i = 0; i < n_layers; i++)
+                printf(" %d", layers[i]);
         }
         printf("\n\n");
         print_stats_header();
@@ -821,8 +830,7 @@ out:
 }
 
 /* The prompts of --compare-scores / --additivity: -p/--ids, or --prompts. */
-static int gather_prompts(const ctx *c, int32_t ***ids, int32_t **ns, char ***texts,
-                          int32_t *np) {
+static int gather_prompts(const ctx *c, int32_t ***ids, int32_t **ns, char ***texts, int32_t *np) {
     *ids = NULL, *ns = NULL, *texts = NULL, *np = 0;
     if (c->o->prompts && (c->a->prompt || c->a->ids))
         return cli_usage_error(c->cmd, "give -p/--ids or --prompts, not both");
@@ -854,8 +862,8 @@ static void free_prompts(int32_t **ids, int32_t *ns, char **texts, int32_t np) {
 }
 
 static const char *const row_names[RESID_FSCORE_COUNT + 2] = {
-    "original", "lpi", "logp-alone", "prob-inc", "norm", "coef", "rank", "coef-norm",
-    "coef-rank", "random"};
+    "original", "lpi",  "logp-alone", "prob-inc",  "norm",
+    "coef",     "rank", "coef-norm",  "coef-rank", "random"};
 
 static int do_compare(const ctx *c) {
     int32_t **ids, *ns, np;
@@ -885,7 +893,8 @@ static int do_compare(const ctx *c) {
         }
         const resid_target_stats *rows[NR];
         rows[0] = &sc->original;
-        for (int f = 0; f < RESID_FSCORE_COUNT; f++) rows[1 + f] = &sc->method[f];
+        for (int f = 0; f < RESID_FSCORE_COUNT; f++)
+            rows[1 + f] = &sc->method[f];
         rows[NR - 1] = &sc->random;
         for (int i = 0; i < NR; i++) {
             sum[i][0] += rows[i]->rr, sum[i][1] += rows[i]->prob;
@@ -911,7 +920,8 @@ static int do_compare(const ctx *c) {
             print_target(c->tok, ids[p][ns[p] - 1], sc->target);
             if (np == 1) {
                 print_stats_header();
-                for (int i = 0; i < NR; i++) print_stats(row_names[i], rows[i]);
+                for (int i = 0; i < NR; i++)
+                    print_stats(row_names[i], rows[i]);
                 printf("\n");
             }
         }
@@ -947,7 +957,8 @@ static int do_compare(const ctx *c) {
 
 static cJSON *json_doubles(const double *v, int32_t n) {
     cJSON *a = cJSON_CreateArray();
-    for (int32_t i = 0; a && i < n; i++) cJSON_AddItemToArray(a, cJSON_CreateNumber(v[i]));
+    for (int32_t i = 0; a && i < n; i++)
+        cJSON_AddItemToArray(a, cJSON_CreateNumber(v[i]));
     return a;
 }
 
@@ -1032,7 +1043,8 @@ static int do_additivity(const ctx *c) {
                    l);
         }
     }
-    for (int32_t p = 0; a && p < np; p++) resid_additivity_free(a[p]);
+    for (int32_t p = 0; a && p < np; p++)
+        resid_additivity_free(a[p]);
     free(a);
     free_prompts(ids, ns, texts, np);
     return r;
@@ -1061,24 +1073,22 @@ static int run(const cli_command *cmd, int argc, char **argv) {
         {"prompts", required_argument, NULL, OPT_PROMPTS},
         {NULL, 0, NULL, 0},
     };
-    ablate_opts o = {.mode = RESID_IV_ZERO, .scale = 1.0, .target_id = -1, .additivity = -1,
-                     .seed = 1};
+    ablate_opts o = {
+        .mode = RESID_IV_ZERO, .scale = 1.0, .target_id = -1, .additivity = -1, .seed = 1};
     cli_args a;
-    int r = cli_parse(cmd, argc, argv, CLI_OPT_PROMPT | CLI_OPT_JSON, extra, "u:m:k:", on_opt, &o,
-                      &a);
+    int r =
+        cli_parse(cmd, argc, argv, CLI_OPT_PROMPT | CLI_OPT_JSON, extra, "u:m:k:", on_opt, &o, &a);
     if (r != CLI_CONTINUE) return r;
     if (o.target_text && o.target_id >= 0)
         return cli_usage_error(cmd, "give either --target TEXT or --target-id N, not both");
     int n_actions = (o.compare ? 1 : 0) + (o.additivity >= 0 ? 1 : 0);
-    if (n_actions > 1)
-        return cli_usage_error(cmd, "give one of --compare-scores and --additivity");
+    if (n_actions > 1) return cli_usage_error(cmd, "give one of --compare-scores and --additivity");
     if (n_actions && (o.units || o.random))
         return cli_usage_error(cmd, "--units/--random do not go with --compare-scores or "
                                     "--additivity");
     if (!n_actions && o.prompts)
         return cli_usage_error(cmd, "--prompts goes with --compare-scores or --additivity");
-    if (!o.compare && o.top)
-        return cli_usage_error(cmd, "--top goes with --compare-scores");
+    if (!o.compare && o.top) return cli_usage_error(cmd, "--top goes with --compare-scores");
     resid_model *m;
     if ((r = cli_open_model(&a, &m)) != CLI_EXIT_OK) return r;
     ctx c = {cmd, &o, &a, m, resid_model_tokenizer(m), resid_model_get_info(m)};
@@ -1097,5 +1107,4 @@ static int run(const cli_command *cmd, int argc, char **argv) {
 }
 
 const cli_command cli_cmd_ablate = {
-    "ablate", "zero/mean/replace/steer units and measure the target; score comparison", help,
-    run};
+    "ablate", "zero/mean/replace/steer units and measure the target; score comparison", help, run};

@@ -35,8 +35,7 @@ resid_status resid_iv_mode_parse(const char *s, resid_iv_mode *out, resid_error 
             *out = (resid_iv_mode)i;
             return RESID_OK;
         }
-    return rs_err(err, RESID_E_ARG, "mode '%s' unknown (zero, mean, replace or add)",
-                  s ? s : "");
+    return rs_err(err, RESID_E_ARG, "mode '%s' unknown (zero, mean, replace or add)", s ? s : "");
 }
 
 /* ---------------------------------------------------------------------- */
@@ -97,7 +96,9 @@ void resid_intervention_free(resid_intervention *iv) {
     free(iv);
 }
 
-int32_t resid_intervention_count(const resid_intervention *iv) { return iv ? iv->n : 0; }
+int32_t resid_intervention_count(const resid_intervention *iv) {
+    return iv ? iv->n : 0;
+}
 
 /* Width of a unit's activation at one position (see the header). */
 static int64_t act_width(const rs_hparams *hp, const resid_unit *u) {
@@ -136,8 +137,8 @@ static resid_status check_unit(const rs_hparams *hp, const resid_unit *u, resid_
     bool head = u->kind == RESID_UNIT_HEAD || u->kind == RESID_UNIT_HEAD_POS ||
                 u->kind == RESID_UNIT_ATTN_NEURON;
     if (head && (u->head < 0 || u->head >= hp->n_head))
-        return rs_err(err, RESID_E_ARG, "unit %s: head %d out of range (model has %d)", id,
-                      u->head, hp->n_head);
+        return rs_err(err, RESID_E_ARG, "unit %s: head %d out of range (model has %d)", id, u->head,
+                      hp->n_head);
     if (u->kind == RESID_UNIT_ATTN_NEURON && (u->index < 0 || u->index >= hp->d_head))
         return rs_err(err, RESID_E_ARG, "unit %s: head dimension %d out of range (d_head is %d)",
                       id, u->index, hp->d_head);
@@ -178,9 +179,9 @@ static resid_status push_edit(resid_intervention *iv, const iv_edit *proto, cons
     return RESID_OK;
 }
 
-static resid_status add_unit_edit(resid_intervention *iv, resid_iv_mode mode,
-                                  const resid_unit *u, const float *value, const int32_t *pos,
-                                  int32_t n_pos, resid_error *err) {
+static resid_status add_unit_edit(resid_intervention *iv, resid_iv_mode mode, const resid_unit *u,
+                                  const float *value, const int32_t *pos, int32_t n_pos,
+                                  resid_error *err) {
     if (!iv || !u) return rs_err(err, RESID_E_ARG, "intervention: iv and unit are required");
     resid_status st = check_unit(&iv->m->hp, u, err);
     if (st) return st;
@@ -199,9 +200,9 @@ resid_status resid_intervention_zero(resid_intervention *iv, const resid_unit *u
     return add_unit_edit(iv, RESID_IV_ZERO, u, NULL, pos, n_pos, err);
 }
 
-resid_status resid_intervention_mean(resid_intervention *iv, const resid_unit *u,
-                                     const float *mean, int64_t n_mean, const int32_t *pos,
-                                     int32_t n_pos, resid_error *err) {
+resid_status resid_intervention_mean(resid_intervention *iv, const resid_unit *u, const float *mean,
+                                     int64_t n_mean, const int32_t *pos, int32_t n_pos,
+                                     resid_error *err) {
     if (!iv || !u || !mean)
         return rs_err(err, RESID_E_ARG, "intervention: iv, unit and mean are required");
     char id[64];
@@ -223,8 +224,8 @@ resid_status resid_intervention_replace(resid_intervention *iv, const resid_unit
     return add_unit_edit(iv, RESID_IV_REPLACE, u, NULL, pos, n_pos, err);
 }
 
-resid_status resid_intervention_set_clean(resid_intervention *iv, const int32_t *tokens,
-                                          int32_t n, resid_error *err) {
+resid_status resid_intervention_set_clean(resid_intervention *iv, const int32_t *tokens, int32_t n,
+                                          resid_error *err) {
     if (!iv || !tokens || n < 1)
         return rs_err(err, RESID_E_ARG, "intervention: the clean prompt is empty");
     int32_t *c = malloc((size_t)n * sizeof *c);
@@ -306,7 +307,8 @@ static void iv_hook(void *user, const resid_hook_event *ev) {
             for (int32_t i = 0; i < nr; i++)
                 if (e->sel[ev->pos0 + i]) {
                     float *x = ev->data + (size_t)i * D;
-                    for (int d = 0; d < D; d++) x[d] += e->value[d];
+                    for (int d = 0; d < D; d++)
+                        x[d] += e->value[d];
                 }
             continue;
         }
@@ -316,8 +318,8 @@ static void iv_hook(void *user, const resid_hook_event *ev) {
             if (ev->point == RESID_HOOK_FFN_COEF)
                 for (int32_t i = 0; i < nr; i++)
                     if (e->sel[ev->pos0 + i])
-                        handle(r, e, ev->pos0 + i, 0,
-                               ev->data + (size_t)i * hp->d_ffn + u->index, 1);
+                        handle(r, e, ev->pos0 + i, 0, ev->data + (size_t)i * hp->d_ffn + u->index,
+                               1);
             break;
         case RESID_UNIT_HEAD:
             if (ev->point == RESID_HOOK_ATTN_MIX)
@@ -328,8 +330,8 @@ static void iv_hook(void *user, const resid_hook_event *ev) {
             break;
         case RESID_UNIT_ATTN_LAYER:
         case RESID_UNIT_FFN_LAYER: {
-            resid_hook_point p = u->kind == RESID_UNIT_ATTN_LAYER ? RESID_HOOK_ATTN_OUT
-                                                                  : RESID_HOOK_FFN_OUT;
+            resid_hook_point p =
+                u->kind == RESID_UNIT_ATTN_LAYER ? RESID_HOOK_ATTN_OUT : RESID_HOOK_FFN_OUT;
             if (ev->point == p)
                 for (int32_t i = 0; i < nr; i++)
                     if (e->sel[ev->pos0 + i])
@@ -356,8 +358,7 @@ static void iv_hook(void *user, const resid_hook_event *ev) {
                     for (int32_t i = 0; i < nr; i++)
                         if (e->sel[ev->pos0 + i])
                             handle(r, e, ev->pos0 + i, 0,
-                                   ev->data + (size_t)i * qd + (size_t)u->head * dh + u->index,
-                                   1);
+                                   ev->data + (size_t)i * qd + (size_t)u->head * dh + u->index, 1);
                 break;
             }
             /* The contribution α_{t,j}·v_j[n]: capture v_j and α (after any
@@ -369,10 +370,9 @@ static void iv_hook(void *user, const resid_hook_event *ev) {
             } else if (ev->point == RESID_HOOK_ATTN_WEIGHTS) {
                 for (int32_t i = 0; i < nr; i++) {
                     int32_t t = ev->pos0 + i;
-                    e->alpha[t] =
-                        u->pos <= t
-                            ? ev->data[((size_t)u->head * nr + i) * ev->n_ctx + u->pos]
-                            : 0.0f;
+                    e->alpha[t] = u->pos <= t
+                                      ? ev->data[((size_t)u->head * nr + i) * ev->n_ctx + u->pos]
+                                      : 0.0f;
                 }
             } else if (ev->point == RESID_HOOK_ATTN_MIX) {
                 for (int32_t i = 0; i < nr; i++) {
@@ -401,8 +401,7 @@ static void iv_hook(void *user, const resid_hook_event *ev) {
 
 /* Builds each edit's per-run state for a prompt of T tokens; `record`
  * selects every position of the REPLACE edits. Checks positions. */
-static resid_status prepare_run(resid_intervention *iv, int32_t T, bool record,
-                                resid_error *err) {
+static resid_status prepare_run(resid_intervention *iv, int32_t T, bool record, resid_error *err) {
     for (int32_t k = 0; iv && k < iv->n; k++) {
         iv_edit *e = &iv->e[k];
         edit_run_free(e);
@@ -419,7 +418,8 @@ static resid_status prepare_run(resid_intervention *iv, int32_t T, bool record,
             !(e->alpha = calloc((size_t)T, sizeof *e->alpha)))
             return rs_err(err, RESID_E_NOMEM, "intervention: out of memory");
         if (record) {
-            for (int32_t t = 0; t < T; t++) e->sel[t] = true;
+            for (int32_t t = 0; t < T; t++)
+                e->sel[t] = true;
         } else if (e->n_pos > 0) {
             for (int32_t i = 0; i < e->n_pos; i++) {
                 if (e->pos[i] >= T)
@@ -431,7 +431,8 @@ static resid_status prepare_run(resid_intervention *iv, int32_t T, bool record,
         } else if (e->mode == RESID_IV_ADD || has_source(&e->u)) {
             e->sel[T - 1] = true;
         } else {
-            for (int32_t t = 0; t < T; t++) e->sel[t] = true;
+            for (int32_t t = 0; t < T; t++)
+                e->sel[t] = true;
         }
     }
     return RESID_OK;
@@ -439,8 +440,7 @@ static resid_status prepare_run(resid_intervention *iv, int32_t T, bool record,
 
 /* One forward pass with the hook; x_L[D] and logits[V] of t*. */
 static resid_status run_once(const resid_model *m, resid_intervention *iv, const int32_t *tokens,
-                             int32_t n, bool record, float *x_L, float *logits,
-                             resid_error *err) {
+                             int32_t n, bool record, float *x_L, float *logits, resid_error *err) {
     resid_status st = prepare_run(iv, n, record, err);
     if (st) return st;
     iv_run r = {.iv = iv, .hp = &m->hp, .T = n, .record = record, .x_L = x_L};
@@ -463,10 +463,10 @@ static resid_status run_once(const resid_model *m, resid_intervention *iv, const
 static resid_status ensure_records(const resid_model *m, resid_intervention *iv, int32_t T,
                                    resid_error *err) {
     bool any = false;
-    for (int32_t k = 0; k < iv->n; k++) any |= iv->e[k].mode == RESID_IV_REPLACE;
+    for (int32_t k = 0; k < iv->n; k++)
+        any |= iv->e[k].mode == RESID_IV_REPLACE;
     if (!any || iv->rec_T == T) return RESID_OK;
-    if (!iv->clean)
-        return rs_err(err, RESID_E_ARG, "replace: no clean prompt given");
+    if (!iv->clean) return rs_err(err, RESID_E_ARG, "replace: no clean prompt given");
     if (iv->n_clean != T)
         return rs_err(err, RESID_E_ARG,
                       "replace: the clean prompt has %d tokens but the run has %d (they must "
@@ -477,8 +477,7 @@ static resid_status ensure_records(const resid_model *m, resid_intervention *iv,
         if (e->mode != RESID_IV_REPLACE) continue;
         free(e->rec);
         size_t sz;
-        if (!rs_mul_size((size_t)T, (size_t)e->width, &sz) ||
-            !(e->rec = calloc(sz, sizeof(float))))
+        if (!rs_mul_size((size_t)T, (size_t)e->width, &sz) || !(e->rec = calloc(sz, sizeof(float))))
             return rs_err(err, RESID_E_NOMEM, "replace: out of memory");
     }
     resid_status st = run_once(m, iv, iv->clean, T, true, NULL, NULL, err);
@@ -505,9 +504,8 @@ static void dist_stats(const float *z, int32_t V, int32_t w, double *logp, int32
     *rank = rk;
 }
 
-resid_status resid_target_stats_from(const resid_model *m, const float *x_L,
-                                     const float *logits, int32_t target,
-                                     resid_target_stats *out, resid_error *err) {
+resid_status resid_target_stats_from(const resid_model *m, const float *x_L, const float *logits,
+                                     int32_t target, resid_target_stats *out, resid_error *err) {
     if (!m || !x_L || !logits || !out)
         return rs_err(err, RESID_E_ARG, "target stats: model, x_L, logits and out are required");
     const int32_t V = m->hp.n_vocab, D = m->hp.d_model;
@@ -515,10 +513,12 @@ resid_status resid_target_stats_from(const resid_model *m, const float *x_L,
         return rs_err(err, RESID_E_ARG, "target token %d out of range [0, %d)", target, V);
     double mean = 0, ss = 0;
     if (m->hp.arch == RESID_ARCH_GPT2) {
-        for (int d = 0; d < D; d++) mean += x_L[d];
+        for (int d = 0; d < D; d++)
+            mean += x_L[d];
         mean /= D;
     }
-    for (int d = 0; d < D; d++) ss += (x_L[d] - mean) * (x_L[d] - mean);
+    for (int d = 0; d < D; d++)
+        ss += (x_L[d] - mean) * (x_L[d] - mean);
     double s = sqrt(ss / D + (double)m->hp.norm_eps);
     float *bs = malloc((size_t)V * sizeof(float));
     if (!bs) return rs_err(err, RESID_E_NOMEM, "target stats: out of memory");
@@ -544,8 +544,8 @@ static int32_t argmax(const float *z, int32_t V) {
 
 resid_status resid_intervention_run(const resid_model *m, resid_intervention *iv,
                                     const int32_t *tokens, int32_t n, int32_t target,
-                                    resid_target_stats *out, int32_t *target_out,
-                                    float *x_L, float *logits, resid_error *err) {
+                                    resid_target_stats *out, int32_t *target_out, float *x_L,
+                                    float *logits, resid_error *err) {
     if (!m || !tokens || !out)
         return rs_err(err, RESID_E_ARG, "intervention run: model, tokens and out are required");
     if (iv && iv->m != m)
@@ -580,9 +580,8 @@ resid_status resid_intervention_run(const resid_model *m, resid_intervention *iv
 /* ---------------------------------------------------------------------- */
 
 resid_status resid_unit_means(const resid_model *m, const int32_t *const *prompts,
-                              const int32_t *n_tokens, int32_t n_prompts,
-                              const resid_unit *units, int64_t n_units, float **means,
-                              int64_t *n_means, resid_error *err) {
+                              const int32_t *n_tokens, int32_t n_prompts, const resid_unit *units,
+                              int64_t n_units, float **means, int64_t *n_means, resid_error *err) {
     *means = NULL;
     *n_means = 0;
     if (!m || n_prompts < 1 || !prompts || !n_tokens || n_units < 1 || !units)
@@ -596,8 +595,8 @@ resid_status resid_unit_means(const resid_model *m, const int32_t *const *prompt
             char id[64];
             resid_unit_format(&units[i], id, sizeof id);
             return rs_err(err, RESID_E_UNSUPPORTED,
-                          "unit %s: a %s names a source position and has no position-free mean",
-                          id, resid_unit_kind_name(units[i].kind));
+                          "unit %s: a %s names a source position and has no position-free mean", id,
+                          resid_unit_kind_name(units[i].kind));
         }
         total += w;
     }
@@ -625,7 +624,8 @@ resid_status resid_unit_means(const resid_model *m, const int32_t *const *prompt
     if (!st && !(out = malloc((size_t)total * sizeof *out)))
         st = rs_err(err, RESID_E_NOMEM, "means: out of memory");
     if (!st) {
-        for (int64_t i = 0; i < total; i++) out[i] = (float)(acc[i] / (double)n_pos);
+        for (int64_t i = 0; i < total; i++)
+            out[i] = (float)(acc[i] / (double)n_pos);
         *means = out;
         *n_means = total;
     }
@@ -649,7 +649,8 @@ uint64_t resid_splitmix64(uint64_t *state) {
 static uint64_t rand_below(uint64_t *s, uint64_t n) {
     uint64_t lim = UINT64_MAX - UINT64_MAX % n;
     uint64_t x;
-    do x = resid_splitmix64(s);
+    do
+        x = resid_splitmix64(s);
     while (x >= lim);
     return x % n;
 }
@@ -669,8 +670,7 @@ static int64_t class_count(const rs_hparams *hp, int32_t T, const resid_unit *u)
     }
 }
 
-static resid_unit class_unit(const rs_hparams *hp, int32_t T, const resid_unit *proto,
-                             int64_t i) {
+static resid_unit class_unit(const rs_hparams *hp, int32_t T, const resid_unit *proto, int64_t i) {
     int64_t H = hp->n_head, dh = hp->d_head, N = hp->d_ffn;
     resid_unit u = {proto->kind, -1, -1, -1, -1};
     switch (proto->kind) {
@@ -703,12 +703,10 @@ static bool same_class(const resid_unit *a, const resid_unit *b) {
            (a->kind != RESID_UNIT_ATTN_NEURON || (a->pos < 0) == (b->pos < 0));
 }
 
-resid_status resid_random_units(const resid_model *m, int32_t n_tokens,
-                                const resid_unit *chosen, int64_t n_chosen,
-                                int64_t n_random, uint64_t seed, resid_unit *out,
+resid_status resid_random_units(const resid_model *m, int32_t n_tokens, const resid_unit *chosen,
+                                int64_t n_chosen, int64_t n_random, uint64_t seed, resid_unit *out,
                                 resid_error *err) {
-    if (!m || n_chosen < 1 || !chosen || n_random < 0 || (n_random > 0 && !out) ||
-        n_tokens < 1)
+    if (!m || n_chosen < 1 || !chosen || n_random < 0 || (n_random > 0 && !out) || n_tokens < 1)
         return rs_err(err, RESID_E_ARG, "random units: need chosen units and a prompt length");
     const rs_hparams *hp = &m->hp;
     uint64_t s = seed;
@@ -717,10 +715,12 @@ resid_status resid_random_units(const resid_model *m, int32_t n_tokens,
         int64_t cnt = class_count(hp, n_tokens, proto), taken = 0;
         for (int64_t c = 0; c < n_chosen; c++) {
             bool dup = false; /* count distinct chosen units of the class */
-            for (int64_t d = 0; d < c && !dup; d++) dup = same_unit(&chosen[c], &chosen[d]);
+            for (int64_t d = 0; d < c && !dup; d++)
+                dup = same_unit(&chosen[c], &chosen[d]);
             if (!dup && same_class(&chosen[c], proto)) taken++;
         }
-        for (int64_t c = 0; c < i; c++) taken += same_class(&out[c], proto);
+        for (int64_t c = 0; c < i; c++)
+            taken += same_class(&out[c], proto);
         if (cnt - taken <= 0)
             return rs_err(err, RESID_E_ARG,
                           "random units: no %s left to draw (%lld in the model, all taken)",
@@ -728,8 +728,10 @@ resid_status resid_random_units(const resid_model *m, int32_t n_tokens,
         for (;;) {
             resid_unit u = class_unit(hp, n_tokens, proto, (int64_t)rand_below(&s, (uint64_t)cnt));
             bool bad = false;
-            for (int64_t c = 0; c < n_chosen && !bad; c++) bad = same_unit(&u, &chosen[c]);
-            for (int64_t c = 0; c < i && !bad; c++) bad = same_unit(&u, &out[c]);
+            for (int64_t c = 0; c < n_chosen && !bad; c++)
+                bad = same_unit(&u, &chosen[c]);
+            for (int64_t c = 0; c < i && !bad; c++)
+                bad = same_unit(&u, &out[c]);
             if (!bad) {
                 out[i] = u;
                 break;
@@ -799,7 +801,8 @@ resid_status resid_ffn_neuron_scores(resid_explainer *e, double *out, resid_erro
                     if (z > mx) mx = z;
                 }
                 double sum = 0;
-                for (int32_t t = 0; t < V; t++) sum += exp(mk * cr[t] - mx);
+                for (int32_t t = 0; t < V; t++)
+                    sum += exp(mk * cr[t] - mx);
                 out[RESID_FSCORE_LPI * LN + i] = s->lpi;
                 out[RESID_FSCORE_LOGP_ALONE * LN + i] = mk * cr[w] - mx - log(sum);
                 out[RESID_FSCORE_PROB_INC * LN + i] = s->prob_inc;
@@ -836,9 +839,11 @@ static resid_status top_indices(const double *x, int64_t n, int64_t k, int64_t *
                                 resid_error *err) {
     idx_val *a = malloc((size_t)n * sizeof *a);
     if (!a) return rs_err(err, RESID_E_NOMEM, "ranking: out of memory");
-    for (int64_t i = 0; i < n; i++) a[i] = (idx_val){x[i], i};
+    for (int64_t i = 0; i < n; i++)
+        a[i] = (idx_val){x[i], i};
     qsort(a, (size_t)n, sizeof *a, cmp_idx_val);
-    for (int64_t i = 0; i < k; i++) out[i] = a[i].i;
+    for (int64_t i = 0; i < k; i++)
+        out[i] = a[i].i;
     free(a);
     return RESID_OK;
 }
@@ -848,7 +853,8 @@ static resid_status zero_units_run(const resid_model *m, const int32_t *tokens, 
                                    resid_target_stats *out, resid_error *err) {
     resid_intervention *iv;
     resid_status st = resid_intervention_new(m, &iv, err);
-    for (int32_t i = 0; !st && i < k; i++) st = resid_intervention_zero(iv, &u[i], NULL, 0, err);
+    for (int32_t i = 0; !st && i < k; i++)
+        st = resid_intervention_zero(iv, &u[i], NULL, 0, err);
     if (!st) st = resid_intervention_run(m, iv, tokens, n, target, out, NULL, NULL, NULL, err);
     resid_intervention_free(iv);
     return st;
@@ -868,8 +874,7 @@ resid_status resid_compare_scores(const resid_model *m, const int32_t *tokens, i
     const rs_hparams *hp = &m->hp;
     const int64_t LN = (int64_t)hp->n_layer * hp->d_ffn;
     if (k < 1 || k >= LN)
-        return rs_err(err, RESID_E_ARG, "compare: k = %d must be in [1, %lld)", k,
-                      (long long)LN);
+        return rs_err(err, RESID_E_ARG, "compare: k = %d must be in [1, %lld)", k, (long long)LN);
     resid_trace_opts to = resid_trace_defaults();
     to.capture = RESID_EXPLAIN_CAPTURE;
     to.positions = RESID_POS_LAST;
@@ -879,8 +884,9 @@ resid_status resid_compare_scores(const resid_model *m, const int32_t *tokens, i
     int64_t *idx = NULL;
     resid_score_compare *c = calloc(1, sizeof *c);
     resid_status st = c ? RESID_OK : rs_err(err, RESID_E_NOMEM, "compare: out of memory");
-    if (!st) st = resid_intervention_run(m, NULL, tokens, n, target, &c->original, &target,
-                                         NULL, NULL, err);
+    if (!st)
+        st = resid_intervention_run(m, NULL, tokens, n, target, &c->original, &target, NULL, NULL,
+                                    err);
     if (!st) st = resid_forward(m, tokens, n, &to, &tr, err);
     if (!st) {
         resid_explain_opts eo = resid_explain_defaults();
@@ -892,8 +898,7 @@ resid_status resid_compare_scores(const resid_model *m, const int32_t *tokens, i
         scores = malloc((size_t)RESID_FSCORE_COUNT * LN * sizeof *scores);
         idx = malloc((size_t)k * sizeof *idx);
         c->units = malloc((size_t)(RESID_FSCORE_COUNT + 1) * k * sizeof *c->units);
-        if (!scores || !idx || !c->units)
-            st = rs_err(err, RESID_E_NOMEM, "compare: out of memory");
+        if (!scores || !idx || !c->units) st = rs_err(err, RESID_E_NOMEM, "compare: out of memory");
     }
     if (!st) st = resid_ffn_neuron_scores(ex, scores, err);
     for (int f = 0; !st && f < RESID_FSCORE_COUNT; f++) {
@@ -925,10 +930,10 @@ resid_status resid_compare_scores(const resid_model *m, const int32_t *tokens, i
 /* Additivity                                                             */
 /* ---------------------------------------------------------------------- */
 
-void resid_pearson_slope(const double *x, const double *y, int64_t n, double *r,
-                         double *slope) {
+void resid_pearson_slope(const double *x, const double *y, int64_t n, double *r, double *slope) {
     double mx = 0, my = 0;
-    for (int64_t i = 0; i < n; i++) mx += x[i], my += y[i];
+    for (int64_t i = 0; i < n; i++)
+        mx += x[i], my += y[i];
     if (n > 0) mx /= n, my /= n;
     double sxx = 0, syy = 0, sxy = 0;
     for (int64_t i = 0; i < n; i++) {
@@ -953,8 +958,7 @@ resid_status resid_additivity_new(resid_explainer *e, int32_t layer, int32_t n_m
     if (e->lens == RESID_LENS_LOGIT)
         return rs_err(err, RESID_E_ARG, "additivity: the logit lens is not linear");
     if (layer < 0 || layer >= e->L)
-        return rs_err(err, RESID_E_ARG, "additivity: layer %d out of range [0, %d)", layer,
-                      e->L);
+        return rs_err(err, RESID_E_ARG, "additivity: layer %d out of range [0, %d)", layer, e->L);
     const int32_t N = e->N, V = e->V, D = e->D, w = e->target;
     int32_t nu = (n_max <= 0 || n_max > N) ? N : n_max;
     resid_additivity *a = calloc(1, sizeof *a);
@@ -978,9 +982,11 @@ resid_status resid_additivity_new(resid_explainer *e, int32_t layer, int32_t n_m
         goto done;
     }
     a->layer = layer, a->n = nu;
-    for (int32_t k = 0; k < N; k++) u[k] = (resid_unit){RESID_UNIT_FFN_NEURON, layer, -1, k, -1};
+    for (int32_t k = 0; k < N; k++)
+        u[k] = (resid_unit){RESID_UNIT_FFN_NEURON, layer, -1, k, -1};
     if ((st = resid_score_units(e, u, N, sc, err))) goto done;
-    for (int32_t k = 0; k < N; k++) lpi[k] = sc[k].lpi;
+    for (int32_t k = 0; k < N; k++)
+        lpi[k] = sc[k].lpi;
     if ((st = top_indices(lpi, N, nu, ord, err))) goto done;
     const rs_context *cx = &e->ctx[2 * layer + 1];
     double sl = 0, sp = 0;
@@ -1002,7 +1008,8 @@ resid_status resid_additivity_new(resid_explainer *e, int32_t layer, int32_t n_m
                 if (z > mx) mx = z;
             }
             double sum = 0;
-            for (int32_t t = 0; t < V; t++) sum += exp(cx->logp[t] + cum[t] - mx);
+            for (int32_t t = 0; t < V; t++)
+                sum += exp(cx->logp[t] + cum[t] - mx);
             double logp = cx->logp[w] + cum[w] - mx - log(sum);
             sl += sc[k].lpi, sp += sc[k].prob_inc;
             a->order[i] = k;
@@ -1032,7 +1039,8 @@ void resid_additivity_aggregate(const resid_additivity *const *a, int32_t n,
     int32_t nl = 0, np = 0;
     for (int32_t i = 0; i < n; i++) {
         tot += a[i]->n;
-        if (!isnan(a[i]->r_lpi)) out->mean_r_lpi += a[i]->r_lpi, out->mean_slope_lpi += a[i]->slope_lpi, nl++;
+        if (!isnan(a[i]->r_lpi))
+            out->mean_r_lpi += a[i]->r_lpi, out->mean_slope_lpi += a[i]->slope_lpi, nl++;
         if (!isnan(a[i]->r_pinc))
             out->mean_r_pinc += a[i]->r_pinc, out->mean_slope_pinc += a[i]->slope_pinc, np++;
     }
