@@ -962,7 +962,7 @@ resid_status resid_additivity_new(resid_explainer *e, int32_t layer, int32_t n_m
     const int32_t N = e->N, V = e->V, D = e->D, w = e->target;
     int32_t nu = (n_max <= 0 || n_max > N) ? N : n_max;
     resid_additivity *a = calloc(1, sizeof *a);
-    resid_unit *u = malloc((size_t)N * sizeof *u);
+    resid_unit *u = calloc((size_t)N, sizeof *u);
     resid_score *sc = malloc((size_t)N * sizeof *sc);
     double *lpi = malloc((size_t)N * sizeof *lpi);
     int64_t *ord = malloc((size_t)N * sizeof *ord);
