@@ -49,6 +49,14 @@ static resid_status copy_text(const cJSON *v, const char *what, char **out, resi
     return *out ? RESID_OK : rs_err(err, RESID_E_NOMEM, "out of memory");
 }
 
+/* Whether buf[0..n) holds the escape \u0000 (cJSON would cut the string
+ * there). Conservative: an escaped backslash before "u0000" counts too. */
+static bool has_escaped_nul(const char *buf, size_t n) {
+    for (size_t i = 0; i + 6 <= n; i++)
+        if (buf[i] == '\\' && !memcmp(buf + i + 1, "u0000", 5)) return true;
+    return false;
+}
+
 resid_status rs_jsonl_parse_input(const char *buf, size_t n, rs_batch_input *out,
                                   resid_error *err) {
     memset(out, 0, sizeof *out);
@@ -91,7 +99,7 @@ resid_status rs_jsonl_parse_input(const char *buf, size_t n, rs_batch_input *out
     } else if (prompt) {
         if (!cJSON_IsString(prompt))
             st = rs_err(err, RESID_E_FORMAT, "\"prompt\" must be a string");
-        else if (strstr(buf, "\\u0000"))
+        else if (has_escaped_nul(buf, n))
             st = rs_err(err, RESID_E_FORMAT, "the line holds an escaped NUL (\\u0000)");
         else
             st = copy_text(prompt, "prompt", &out->prompt, err);
