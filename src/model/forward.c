@@ -57,10 +57,12 @@ static void norm_rows(const rs_hparams *hp, float *out, const float *x, int64_t 
     }
 }
 
-/* GPT-2's gelu_new: 0.5·x·(1 + tanh(sqrt(2/π)·(x + 0.044715·x³))). */
+/* GPT-2's gelu_new: 0.5·x·(1 + tanh(u)), u = sqrt(2/π)·(x + 0.044715·x³).
+ * Since 1 + tanh(u) = 2/(1 + e^(−2u)), this is x·sigmoid(2u): the same
+ * function with one expf instead of tanhf (which is several times slower). */
 static inline float gelu_tanh(float x) {
-    const float c = 0.7978845608028654f; /* sqrt(2/pi) */
-    return 0.5f * x * (1.0f + tanhf(c * (x + 0.044715f * x * x * x)));
+    const float c2 = 2.0f * 0.7978845608028654f; /* 2·sqrt(2/pi) */
+    return x / (1.0f + expf(-c2 * (x + 0.044715f * x * x * x)));
 }
 
 static inline float silu(float x) {
