@@ -193,6 +193,7 @@ typedef struct report {
     resid_query_layers *q1; /* may be NULL (with q1_error) */
     char q1_error[512];
     resid_rank_key key;
+    bool all_positions; /* capture every position (sessions for the HTML) */
 } report;
 
 static void report_free(report *r) {
@@ -222,7 +223,7 @@ static resid_status compute(report *r, resid_error *err) {
 
     resid_trace_opts to = resid_trace_defaults();
     to.capture = RESID_EXPLAIN_CAPTURE | RESID_CAP_LOGITS;
-    to.positions = RESID_POS_LAST;
+    to.positions = r->all_positions ? RESID_POS_ALL : RESID_POS_LAST;
     resid_status st = resid_forward(m, rq->tokens, rq->n_tokens, &to, &r->tr, err);
     if (st != RESID_OK) return st;
     const resid_trace *tr = r->tr;
@@ -658,4 +659,63 @@ resid_status resid_explain_json(const resid_model *m, const resid_explain_reques
     cJSON_Delete(root);
     if (!*json) return rs_err(err, RESID_E_NOMEM, "explain: out of memory printing the report");
     return RESID_OK;
+}
+
+/* ------------------------------------------------------------------------- */
+/* Sessions                                                                  */
+/* ------------------------------------------------------------------------- */
+
+struct rs_explain_session {
+    report r;
+    resid_explain_request rq; /* r.rq points here */
+    int32_t *tokens;          /* rq.tokens: owned copy */
+};
+
+void rs_explain_session_free(rs_explain_session *s) {
+    if (!s) return;
+    report_free(&s->r);
+    free(s->tokens);
+    free(s);
+}
+
+resid_status rs_explain_session_new(const resid_model *m, const resid_explain_request *rq,
+                                    bool all_positions, rs_explain_session **out,
+                                    resid_error *err) {
+    *out = NULL;
+    if (!m || !rq) return rs_err(err, RESID_E_ARG, "explain: no model or no request");
+    rs_explain_session *s = calloc(1, sizeof *s);
+    const size_t nt = rq->tokens && rq->n_tokens > 0 ? (size_t)rq->n_tokens : 0;
+    if (!s || !(s->tokens = malloc((nt ? nt : 1) * sizeof *s->tokens))) {
+        free(s);
+        return rs_err(err, RESID_E_NOMEM, "explain: out of memory");
+    }
+    if (nt) memcpy(s->tokens, rq->tokens, nt * sizeof *s->tokens);
+    s->rq = *rq;
+    s->rq.tokens = nt ? s->tokens : NULL;
+    s->r.m = m;
+    s->r.rq = &s->rq;
+    s->r.info = resid_model_get_info(m);
+    s->r.tok = resid_model_tokenizer(m);
+    s->r.all_positions = all_positions;
+    resid_status st = compute(&s->r, err);
+    if (st != RESID_OK) {
+        rs_explain_session_free(s);
+        return st;
+    }
+    *out = s;
+    return RESID_OK;
+}
+
+resid_status rs_explain_session_json(rs_explain_session *s, cJSON **out, resid_error *err) {
+    resid_status st;
+    *out = build_json(&s->r, &st, err);
+    return st;
+}
+
+const resid_trace *rs_explain_session_trace(const rs_explain_session *s) { return s->r.tr; }
+
+resid_explainer *rs_explain_session_explainer(rs_explain_session *s) { return s->r.ex; }
+
+const resid_explain_request *rs_explain_session_request(const rs_explain_session *s) {
+    return &s->rq;
 }

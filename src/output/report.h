@@ -22,6 +22,29 @@
 resid_status rs_explain_cjson(const resid_model *m, const resid_explain_request *rq, cJSON **out,
                               resid_error *err);
 
+/* The report's computation kept for more views: the trace, the explainer
+ * (unit lens) and the ranked lists. The HTML report and `resid serve`
+ * build their extra views (src/output/html.c) from it instead of running
+ * the prompt again. */
+typedef struct rs_explain_session rs_explain_session;
+
+/* Like rs_explain_cjson, but keeps the computation. all_positions: the
+ * trace captures every position (RESID_POS_ALL, for the lens grid and the
+ * head/neuron views) instead of the last one; the report is the same. The
+ * request (and its tokens) is copied. With all_positions the logits come
+ * from a GEMM over every position, so "model_prob" may differ from
+ * rs_explain_cjson's in the last float bits (~1e-7 relative); every other
+ * field is identical. Errors: those of rs_explain_cjson. */
+resid_status rs_explain_session_new(const resid_model *m, const resid_explain_request *rq,
+                                    bool all_positions, rs_explain_session **out,
+                                    resid_error *err);
+/* Builds the report of a session (the tree rs_explain_cjson returns). */
+resid_status rs_explain_session_json(rs_explain_session *s, cJSON **out, resid_error *err);
+const resid_trace *rs_explain_session_trace(const rs_explain_session *s);
+resid_explainer *rs_explain_session_explainer(rs_explain_session *s);
+const resid_explain_request *rs_explain_session_request(const rs_explain_session *s);
+void rs_explain_session_free(rs_explain_session *s);
+
 /* Token object {"id", "text"[, "bytes"]}: the bytes of id read after prev,
  * sanitised to UTF-8 (a bad byte b becomes U+00bb, NUL becomes U+2400) with
  * "bytes" = their hex when anything was replaced; no "text" without a
