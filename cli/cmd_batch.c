@@ -52,14 +52,17 @@ static const char help[] =
     "\n"
     "A record is written with one write() of the whole line, so after a crash\n"
     "or Ctrl-C (which finishes the current prompt) every record is complete\n"
-    "or absent: rerun with --resume to finish.\n"
+    "or absent: rerun with --resume to finish. OUT.meta records the input's\n"
+    "hash and the record options; --resume refuses a changed input.\n"
     "\n"
     "Options:\n"
     "      --in FILE        the prompts (JSON Lines; - = stdin)\n"
     "      --out FILE       the results (JSON Lines)\n"
     "      --resume         keep the records already in --out (a trailing\n"
     "                       partial line is cut) and do the rest\n"
-    "      --force          overwrite an existing --out\n"
+    "      --force          overwrite an existing --out; with --resume: resume\n"
+    "                       even though the input or the record options have\n"
+    "                       changed since the output was started (OUT.meta)\n"
     "  -k, --top K          head x position list length (default 10)\n"
     "      --neurons K      FFN and attention neuron list length (default 300)\n"
     "      --tokens N       with --full: top/bottom tokens per unit (default 5)\n"
@@ -68,6 +71,12 @@ static const char help[] =
     "      --lens NAME      paper (default), exact or logit-lens (as explain)\n"
     "      --exhaustive     score every unit exactly (slower; for checking)\n"
     "      --no-query       leave out the Q1 query layers\n"
+    "      --query-neurons K\n"
+    "                       the top-K query FFN neurons of the top attention\n"
+    "                       value neurons (Q3, METHOD.md 5.2) as \"query_neurons\"\n"
+    "                       [{id, q}] (default 300; 0 = leave them out). The\n"
+    "                       trace then holds every position.\n"
+    "      --query-attn N   attention value neurons Q3 starts from (default 30)\n"
     "      --ablate         also the scoring-method comparison per prompt: the\n"
     "                       top --ablate-k FFN neurons by each score (a)-(h)\n"
     "                       zeroed, and as many random ones (MRR, prob)\n"
@@ -105,12 +114,15 @@ enum {
     OPT_FSYNC,
     OPT_PROGRESS,
     OPT_MAX_LINE,
+    OPT_QUERY_NEURONS,
+    OPT_QUERY_ATTN,
 };
 
 typedef struct batch_opts {
     const char *in, *out;
     bool resume, force, full, exhaustive, no_query, ablate;
     long top, neurons, n_tokens, ablate_k, fsync_every, progress_every, max_line;
+    long query_neurons, query_attn; /* Q3: list length (0 = off), N_a */
     unsigned long long seed;
     resid_lens lens;
 } batch_opts;
@@ -136,6 +148,10 @@ static int on_opt(const cli_command *cmd, void *user, int opt, const char *arg) 
     case OPT_FSYNC: return cli_parse_int(cmd, "--fsync-every", arg, 1, INT32_MAX, &o->fsync_every);
     case OPT_PROGRESS:
         return cli_parse_int(cmd, "--progress-every", arg, 0, 86400, &o->progress_every);
+    case OPT_QUERY_NEURONS:
+        return cli_parse_int(cmd, "--query-neurons", arg, 0, INT32_MAX, &o->query_neurons);
+    case OPT_QUERY_ATTN:
+        return cli_parse_int(cmd, "--query-attn", arg, 1, INT32_MAX, &o->query_attn);
     case OPT_MAX_LINE: return cli_parse_int(cmd, "--max-line", arg, 16, 1L << 30, &o->max_line);
     case OPT_SEED:
         r = cli_parse_int(cmd, "--seed", arg, 0, INT32_MAX, &v);
@@ -323,6 +339,82 @@ static resid_status record_ids(const resid_model *m, const rs_batch_input *in, i
     return RESID_OK;
 }
 
+/* After rs_report_resolve_token refused a target of several tokens: the
+ * message says how the text tokenizes (as `resid explain` shows it), e.g.
+ * target " big ball" is 3 tokens: " big" (2210) + " b" (…) + "all" (…); give
+ * one token or its id. The tokenization is that of rs_report_resolve_token
+ * (no BOS; SentencePiece: the leading space is the encoder's own). */
+static void target_split_detail(const resid_tokenizer *tok, const char *text, int32_t prev,
+                                resid_error *err) {
+    resid_encode_opts eo = resid_encode_defaults(tok);
+    eo.add_bos = false;
+    const char *enc = text;
+    if (resid_tokenizer_get_kind(tok) == RESID_TOKENIZER_SPM && text[0] == ' ') enc = text + 1;
+    int32_t *ids = NULL, n = 0;
+    resid_error e2;
+    if (resid_tokenize(tok, enc, -1, &eo, &ids, &n, &e2) != RESID_OK || n < 2) {
+        free(ids);
+        return; /* keep the library's message */
+    }
+    char *buf = NULL;
+    size_t len = 0;
+    FILE *f = open_memstream(&buf, &len);
+    if (!f) {
+        free(ids);
+        return;
+    }
+    fputs("target ", f);
+    cli_fput_quoted(f, text, strlen(text));
+    fprintf(f, " is %d tokens: ", n);
+    for (int32_t i = 0; i < n; i++) {
+        size_t tl = 0;
+        const char *b = resid_token_bytes(tok, i ? ids[i - 1] : prev, ids[i], &tl);
+        if (i) fputs(" + ", f);
+        cli_fput_quoted(f, b ? b : "", b ? tl : 0);
+        fprintf(f, " (%d)", ids[i]);
+    }
+    fputs("; give one token or its id", f);
+    if (fclose(f) == 0 && buf) snprintf(err->msg, sizeof err->msg, "%s", buf);
+    free(buf);
+    free(ids);
+}
+
+/* The Q3 query neurons of a session into rec: "query_neurons" [{id, q}]
+ * (score descending; neurons with q = 0 exactly, in layers no selected
+ * attention neuron reads, are left out, so the list may be shorter) and "query_neuron_info" {n_attn, n_query_value}; a
+ * failing analysis gives "query_neuron_info": {"error": msg} instead (the
+ * rest of the record stands, as for the report's Q1 "query"). */
+static resid_status add_query_neurons(rs_explain_session *sess, const batch_opts *o, cJSON *rec,
+                                      resid_error *err) {
+    resid_query_opts qo = resid_query_defaults();
+    qo.n_attn = (int32_t)o->query_attn;
+    qo.n_top = (int32_t)o->query_neurons;
+    resid_query_neurons *q = NULL;
+    resid_error qerr;
+    cJSON *info = cJSON_AddObjectToObject(rec, "query_neuron_info");
+    bool ok = info != NULL;
+    if (ok && resid_query_neurons_new(rs_explain_session_explainer(sess), &qo, &q, &qerr) !=
+                  RESID_OK) {
+        ok = cJSON_AddStringToObject(info, "error", qerr.msg) != NULL;
+        return ok ? RESID_OK : rs_err(err, RESID_E_NOMEM, "out of memory");
+    }
+    ok = ok && cJSON_AddNumberToObject(info, "n_attn", q->n_attn) &&
+         cJSON_AddNumberToObject(info, "n_query_value", q->n_query_value);
+    cJSON *arr = ok ? cJSON_AddArrayToObject(rec, "query_neurons") : NULL;
+    ok = arr != NULL;
+    for (int32_t i = 0; ok && i < q->n_query; i++) {
+        if (q->query[i].score == 0) continue; /* no attention neuron above it */
+        char id[48];
+        snprintf(id, sizeof id, "%d_%d", q->query[i].layer, q->query[i].index);
+        cJSON *e = cJSON_CreateObject();
+        ok = e && cJSON_AddStringToObject(e, "id", id) &&
+             cJSON_AddNumberToObject(e, "q", q->query[i].score);
+        if (e) cJSON_AddItemToArray(arr, e);
+    }
+    resid_query_neurons_free(q);
+    return ok ? RESID_OK : rs_err(err, RESID_E_NOMEM, "out of memory");
+}
+
 /* The explain fields (and the ablation) of one parsed input into rec. */
 static resid_status explain_record(const resid_model *m, const batch_opts *o,
                                    const rs_batch_input *in, cJSON *rec, resid_error *err) {
@@ -330,15 +422,17 @@ static resid_status explain_record(const resid_model *m, const batch_opts *o,
     const int32_t V = resid_model_get_info(m)->n_vocab;
     int32_t *ids = NULL, n = 0, target = -1;
     resid_status st = record_ids(m, in, &ids, &n, err);
-    if (st == RESID_OK && in->target_text)
+    if (st == RESID_OK && in->target_text) {
         st = rs_report_resolve_token(tok, "target", in->target_text, ids[n - 1], &target, err);
-    else if (st == RESID_OK && in->target_id >= 0) {
+        if (st == RESID_E_ARG && tok) target_split_detail(tok, in->target_text, ids[n - 1], err);
+    } else if (st == RESID_OK && in->target_id >= 0) {
         if (in->target_id >= V)
             st = rs_err(err, RESID_E_ARG, "target id %lld is out of range [0, %d)",
                         (long long)in->target_id, V);
         target = (int32_t)in->target_id;
     }
     cJSON *rep = NULL;
+    rs_explain_session *sess = NULL;
     if (st == RESID_OK) {
         resid_explain_request rq = resid_explain_request_defaults();
         rq.tokens = ids;
@@ -352,7 +446,15 @@ static resid_status explain_record(const resid_model *m, const batch_opts *o,
         rq.query = !o->no_query;
         rq.prompt_tokens = o->full;
         rq.compact = !o->full;
-        st = rs_explain_cjson(m, &rq, &rep, err);
+        /* Q3 needs every position in the trace: the report then comes from
+         * a session (the same fields; model_prob may differ from the
+         * last-position run in the last float bits). */
+        if (o->query_neurons > 0) {
+            st = rs_explain_session_new(m, &rq, true, &sess, err);
+            if (st == RESID_OK) st = rs_explain_session_json(sess, &rep, err);
+        } else {
+            st = rs_explain_cjson(m, &rq, &rep, err);
+        }
     }
     if (st == RESID_OK) {
         if (!cJSON_AddNumberToObject(rec, "n_tokens", n)) st = RESID_E_NOMEM;
@@ -363,6 +465,8 @@ static resid_status explain_record(const resid_model *m, const batch_opts *o,
         }
         if (st != RESID_OK) rs_err(err, st, "out of memory");
     }
+    if (st == RESID_OK && sess) st = add_query_neurons(sess, o, rec, err);
+    rs_explain_session_free(sess);
     if (st == RESID_OK && o->ablate) {
         const cJSON *tg = cJSON_GetObjectItemCaseSensitive(rec, "target");
         const cJSON *tid = cJSON_GetObjectItemCaseSensitive(tg, "id");
@@ -505,6 +609,174 @@ static void free_input(input_line *v, int64_t n) {
     for (int64_t i = 0; i < n; i++)
         free(v[i].text), free(v[i].error);
     free(v);
+}
+
+/* ------------------------------------------------------------------------- */
+/* The sidecar OUT.meta: what the records were made from                     */
+/* ------------------------------------------------------------------------- */
+
+/* FNV-1a 64 of the non-blank input lines as read (each line's bytes and a
+ * '\n'; a line over the cap counts as its message), so blank lines and a
+ * final newline do not matter but any change to a record does. */
+static uint64_t input_hash(const input_line *v, int64_t n) {
+    uint64_t h = 1469598103934665603ull;
+    for (int64_t i = 0; i < n; i++) {
+        const char *s = v[i].text ? v[i].text : v[i].error;
+        const size_t len = v[i].text ? v[i].len : strlen(v[i].error);
+        for (size_t k = 0; k < len; k++)
+            h = (h ^ (uint8_t)s[k]) * 1099511628211ull;
+        h = (h ^ (uint8_t)'\n') * 1099511628211ull;
+    }
+    return h;
+}
+
+/* The options that change what a record holds (not --fsync-every etc.). */
+static cJSON *record_options(const batch_opts *o) {
+    cJSON *j = cJSON_CreateObject();
+    if (!j) return NULL;
+    bool ok = cJSON_AddStringToObject(j, "lens", resid_lens_name(o->lens)) &&
+              cJSON_AddNumberToObject(j, "top", (double)o->top) &&
+              cJSON_AddNumberToObject(j, "neurons", (double)o->neurons) &&
+              cJSON_AddBoolToObject(j, "full", o->full) &&
+              cJSON_AddNumberToObject(j, "tokens", o->full ? (double)o->n_tokens : 0) &&
+              cJSON_AddBoolToObject(j, "exhaustive", o->exhaustive) &&
+              cJSON_AddBoolToObject(j, "query", !o->no_query) &&
+              cJSON_AddNumberToObject(j, "query_neurons", (double)o->query_neurons) &&
+              cJSON_AddNumberToObject(j, "query_attn",
+                                      o->query_neurons > 0 ? (double)o->query_attn : 0) &&
+              cJSON_AddBoolToObject(j, "ablate", o->ablate) &&
+              cJSON_AddNumberToObject(j, "ablate_k", o->ablate ? (double)o->ablate_k : 0) &&
+              cJSON_AddNumberToObject(j, "seed", o->ablate ? (double)o->seed : 0);
+    if (!ok) {
+        cJSON_Delete(j);
+        return NULL;
+    }
+    return j;
+}
+
+static char *meta_path(const char *out) {
+    size_t n = strlen(out) + 8;
+    char *p = malloc(n);
+    if (p) snprintf(p, n, "%s.meta", out);
+    return p;
+}
+
+/* The sidecar of this run: {"resid_batch": 1, "input", "input_size",
+ * "input_mtime", "n_prompts", "input_hash", "options"}. */
+static cJSON *meta_new(const batch_opts *o, const input_line *v, int64_t n) {
+    cJSON *j = cJSON_CreateObject();
+    struct stat sb;
+    const bool st = strcmp(o->in, "-") && stat(o->in, &sb) == 0;
+    char hash[40];
+    snprintf(hash, sizeof hash, "fnv1a64:%016llx", (unsigned long long)input_hash(v, n));
+    cJSON *opt = record_options(o);
+    bool ok = j && opt && cJSON_AddNumberToObject(j, "resid_batch", 1) &&
+              cJSON_AddStringToObject(j, "input", o->in) &&
+              (st ? cJSON_AddNumberToObject(j, "input_size", (double)sb.st_size) &&
+                        cJSON_AddNumberToObject(j, "input_mtime", (double)sb.st_mtime)
+                  : cJSON_AddNullToObject(j, "input_size") &&
+                        cJSON_AddNullToObject(j, "input_mtime")) &&
+              cJSON_AddNumberToObject(j, "n_prompts", (double)n) &&
+              cJSON_AddStringToObject(j, "input_hash", hash);
+    if (ok) {
+        cJSON_AddItemToObject(j, "options", opt);
+        opt = NULL;
+    }
+    cJSON_Delete(opt);
+    if (!ok) {
+        cJSON_Delete(j);
+        return NULL;
+    }
+    return j;
+}
+
+/* Writes the sidecar (through a temporary file and rename). */
+static int meta_write(const char *path, const cJSON *meta) {
+    char *s = cJSON_PrintUnformatted(meta);
+    size_t n = strlen(path) + 8;
+    char *tmp = malloc(n);
+    if (!s || !tmp) {
+        free(s), free(tmp);
+        return cli_error("out of memory");
+    }
+    snprintf(tmp, n, "%s.tmp", path);
+    int rc = CLI_EXIT_OK;
+    FILE *f = fopen(tmp, "wb");
+    if (!f)
+        rc = cli_error("%s: cannot create: %s", tmp, strerror(errno));
+    else {
+        const bool bad = fprintf(f, "%s\n", s) < 0;
+        if (fclose(f) != 0 || bad) rc = cli_error("%s: write failed", tmp);
+    }
+    if (rc == CLI_EXIT_OK && rename(tmp, path) != 0)
+        rc = cli_error("cannot rename %s to %s: %s", tmp, path, strerror(errno));
+    free(s), free(tmp);
+    return rc;
+}
+
+/* --resume: the sidecar left by the earlier run against this run's. A
+ * changed input (other records, or another count) or other record options
+ * refuse the resume (exit 2) unless --force; no sidecar (a file from an
+ * older resid, or copied without it) is a warning. The sidecar is then
+ * rewritten for this run. */
+static int meta_check(const cli_command *cmd, const batch_opts *o, const char *path,
+                      const cJSON *now) {
+    FILE *f = fopen(path, "rb");
+    if (!f) {
+        if (errno != ENOENT) return cli_error("%s: cannot open: %s", path, strerror(errno));
+        fprintf(stderr,
+                "resid batch: warning: %s is missing, so the input cannot be checked against "
+                "the one %s was made from\n",
+                path, o->out);
+        return CLI_EXIT_OK;
+    }
+    char buf[8192];
+    const size_t n = fread(buf, 1, sizeof buf - 1, f);
+    fclose(f);
+    buf[n] = 0;
+    cJSON *old = cJSON_Parse(buf);
+    const char *why = NULL;
+    char what[512] = "";
+    if (!cJSON_IsObject(old)) {
+        why = "unreadable";
+        snprintf(what, sizeof what, "%s is not a resid batch sidecar", path);
+    } else {
+        const cJSON *oh = cJSON_GetObjectItemCaseSensitive(old, "input_hash");
+        const cJSON *nh = cJSON_GetObjectItemCaseSensitive(now, "input_hash");
+        const cJSON *on = cJSON_GetObjectItemCaseSensitive(old, "n_prompts");
+        const cJSON *nn = cJSON_GetObjectItemCaseSensitive(now, "n_prompts");
+        if (!cJSON_IsString(oh) || strcmp(oh->valuestring, nh->valuestring) ||
+            !cJSON_IsNumber(on) || on->valuedouble != nn->valuedouble) {
+            why = "input";
+            snprintf(what, sizeof what,
+                     "the input has changed since %s was started (%.0f prompts, %s then; %.0f, "
+                     "%s now)",
+                     o->out, cJSON_IsNumber(on) ? on->valuedouble : -1.0,
+                     cJSON_IsString(oh) ? oh->valuestring : "?", nn->valuedouble, nh->valuestring);
+        } else {
+            char *a = cJSON_PrintUnformatted(cJSON_GetObjectItemCaseSensitive(old, "options"));
+            char *b = cJSON_PrintUnformatted(cJSON_GetObjectItemCaseSensitive(now, "options"));
+            if (!a || !b || strcmp(a, b)) {
+                why = "options";
+                snprintf(what, sizeof what,
+                         "the record options differ from those %s was started with (%.200s "
+                         "then, %.200s now)",
+                         o->out, a ? a : "?", b ? b : "?");
+            }
+            free(a), free(b);
+        }
+    }
+    cJSON_Delete(old);
+    if (!why) return CLI_EXIT_OK;
+    if (o->force) {
+        fprintf(stderr, "resid batch: warning: %s; resuming anyway (--force)\n", what);
+        return CLI_EXIT_OK;
+    }
+    return cli_usage_error(cmd,
+                           "%s: the records already there would not match the new ones; "
+                           "start afresh with --force (without --resume), or give --resume "
+                           "--force to finish anyway",
+                           what);
 }
 
 /* ------------------------------------------------------------------------- */
@@ -690,6 +962,12 @@ static int run_batch(const cli_command *cmd, const world *w, const batch_opts *o
                                  "%s exists: give --resume to finish it or --force to "
                                  "overwrite it",
                                  exists ? o->out : g.gl_pathv[0]);
+        /* The sidecar: checked before anything is cut (--resume). */
+        cJSON *meta = rc == CLI_EXIT_OK ? meta_new(o, input, n_input) : NULL;
+        char *mpath = meta_path(o->out);
+        if (rc == CLI_EXIT_OK && (!meta || !mpath)) rc = cli_error("out of memory");
+        if (rc == CLI_EXIT_OK && o->resume && (exists || parts))
+            rc = meta_check(cmd, o, mpath, meta);
         resid_error err;
         int64_t nd, cut;
         bool *tmp = calloc((size_t)n_input + 1, 1);
@@ -710,6 +988,9 @@ static int run_batch(const cli_command *cmd, const world *w, const batch_opts *o
             for (size_t i = 0; i < g.gl_pathc; i++)
                 unlink(g.gl_pathv[i]);
         }
+        if (rc == CLI_EXIT_OK) rc = meta_write(mpath, meta);
+        cJSON_Delete(meta);
+        free(mpath);
         free(tmp);
         globfree(&g);
     }
@@ -860,6 +1141,8 @@ static int run(const cli_command *cmd, int argc, char **argv) {
         {"fsync-every", required_argument, NULL, OPT_FSYNC},
         {"progress-every", required_argument, NULL, OPT_PROGRESS},
         {"max-line", required_argument, NULL, OPT_MAX_LINE},
+        {"query-neurons", required_argument, NULL, OPT_QUERY_NEURONS},
+        {"query-attn", required_argument, NULL, OPT_QUERY_ATTN},
         {NULL, 0, NULL, 0},
     };
     batch_opts o;
@@ -872,6 +1155,8 @@ static int run(const cli_command *cmd, int argc, char **argv) {
     o.fsync_every = 16;
     o.progress_every = 10;
     o.max_line = (long)RS_JSONL_MAX_LINE;
+    o.query_neurons = 300;
+    o.query_attn = 30;
     o.lens = RESID_LENS_PAPER;
     cli_args a;
     int r = cli_parse(cmd, argc, argv, 0, extra, "k:", on_opt, &o, &a);
@@ -879,7 +1164,6 @@ static int run(const cli_command *cmd, int argc, char **argv) {
     if (!o.in) return cli_usage_error(cmd, "missing --in PROMPTS.jsonl");
     if (!o.out) return cli_usage_error(cmd, "missing --out RESULTS.jsonl");
     if (!strcmp(o.out, "-")) return cli_usage_error(cmd, "--out must be a file (not stdout)");
-    if (o.resume && o.force) return cli_usage_error(cmd, "give --resume or --force, not both");
 
     world w;
     world_init(&w, &argc, &argv);

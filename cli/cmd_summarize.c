@@ -18,16 +18,26 @@
 static const char help[] =
     "Usage: resid summarize RESULTS.jsonl [--format text|json|csv] [OPTIONS]\n"
     "\n"
-    "Summarises the records of resid batch, for every \"type\" and for all of\n"
-    "them (\"all\"); records with an \"error\" are counted and skipped:\n"
-    "  - layer histograms of the top-K value neurons of each record\n"
-    "    (ffn_neurons, attn_neurons; query_neurons when present)\n"
+    "Summarises the records of resid batch, for every \"type\" and for all\n"
+    "records together (the group \"*\"; records without a type count there\n"
+    "only); records with an \"error\" are counted and skipped. K = --neurons.\n"
+    "A neuron is its parameter row: an FFN neuron L_K, an attention neuron\n"
+    "L_H_N (the source position J of an id L_H_N_J is a token position of one\n"
+    "sentence, so it is dropped: the same row at any position is the same\n"
+    "neuron, as in the paper's ablations). Lists per record:\n"
+    "    ffn    the distinct rows of the top-K ffn_neurons\n"
+    "    attn   the distinct rows of the top-K attn_neurons\n"
+    "    value  the distinct rows of the top-K of ffn_neurons + attn_neurons\n"
+    "           merged by LPI (the paper's top-300 value neurons)\n"
+    "    query  the top-K query_neurons (records of batch --query-neurons)\n"
+    "Outputs per group:\n"
+    "  - layer histograms: per layer, the rows of each list summed over the\n"
+    "    group's records\n"
     "  - summed importance: the sums (and means) over records of the attention\n"
     "    and FFN layer LPIs (layer_totals.attn_lpi, ffn_lpi)\n"
-    "  - sharing: the fraction of a record's top-K neurons that appear in the\n"
-    "    top-K of more than half of the records of the group (METHOD.md 4.2),\n"
-    "    averaged over the records; attention neurons are compared without\n"
-    "    their source position (L_H_N)\n"
+    "  - sharing (METHOD.md 4.2, value vs query): a row is shared when it is\n"
+    "    in the list of more than half of the group's records; rate = the mean\n"
+    "    over the records of the fraction of their rows that are shared\n"
     "  - head and layer rankings by mean LPI over the records\n"
     "  - the scoring-method comparison (records made with batch --ablate):\n"
     "    mean probability and reciprocal rank of the target with the top-k FFN\n"
@@ -46,6 +56,10 @@ static const char help[] =
     "  resid summarize results.jsonl --format csv > summary.csv\n";
 
 enum { OPT_TOP = 'k', OPT_FORMAT = 300, OPT_NEURONS };
+
+/* The name of the group of every record (a record's own "type" may be any
+ * string, even "all"; the JSON also marks this group "overall": true). */
+#define OVERALL "*"
 enum { FMT_TEXT, FMT_JSON, FMT_CSV };
 
 typedef struct sum_opts {
@@ -75,6 +89,15 @@ static int on_opt(const cli_command *cmd, void *user, int opt, const char *arg) 
 /* ------------------------------------------------------------------------- */
 /* Neuron id counting                                                        */
 /* ------------------------------------------------------------------------- */
+
+static const cJSON *jget(const cJSON *o, const char *k) {
+    return cJSON_GetObjectItemCaseSensitive(o, k);
+}
+
+static double jnum(const cJSON *o, const char *k) {
+    const cJSON *v = jget(o, k);
+    return cJSON_IsNumber(v) ? v->valuedouble : NAN;
+}
 
 /* A string -> count map (open addressing), for neuron ids. */
 typedef struct counter {
@@ -141,17 +164,76 @@ static void counter_free(counter *c) {
 /* Groups                                                                    */
 /* ------------------------------------------------------------------------- */
 
-/* The neuron lists summarised: JSON key, short name, whether the id's last
- * field (a source position) is dropped for sharing. */
+/* The neuron lists summarised: JSON key, short name. "value" is not a
+ * record field: it is the top-K of ffn_neurons ∪ attn_neurons by LPI (the
+ * paper's "value neurons" of both kinds). */
 static const struct {
     const char *key, *name;
-    bool drop_pos;
 } neuron_lists[] = {
-    {"ffn_neurons", "ffn", false},
-    {"attn_neurons", "attn", true},
-    {"query_neurons", "query", false},
+    {"ffn_neurons", "ffn"},
+    {"attn_neurons", "attn"},
+    {NULL, "value"},
+    {"query_neurons", "query"},
 };
-enum { N_NLISTS = 3 };
+enum { N_NLISTS = 4, LIST_ATTN = 1, LIST_VALUE = 2 };
+
+/* A neuron as summarised: its parameter row ("L_K" for FFN neurons,
+ * "L_H_N" for attention neurons, whose ids "L_H_N_J" also name the source
+ * position J: J is a token position of one sentence, so the same row at
+ * different positions is the same neuron) and its layer. */
+typedef struct nkey {
+    char key[64];
+    int32_t layer;
+} nkey;
+
+/* The distinct parameter rows among the first k entries of a record's
+ * list li (value: of the merged FFN and attention lists by LPI,
+ * descending; attention rows marked "a", FFN rows "f"), in list order, into
+ * out[k]. Returns the count, -1 when the record lacks the list, -2 on out
+ * of memory. */
+static int64_t record_keys(const cJSON *r, int li, long k, nkey *out) {
+    const cJSON *a, *b = NULL;
+    if (li == LIST_VALUE) {
+        a = cJSON_GetObjectItemCaseSensitive(r, "ffn_neurons");
+        b = cJSON_GetObjectItemCaseSensitive(r, "attn_neurons");
+        if (!cJSON_IsArray(a) || !cJSON_IsArray(b)) return -1;
+    } else {
+        a = cJSON_GetObjectItemCaseSensitive(r, neuron_lists[li].key);
+        if (!cJSON_IsArray(a)) return -1;
+    }
+    counter seen;
+    memset(&seen, 0, sizeof seen);
+    const cJSON *x = a->child, *y = b ? b->child : NULL;
+    int64_t n = 0;
+    for (long i = 0; i < k && (x || y); i++) {
+        /* The next entry: from a, or (value) whichever has the higher LPI. */
+        const cJSON *e;
+        bool attn = li == LIST_ATTN;
+        if (y && (!x || jnum(y, "lpi") > jnum(x, "lpi"))) {
+            e = y, y = y->next, attn = true;
+        } else {
+            e = x, x = x->next;
+        }
+        const cJSON *id = cJSON_GetObjectItemCaseSensitive(e, "id");
+        if (!cJSON_IsString(id)) continue;
+        nkey *nk = &out[n];
+        snprintf(nk->key, sizeof nk->key, "%s%s", li == LIST_VALUE ? (attn ? "a" : "f") : "",
+                 id->valuestring);
+        if (attn) { /* L_H_N_J -> L_H_N */
+            char *u = strrchr(nk->key, '_');
+            if (u) *u = 0;
+        }
+        nk->layer = (int32_t)strtol(id->valuestring, NULL, 10);
+        if (counter_get(&seen, nk->key)) continue;
+        if (!counter_add(&seen, nk->key)) {
+            counter_free(&seen);
+            return -2;
+        }
+        n++;
+    }
+    counter_free(&seen);
+    return n;
+}
 
 #define N_STATS (RESID_FSCORE_COUNT + 2) /* original, methods, random */
 
@@ -183,24 +265,6 @@ static const char *stat_name(int i) {
     if (i == 0) return "original";
     if (i == N_STATS - 1) return "random";
     return resid_fscore_name((resid_fscore)(i - 1));
-}
-
-static const cJSON *jget(const cJSON *o, const char *k) {
-    return cJSON_GetObjectItemCaseSensitive(o, k);
-}
-
-static double jnum(const cJSON *o, const char *k) {
-    const cJSON *v = jget(o, k);
-    return cJSON_IsNumber(v) ? v->valuedouble : NAN;
-}
-
-/* The sharing key of a neuron id: the id, or without its last "_J". */
-static void share_key(const char *id, bool drop_pos, char *buf, size_t n) {
-    snprintf(buf, n, "%s", id);
-    if (drop_pos) {
-        char *u = strrchr(buf, '_');
-        if (u) *u = 0;
-    }
 }
 
 static group *group_for(summary *s, const char *type) {
@@ -239,23 +303,25 @@ static bool group_add(const summary *s, group *g, const cJSON *r, long k_neurons
     const int32_t L = s->L, H = s->H;
     if (!g->head_sum && !group_alloc(g, L, H)) return false;
     g->n++;
+    nkey *keys = malloc((size_t)(k_neurons > 0 ? k_neurons : 1) * sizeof *keys);
+    if (!keys) return false;
     for (int li = 0; li < N_NLISTS; li++) {
-        const cJSON *arr = jget(r, neuron_lists[li].key);
-        if (!cJSON_IsArray(arr)) continue;
+        const int64_t n = record_keys(r, li, k_neurons, keys);
+        if (n == -2) {
+            free(keys);
+            return false;
+        }
+        if (n < 0) continue;
         g->n_with[li]++;
-        long i = 0;
-        const cJSON *e;
-        cJSON_ArrayForEach(e, arr) {
-            if (i++ >= k_neurons) break;
-            const cJSON *id = jget(e, "id");
-            if (!cJSON_IsString(id)) continue;
-            const long layer = strtol(id->valuestring, NULL, 10);
-            if (layer >= 0 && layer < L) g->hist[li][layer]++;
-            char key[64];
-            share_key(id->valuestring, neuron_lists[li].drop_pos, key, sizeof key);
-            if (!counter_add(&g->shared[li], key)) return false;
+        for (int64_t i = 0; i < n; i++) {
+            if (keys[i].layer >= 0 && keys[i].layer < L) g->hist[li][keys[i].layer]++;
+            if (!counter_add(&g->shared[li], keys[i].key)) {
+                free(keys);
+                return false;
+            }
         }
     }
+    free(keys);
     const cJSON *tot = jget(r, "layer_totals");
     g->attn_sum += jnum(tot, "attn_lpi");
     g->ffn_sum += jnum(tot, "ffn_lpi");
@@ -290,7 +356,9 @@ static bool group_add(const summary *s, group *g, const cJSON *r, long k_neurons
 }
 
 /* The sharing rate of list li in group g: the mean over the group's records
- * of the fraction of their top-K keys counted in > half of the records. */
+ * of the fraction of their distinct top-K rows that are among the top-K of
+ * more than half of the group's records (which have the list). NAN when
+ * none has it; -2 (and *n_shared -1) on out of memory. */
 static double sharing_rate(const summary *s, const group *g, int li, long k_neurons,
                            int64_t *n_shared) {
     const int64_t S = g->n_with[li];
@@ -298,26 +366,28 @@ static double sharing_rate(const summary *s, const group *g, int li, long k_neur
     if (S == 0) return NAN;
     for (int64_t i = 0; i < g->shared[li].cap; i++)
         if (g->shared[li].key[i] && 2 * g->shared[li].count[i] > S) (*n_shared)++;
+    nkey *keys = malloc((size_t)(k_neurons > 0 ? k_neurons : 1) * sizeof *keys);
+    if (!keys) {
+        *n_shared = -1;
+        return -2;
+    }
     double sum = 0;
     for (int64_t ri = 0; ri < s->n_recs; ri++) {
         const cJSON *r = s->recs[ri];
         const cJSON *t = jget(r, "type");
         if (g->type && !(cJSON_IsString(t) && !strcmp(t->valuestring, g->type))) continue;
-        const cJSON *arr = jget(r, neuron_lists[li].key);
-        if (!cJSON_IsArray(arr)) continue;
-        long i = 0, hit = 0;
-        const cJSON *e;
-        cJSON_ArrayForEach(e, arr) {
-            if (i >= k_neurons) break;
-            const cJSON *id = jget(e, "id");
-            if (!cJSON_IsString(id)) continue;
-            i++;
-            char key[64];
-            share_key(id->valuestring, neuron_lists[li].drop_pos, key, sizeof key);
-            hit += 2 * counter_get(&g->shared[li], key) > S;
+        const int64_t n = record_keys(r, li, k_neurons, keys);
+        if (n == -2) {
+            free(keys);
+            *n_shared = -1;
+            return -2;
         }
-        if (i) sum += (double)hit / (double)i;
+        int64_t hit = 0;
+        for (int64_t i = 0; i < n; i++)
+            hit += 2 * counter_get(&g->shared[li], keys[i].key) > S;
+        if (n > 0) sum += (double)hit / (double)n;
     }
+    free(keys);
     return sum / (double)S;
 }
 
@@ -384,7 +454,8 @@ static cJSON *build(const summary *s, const sum_opts *o) {
         ok = go != NULL;
         if (!ok) break;
         cJSON_AddItemToArray(groups, go);
-        ok = cJSON_AddStringToObject(go, "type", g->type ? g->type : "all") &&
+        ok = cJSON_AddStringToObject(go, "type", g->type ? g->type : OVERALL) &&
+             cJSON_AddBoolToObject(go, "overall", !g->type) &&
              cJSON_AddNumberToObject(go, "n", (double)g->n);
         for (int li = 0; ok && li < N_NLISTS; li++) {
             if (!g->n_with[li]) continue;
@@ -409,8 +480,14 @@ static cJSON *build(const summary *s, const sum_opts *o) {
             if (!g->n_with[li]) continue;
             int64_t n_shared;
             const double rate = sharing_rate(s, g, li, o->neurons, &n_shared);
+            if (n_shared < 0) {
+                ok = false;
+                break;
+            }
+            static const char *const row[N_NLISTS] = {"L_K", "L_H_N", "fL_K|aL_H_N", "L_K"};
             cJSON *e = cJSON_AddObjectToObject(sh, neuron_lists[li].name);
-            ok = e && cJSON_AddNumberToObject(e, "rate", rate) &&
+            ok = e && cJSON_AddStringToObject(e, "row", row[li]) &&
+                 cJSON_AddNumberToObject(e, "rate", rate) &&
                  cJSON_AddNumberToObject(e, "n_shared", (double)n_shared) &&
                  cJSON_AddNumberToObject(e, "n_distinct", (double)g->shared[li].n);
         }
@@ -491,7 +568,8 @@ static void print_csv(const cJSON *root) {
             csv_num(g, "importance", e->string, "value", e->valuedouble);
         cJSON_ArrayForEach(e, jget(go, "sharing")) {
             const cJSON *f;
-            cJSON_ArrayForEach(f, e) csv_num(g, "sharing", e->string, f->string, f->valuedouble);
+            cJSON_ArrayForEach(f, e) if (cJSON_IsNumber(f) || cJSON_IsNull(f))
+                csv_num(g, "sharing", e->string, f->string, jnum(e, f->string));
         }
         cJSON_ArrayForEach(e, jget(go, "heads"))
             csv_num(g, "heads", jget(e, "id")->valuestring, "mean_lpi", jnum(e, "mean_lpi"));
@@ -518,7 +596,8 @@ static void print_text(const cJSON *root) {
         printf("summed importance: attention %+.4f, FFN %+.4f (per record %+.4f, %+.4f)\n",
                jnum(imp, "attn_lpi_sum"), jnum(imp, "ffn_lpi_sum"), jnum(imp, "attn_lpi_mean"),
                jnum(imp, "ffn_lpi_mean"));
-        printf("layer histogram of the top neurons:\n%6s", "layer");
+        printf("layer histogram of the top neurons (rows per layer, summed over records):\n%6s",
+               "layer");
         const int L = (int)jnum(root, "n_layer");
         for (int li = 0; li < N_NLISTS; li++) {
             char name[64];
@@ -537,10 +616,13 @@ static void print_text(const cJSON *root) {
             putchar('\n');
         }
         const cJSON *e;
+        if (jget(go, "sharing")->child)
+            printf("sharing: %% of a record's rows that are in the lists of > 50%% of the "
+                   "records\n");
         cJSON_ArrayForEach(e, jget(go, "sharing")) printf(
-            "sharing (%s): %.1f%% of a record's top neurons are in > 50%% of the "
-            "records (%d such neurons of %d seen)\n",
-            e->string, 100 * jnum(e, "rate"), (int)jnum(e, "n_shared"), (int)jnum(e, "n_distinct"));
+            "  %-6s %5.1f%%  (%d shared rows of %d seen; rows %s)\n", e->string,
+            100 * jnum(e, "rate"), (int)jnum(e, "n_shared"), (int)jnum(e, "n_distinct"),
+            jget(e, "row")->valuestring);
         for (int hl = 0; hl < 2; hl++) {
             printf("%s by mean LPI:", hl == 0 ? "heads " : "layers");
             cJSON_ArrayForEach(e, jget(go, hl == 0 ? "heads" : "layers"))

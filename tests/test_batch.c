@@ -15,6 +15,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "output/report.h"
 #include "testutil.h"
 
 #define STORIES "tinyllamas/stories260K.bin"
@@ -39,6 +40,7 @@ static char g_dir[256];
 static char *g_in, *g_out;                  /* the input and the uninterrupted output */
 static int g_n_lines;                       /* non-blank input lines */
 static const int g_bad[] = {1, 3, 5, 7, 8}; /* indices of the bad records */
+static double g_md_target;                  /* records vs explain: target fields */
 
 /* ------------------------------------------------------------------------- */
 /* Helpers                                                                   */
@@ -266,11 +268,21 @@ static void test_records_match_explain(void **state) {
         free(out);
         assert_non_null(e);
         assert_int_equal((int)jnum(r, "n_tokens"), cJSON_GetArraySize(jget(e, "tokens")));
-        static const char *const same[] = {"model",        "target", "lens",   "unit_lens",
-                                           "scale",        "score",  "layers", "layer_totals",
-                                           "query_layers", "query"};
+        static const char *const same[] = {"model",  "lens",   "unit_lens",    "scale",
+                                           "score",  "layers", "layer_totals", "query_layers",
+                                           "query"};
         for (size_t f = 0; f < sizeof same / sizeof same[0]; f++)
             cmp_json(same[f], jget(r, same[f]), jget(e, same[f]), 0, &md);
+        /* The target: the record's trace holds every position (for the
+         * query neurons), so the model's logits come from a GEMM over all
+         * positions instead of one row: model_prob may differ in the last
+         * float bits (measured up to 8.3e-7 in model_logprob); the rest is exact. */
+        double md_target = 0;
+        cmp_json("target", jget(r, "target"), jget(e, "target"), 1e-5, &md_target);
+        if (md_target > g_md_target) g_md_target = md_target;
+        assert_string_equal(jget(jget(r, "target"), "text")->valuestring,
+                            jget(jget(e, "target"), "text")->valuestring);
+        assert_int_equal((int)jnum(jget(r, "target"), "id"), (int)jnum(jget(e, "target"), "id"));
         /* Lists: the record is compact {id, lpi}; the explain lists are the
          * top 10 (heads: all). */
         static const char *const lists[] = {"heads", "head_positions", "ffn_neurons",
@@ -297,7 +309,8 @@ static void test_records_match_explain(void **state) {
         cJSON_Delete(r);
         n_checked++;
     }
-    printf("  %d records equal resid explain --json, maxdiff %.3g\n", n_checked, md);
+    printf("  %d records equal resid explain --json, maxdiff %.3g (target: %.3g)\n", n_checked,
+           md, g_md_target);
     assert_int_equal(n_checked, N_GOOD);
     free_records(v, n);
 }
@@ -318,6 +331,30 @@ static void test_bad_records(void **state) {
         }
         if (ids[b]) assert_string_equal(jget(r, "id")->valuestring, ids[b]);
         assert_null(jget(r, "layers"));
+        cJSON_Delete(r);
+    }
+    /* The multi-token target shows its pieces as resid explain does. */
+    {
+        cJSON *r = record(5);
+        char *mp = model_path();
+        int st;
+        char *ex = sh(&st,
+                      "'%s' --threads 1 explain '%s' -p 'Tim had a big red' --target ' big ball' "
+                      "2>&1 >/dev/null",
+                      tu_cli(), mp);
+        free(mp);
+        assert_int_equal(st, 1);
+        const char *a = strstr(ex, "is 3 tokens: "), *b = strstr(jget(r, "error")->valuestring,
+                                                               "is 3 tokens: ");
+        assert_non_null(a);
+        assert_non_null(b);
+        const size_t n = (size_t)(strchr(a, ';') - a);
+        if (strncmp(a, b, n) || b[n] != ';') {
+            print_error("explain: %.*s\nbatch:   %s\n", (int)n, a, b);
+            fail();
+        }
+        printf("  multi-token target: %.*s\n", (int)n, b);
+        free(ex);
         cJSON_Delete(r);
     }
     /* The run went on after them: the last record is a good one. */
@@ -419,10 +456,100 @@ static int group_records(const char *type, cJSON **out) {
     return k;
 }
 
+/* A record's neuron rows as summarize defines them, recomputed naively:
+ * list "ffn", "attn" (L_H_N_J -> L_H_N), "query", or "value" (the top 300
+ * of ffn + attn by LPI, sorted here, attention rows "a...", FFN "f..."),
+ * the first 300 entries, duplicates dropped. Returns the count. */
+typedef struct entry {
+    char key[64];
+    double lpi;
+    int attn, order;
+} entry;
+
+static int cmp_entry(const void *pa, const void *pb) {
+    const entry *a = pa, *b = pb;
+    if (a->lpi != b->lpi) return a->lpi > b->lpi ? -1 : 1;
+    if (a->attn != b->attn) return a->attn - b->attn; /* FFN first on ties */
+    return a->order - b->order;
+}
+
+static int naive_rows(const cJSON *r, const char *list, char (*rows)[64]) {
+    static entry e[1024];
+    int n = 0;
+    const bool value = !strcmp(list, "value");
+    for (int part = 0; part < 2; part++) {
+        const char *key = value ? (part ? "attn_neurons" : "ffn_neurons")
+                          : part ? NULL
+                          : !strcmp(list, "ffn")  ? "ffn_neurons"
+                          : !strcmp(list, "attn") ? "attn_neurons"
+                                                  : "query_neurons";
+        if (!key) break;
+        const bool attn = !strcmp(key, "attn_neurons");
+        int k = 0;
+        const cJSON *x;
+        cJSON_ArrayForEach(x, jget(r, key)) {
+            if (k++ >= 300) break;
+            entry *y = &e[n];
+            snprintf(y->key, sizeof y->key, "%s%s", value ? (attn ? "a" : "f") : "",
+                     jget(x, "id")->valuestring);
+            if (attn) *strrchr(y->key, '_') = 0;
+            y->lpi = value ? jnum(x, "lpi") : -n; /* keep list order */
+            y->attn = attn;
+            y->order = n++;
+        }
+    }
+    qsort(e, (size_t)n, sizeof *e, cmp_entry);
+    int m = 0;
+    for (int i = 0; i < n && i < 300; i++) {
+        bool dup = false;
+        for (int j = 0; j < m && !dup; j++)
+            dup = !strcmp(rows[j], e[i].key);
+        if (!dup) strcpy(rows[m++], e[i].key);
+    }
+    return m;
+}
+
+/* Histogram and sharing rate of one list over a group, naively. */
+static void check_list(const cJSON *go, cJSON **recs, int n, const char *list, double *md) {
+    static char rows[64][300][64];
+    int nr[64], hist[5] = {0};
+    for (int i = 0; i < n; i++) {
+        nr[i] = naive_rows(recs[i], list, rows[i]);
+        for (int k = 0; k < nr[i]; k++)
+            hist[atoi(rows[i][k] + (!strcmp(list, "value")))]++;
+    }
+    char name[64];
+    snprintf(name, sizeof name, "%s_layer_hist", list);
+    const cJSON *h = jget(go, name);
+    assert_int_equal(cJSON_GetArraySize(h), 5);
+    for (int l = 0; l < 5; l++)
+        assert_int_equal((int)cJSON_GetArrayItem(h, l)->valuedouble, hist[l]);
+    double rate = 0;
+    for (int i = 0; i < n; i++) {
+        int hit = 0;
+        for (int k = 0; k < nr[i]; k++) {
+            int c = 0;
+            for (int j = 0; j < n; j++)
+                for (int q = 0; q < nr[j]; q++)
+                    if (!strcmp(rows[j][q], rows[i][k])) {
+                        c++;
+                        break;
+                    }
+            hit += 2 * c > n;
+        }
+        rate += (double)hit / nr[i];
+    }
+    rate /= n;
+    cmp_json(list, jget(jget(jget(go, "sharing"), list), "rate"),
+             &(cJSON){.type = cJSON_Number, .valuedouble = rate}, 1e-12, md);
+}
+
 static void check_group(const cJSON *go) {
     const char *type = jget(go, "type")->valuestring;
     cJSON *recs[64];
-    const int n = group_records(strcmp(type, "all") ? type : NULL, recs);
+    const bool overall = cJSON_IsTrue(jget(go, "overall"));
+    assert_true(!overall || !strcmp(type, "*"));
+    const int n = group_records(overall ? NULL : type, recs);
     assert_int_equal((int)jnum(go, "n"), n);
     /* Layer histogram of the FFN value neurons, importance sums. */
     int hist[5] = {0};
@@ -442,6 +569,11 @@ static void check_group(const cJSON *go) {
              &(cJSON){.type = cJSON_Number, .valuedouble = sa}, 1e-9, &md);
     cmp_json("ffn_lpi_sum", jget(jget(go, "importance"), "ffn_lpi_sum"),
              &(cJSON){.type = cJSON_Number, .valuedouble = sf}, 1e-9, &md);
+    /* Layer histograms and sharing of every list, the query neurons'
+     * (Q3) among them, recomputed from the records. */
+    static const char *const lists[] = {"ffn", "attn", "value", "query"};
+    for (int li = 0; li < 4; li++)
+        check_list(go, recs, n, lists[li], &md);
     /* Sharing (FFN): ids in more than half of the records. */
     double rate = 0;
     for (int i = 0; i < n; i++) {
@@ -509,7 +641,7 @@ static void test_summarize(void **state) {
         check_group(go);
         n_groups++;
     }
-    assert_int_equal(n_groups, 5); /* all, name, pronoun, object, colour */
+    assert_int_equal(n_groups, 5); /* *, name, pronoun, object, colour */
 
     /* CSV: every row is a number of the JSON. */
     out = sh(&st, "'%s' summarize '%s' --format csv", tu_cli(), g_out);
@@ -555,7 +687,7 @@ static void test_summarize(void **state) {
     assert_int_equal(st, 0);
     const cJSON *all = cJSON_GetArrayItem(jget(j, "groups"), 0);
     char want[256];
-    snprintf(want, sizeof want, "== all (%d records)", N_GOOD);
+    snprintf(want, sizeof want, "== * (%d records)", N_GOOD);
     assert_non_null(strstr(out, want));
     snprintf(want, sizeof want, "summed importance: attention %+.4f, FFN %+.4f",
              jnum(jget(all, "importance"), "attn_lpi_sum"),
@@ -566,6 +698,145 @@ static void test_summarize(void **state) {
     printf("  summarize: %d groups recomputed from the records; %d CSV rows match the JSON\n",
            n_groups, rows - 1);
     cJSON_Delete(j);
+}
+
+/* A type named "all" is a group of its own beside the overall "*". */
+static void test_type_all(void **state) {
+    (void)state;
+    char path[600];
+    snprintf(path, sizeof path, "%s/all.jsonl", g_dir);
+    int n;
+    char **v = records(g_out, &n);
+    FILE *f = fopen(path, "wb");
+    for (int i = 0; i < n; i++) {
+        cJSON *r = cJSON_Parse(v[i]);
+        const cJSON *t = jget(r, "type");
+        if (cJSON_IsString(t) && !strcmp(t->valuestring, "name"))
+            cJSON_ReplaceItemInObjectCaseSensitive(r, "type", cJSON_CreateString("all"));
+        char *line = cJSON_PrintUnformatted(r);
+        fprintf(f, "%s\n", line);
+        free(line);
+        cJSON_Delete(r);
+    }
+    fclose(f);
+    free_records(v, n);
+    int st;
+    char *out = sh(&st, "'%s' summarize '%s' --format json", tu_cli(), path);
+    assert_int_equal(st, 0);
+    cJSON *j = cJSON_Parse(out);
+    free(out);
+    int seen = 0;
+    const cJSON *go;
+    cJSON_ArrayForEach(go, jget(j, "groups")) {
+        const char *t = jget(go, "type")->valuestring;
+        if (!strcmp(t, "*")) {
+            assert_true(cJSON_IsTrue(jget(go, "overall")));
+            assert_int_equal((int)jnum(go, "n"), N_GOOD);
+            seen |= 1;
+        } else if (!strcmp(t, "all")) {
+            assert_true(cJSON_IsFalse(jget(go, "overall")));
+            assert_int_equal((int)jnum(go, "n"), 2);
+            seen |= 2;
+        }
+    }
+    assert_int_equal(seen, 3);
+    cJSON_Delete(j);
+}
+
+/* The query neurons of a record against the library's Q3 on the same
+ * prompt (the record with "ids"). */
+static void test_query_neurons(void **state) {
+    (void)state;
+    cJSON *r = record(g_n_lines - 1);
+    assert_int_equal((int)jnum(r, "id"), 7);
+    resid_model *m = tu_open_model(STORIES);
+    assert_non_null(m);
+    static const int32_t ids[] = {1, 403, 407};
+    resid_explain_request rq = resid_explain_request_defaults();
+    rq.tokens = ids;
+    rq.n_tokens = 3;
+    rq.target = (int32_t)jnum(jget(r, "target"), "id");
+    rq.top_k = 10;
+    rq.neuron_top_k = 300;
+    rq.n_unit_tokens = 0;
+    rq.prompt_tokens = false;
+    rq.compact = true;
+    resid_error err;
+    rs_explain_session *sess;
+    assert_int_equal(rs_explain_session_new(m, &rq, true, &sess, &err), RESID_OK);
+    resid_query_opts qo = resid_query_defaults();
+    qo.n_attn = 30;
+    qo.n_top = 300;
+    resid_query_neurons *q;
+    assert_int_equal(
+        resid_query_neurons_new(rs_explain_session_explainer(sess), &qo, &q, &err), RESID_OK);
+    const cJSON *arr = jget(r, "query_neurons");
+    assert_true(cJSON_IsArray(arr));
+    assert_int_equal((int)jnum(jget(r, "query_neuron_info"), "n_attn"), q->n_attn);
+    int k = 0, n_zero = 0;
+    double md = 0;
+    for (int32_t i = 0; i < q->n_query; i++) {
+        if (q->query[i].score == 0) {
+            n_zero++;
+            continue;
+        }
+        const cJSON *e = cJSON_GetArrayItem(arr, k++);
+        assert_non_null(e);
+        char id[48];
+        snprintf(id, sizeof id, "%d_%d", q->query[i].layer, q->query[i].index);
+        assert_string_equal(jget(e, "id")->valuestring, id);
+        const double d = fabs(jnum(e, "q") - q->query[i].score);
+        if (d > md) md = d;
+        if (!(d <= 1e-12 * fabs(q->query[i].score))) {
+            print_error("%s: %.17g vs %.17g\n", id, jnum(e, "q"), q->query[i].score);
+            fail();
+        }
+    }
+    assert_int_equal(cJSON_GetArraySize(arr), k);
+    printf("  query neurons of record %d: %d entries (%d zero scores left out) equal the "
+           "library's Q3, maxdiff %.3g\n",
+           g_n_lines - 1, k, n_zero, md);
+    resid_query_neurons_free(q);
+    rs_explain_session_free(sess);
+    resid_model_free(m);
+    cJSON_Delete(r);
+}
+
+/* --resume refuses an input that has changed since the output was started,
+ * or other record options; --resume --force goes on. */
+static void test_resume_changed(void **state) {
+    (void)state;
+    char path[600], meta[700], in2[600];
+    snprintf(path, sizeof path, "%s/changed.jsonl", g_dir);
+    snprintf(meta, sizeof meta, "%s.meta", g_out);
+    snprintf(in2, sizeof in2, "%s/in2.jsonl", g_dir);
+    int st;
+    free(sh(&st, "cp '%s' '%s' && cp '%s' '%s.meta' && cp '%s' '%s' && echo '%s' >> '%s'", g_out,
+            path, meta, path, g_in, in2, good[0], in2));
+    assert_int_equal(st, 0);
+    /* Other options, same input. */
+    assert_int_equal(batch(path, "--resume"), 2);
+    char *err = read_text(strcat(strcpy((char[700]){0}, path), ".err"));
+    assert_non_null(strstr(err, "record options differ"));
+    free(err);
+    /* Another input. */
+    char *mp = model_path();
+    const char *fmt = "'%s' --threads 1 batch '%s' --in '%s' --out '%s' --ablate --resume %s "
+                      "--progress-every 0 2>'%s.err'";
+    free(sh(&st, fmt, tu_cli(), mp, in2, path, "", path));
+    assert_int_equal(st, 2);
+    err = read_text(strcat(strcpy((char[700]){0}, path), ".err"));
+    assert_non_null(strstr(err, "input has changed"));
+    free(err);
+    free(sh(&st, fmt, tu_cli(), mp, in2, path, "--force", path));
+    assert_int_equal(st, 0);
+    free(mp);
+    int n;
+    char **v = records(path, &n);
+    assert_int_equal(n, g_n_lines + 1);
+    free_records(v, n);
+    printf("  --resume refuses changed options and a changed input; --resume --force adds "
+           "the new record\n");
 }
 
 /* ------------------------------------------------------------------------- */
@@ -604,13 +875,25 @@ static void test_mpi(void **state) {
     printf("  mpirun -n 2: the same %d records as one process\n", g_n_lines);
 }
 
-int main(void) {
+int main(int argc, char **argv) {
+    /* One thread in this process too (test_query_neurons compares with a
+     * --threads 1 run exactly): OpenBLAS reads its thread count when it is
+     * loaded, so set it and run again. */
+    (void)argc;
+    if (!getenv("OPENBLAS_NUM_THREADS")) {
+        setenv("OPENBLAS_NUM_THREADS", "1", 1);
+        setenv("OMP_NUM_THREADS", "1", 1);
+        execv("/proc/self/exe", argv);
+    }
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_records_match_explain),
         cmocka_unit_test(test_bad_records),
         cmocka_unit_test(test_resume),
         cmocka_unit_test(test_sigint),
         cmocka_unit_test(test_summarize),
+        cmocka_unit_test(test_type_all),
+        cmocka_unit_test(test_query_neurons),
+        cmocka_unit_test(test_resume_changed),
         cmocka_unit_test(test_mpi),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
