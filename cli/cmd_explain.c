@@ -54,7 +54,13 @@ static const char help[] =
     "                       then no text report); see docs/explain-json.md\n"
     "      --html FILE      write a self-contained HTML report to FILE (opens\n"
     "                       from disk; adds the lens grid, head and neuron\n"
-    "                       details); see docs/serve.md\n" CLI_HELP_GLOBAL "\n"
+    "                       details); see docs/serve.md\n"
+    "      --html-positions N  lens-grid columns in the HTML report: the last N\n"
+    "                       positions (default 4; 0 = all). Each column costs\n"
+    "                       2 x layers vocabulary projections\n"
+    "      --html-heads N   heads given a source-position breakdown in the HTML\n"
+    "                       report (default 3, the best by score; resid serve\n"
+    "                       computes any head on click)\n" CLI_HELP_GLOBAL "\n"
     "Examples:\n"
     "  resid explain $RESID_MODELS/tinyllamas/stories260K.bin \\\n"
     "      -p \"Once upon a time, there was a boy named Tim. Tim had a big red\"\n"
@@ -74,6 +80,8 @@ enum {
     OPT_EXHAUSTIVE,
     OPT_JSON_FILE,
     OPT_HTML_FILE,
+    OPT_HTML_POSITIONS,
+    OPT_HTML_HEADS,
 };
 
 typedef struct explain_opts {
@@ -85,6 +93,7 @@ typedef struct explain_opts {
     bool exhaustive;
     const char *json_path;
     const char *html_path;
+    long html_positions, html_heads;
 } explain_opts;
 
 static int on_opt(const cli_command *cmd, void *user, int opt, const char *arg) {
@@ -100,6 +109,9 @@ static int on_opt(const cli_command *cmd, void *user, int opt, const char *arg) 
     case OPT_EXHAUSTIVE: o->exhaustive = true; return CLI_CONTINUE;
     case OPT_JSON_FILE: o->json_path = arg; return CLI_CONTINUE;
     case OPT_HTML_FILE: o->html_path = arg; return CLI_CONTINUE;
+    case OPT_HTML_POSITIONS:
+        return cli_parse_int(cmd, "--html-positions", arg, 0, INT32_MAX, &o->html_positions);
+    case OPT_HTML_HEADS: return cli_parse_int(cmd, "--html-heads", arg, 0, INT32_MAX, &o->html_heads);
     case OPT_LENS:
         if (resid_lens_parse(arg, &o->lens, &err) != RESID_OK)
             return cli_usage_error(cmd, "--lens expects paper, exact or logit-lens, got '%s'", arg);
@@ -449,9 +461,14 @@ static int run(const cli_command *cmd, int argc, char **argv) {
         {"exhaustive", no_argument, NULL, OPT_EXHAUSTIVE},
         {"json", required_argument, NULL, OPT_JSON_FILE},
         {"html", required_argument, NULL, OPT_HTML_FILE},
+        {"html-positions", required_argument, NULL, OPT_HTML_POSITIONS},
+        {"html-heads", required_argument, NULL, OPT_HTML_HEADS},
         {NULL, 0, NULL, 0},
     };
-    explain_opts o = {NULL, NULL, -1, -1, RESID_LENS_PAPER, 10, 5, false, NULL, NULL};
+    /* The HTML report's extra views cost vocabulary projections: by default
+     * few enough that --html adds at most ~10% to the explain's time on
+     * GPT-2 small (scripts/bench.sh). */
+    explain_opts o = {NULL, NULL, -1, -1, RESID_LENS_PAPER, 10, 5, false, NULL, NULL, 4, 3};
     cli_args a;
     int r = cli_parse(cmd, argc, argv, CLI_OPT_PROMPT, extra, "k:", on_opt, &o, &a);
     if (r != CLI_CONTINUE) return r;
@@ -467,6 +484,7 @@ static int run(const cli_command *cmd, int argc, char **argv) {
     int32_t *ids = NULL, n = 0;
     int32_t target = -1, contrast = -1;
     cJSON *root = NULL;
+    rs_explain_session *sess = NULL;
     r = cli_prompt_ids(cmd, &a, tok, V, CLI_PROMPT_NONEMPTY, &ids, &n);
     if (r == CLI_EXIT_OK && o.target_id >= V)
         r = cli_usage_error(cmd, "--target-id %ld is out of range [0, %d)", o.target_id, V);
@@ -492,7 +510,15 @@ static int run(const cli_command *cmd, int argc, char **argv) {
         rq.exhaustive = o.exhaustive;
         rq.head_tokens = !json_stdout; /* the text report lists the top heads' tokens */
         resid_error err;
-        if (rs_explain_cjson(m, &rq, &root, &err) != RESID_OK) r = cli_lib_error(&err);
+        /* --html keeps the computation (every position captured) for the
+         * page's extra views, so nothing is run twice. */
+        if (o.html_path) {
+            if (rs_explain_session_new(m, &rq, true, &sess, &err) != RESID_OK ||
+                rs_explain_session_json(sess, &root, &err) != RESID_OK)
+                r = cli_lib_error(&err);
+        } else if (rs_explain_cjson(m, &rq, &root, &err) != RESID_OK) {
+            r = cli_lib_error(&err);
+        }
     }
     if (r == CLI_EXIT_OK) {
         static const char *const kinds[][2] = {{"heads", "heads"},
@@ -522,12 +548,17 @@ static int run(const cli_command *cmd, int argc, char **argv) {
         cJSON *h = o.json_path ? cJSON_Duplicate(root, true) : root;
         rs_web_opts wo = rs_web_defaults();
         wo.n_tokens = (int32_t)o.n_tokens;
+        wo.grid_positions = (int32_t)o.html_positions;
+        wo.n_head_detail = (int32_t)o.html_heads;
         resid_error err;
+        rs_web_ctx *wc = NULL;
         if (!h)
             r = cli_error("out of memory");
-        else if (rs_web_extras_for(m, h, &wo, &err) != RESID_OK ||
+        else if (rs_web_ctx_from_session(m, sess, &wc, &err) != RESID_OK ||
+                 rs_web_extras(wc, h, &wo, &err) != RESID_OK ||
                  rs_html_write_file(o.html_path, h, &err) != RESID_OK)
             r = cli_lib_error(&err);
+        rs_web_ctx_free(wc);
         if (h != root) cJSON_Delete(h);
     }
     if (r == CLI_EXIT_OK && o.json_path) {
@@ -541,6 +572,7 @@ static int run(const cli_command *cmd, int argc, char **argv) {
         root = NULL; /* cli_json_write frees it */
     }
     cJSON_Delete(root);
+    rs_explain_session_free(sess);
     free(ids);
     resid_model_free(m);
     return r;

@@ -10,6 +10,9 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <cblas.h>
+
+#include "analysis/analysis.h"
 #include "core/util.h"
 #include "model/model.h"
 #include "output/web_assets.h"
@@ -22,7 +25,7 @@ const rs_web_asset *rs_web_asset_find(const char *name) {
 }
 
 rs_web_opts rs_web_defaults(void) {
-    rs_web_opts o = {12, 5, 8};
+    rs_web_opts o = {12, 5, 8, 0};
     return o;
 }
 
@@ -35,6 +38,7 @@ struct rs_web_ctx {
     resid_trace *tr;
     resid_explainer *ex;
     int32_t target, contrast;
+    bool borrowed; /* tr and ex belong to an explain session */
 };
 
 /* ------------------------------------------------------------------------- */
@@ -171,10 +175,39 @@ resid_status rs_web_ctx_new(const resid_model *m, const int32_t *ids, int32_t n,
     return RESID_OK;
 }
 
+resid_status rs_web_ctx_from_session(const resid_model *m, rs_explain_session *s,
+                                     rs_web_ctx **out, resid_error *err) {
+    *out = NULL;
+    const resid_trace *tr = rs_explain_session_trace(s);
+    const resid_explain_request *rq = rs_explain_session_request(s);
+    if (!tr || tr->n_cap != tr->n_tokens || tr->n_tokens != rq->n_tokens)
+        return rs_err(err, RESID_E_ARG, "web: the explain session lacks every position "
+                                        "(rs_explain_session_new with all_positions)");
+    rs_web_ctx *c = calloc(1, sizeof *c);
+    if (!c || !(c->ids = malloc((size_t)rq->n_tokens * sizeof *c->ids))) {
+        free(c);
+        return rs_err(err, RESID_E_NOMEM, "web: out of memory");
+    }
+    memcpy(c->ids, rq->tokens, (size_t)rq->n_tokens * sizeof *c->ids);
+    c->n = rq->n_tokens;
+    c->m = m;
+    c->info = resid_model_get_info(m);
+    c->tok = resid_model_tokenizer(m);
+    c->tr = (resid_trace *)tr;
+    c->ex = rs_explain_session_explainer(s);
+    c->borrowed = true;
+    c->target = resid_explainer_target(c->ex);
+    c->contrast = resid_explainer_contrast(c->ex);
+    *out = c;
+    return RESID_OK;
+}
+
 void rs_web_ctx_free(rs_web_ctx *c) {
     if (!c) return;
-    resid_explainer_free(c->ex);
-    resid_trace_free(c->tr);
+    if (!c->borrowed) {
+        resid_explainer_free(c->ex);
+        resid_trace_free(c->tr);
+    }
     free(c->ids);
     free(c);
 }
@@ -210,12 +243,181 @@ static bool add_cells(const rs_web_ctx *c, cJSON *rows, const char *name, int32_
     return true;
 }
 
+/* Largest projection output held at once (rows x V floats). */
+#define PROJ_MAX_BYTES ((size_t)128 << 20)
+
+/* out[n][V] = y[n][D]·W_Uᵀ, as few GEMMs as fit PROJ_MAX_BYTES (one for a
+ * GPT-2-small report). Through BLAS: within float rounding of the
+ * explainer's exact (canonical) projection, which this does not replace
+ * where the report shows a score. */
+static void project_rows(const rs_web_ctx *c, const float *y, int64_t n, float *out) {
+    const int32_t D = c->ex->D, V = c->ex->V;
+    int64_t chunk = (int64_t)(PROJ_MAX_BYTES / ((size_t)V * sizeof(float)));
+    if (chunk < 32) chunk = 32;
+    for (int64_t r0 = 0; r0 < n; r0 += chunk) {
+        const int64_t nb = n - r0 < chunk ? n - r0 : chunk;
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (blasint)nb, V, D, 1.0f,
+                    y + (size_t)r0 * D, D, c->ex->wu, D, 0.0f, out + (size_t)r0 * V, V);
+    }
+}
+
+/* Rows per projection buffer: all n when they fit PROJ_MAX_BYTES. */
+static int64_t proj_rows_fit(const rs_web_ctx *c, int64_t n) {
+    int64_t cap = (int64_t)(PROJ_MAX_BYTES / ((size_t)c->ex->V * sizeof(float)));
+    if (cap < 32) cap = 32;
+    return n < cap ? n : cap;
+}
+
+/* A lens-grid cell from logits z[V] (minus sub[V] when given): top-1
+ * (lowest id on ties), its probability, p(w) and w's 0-based rank, as
+ * resid_lens_grid_new computes them. */
+static void cell_from(const float *z, const double *sub, int32_t V, int32_t w,
+                      resid_lens_cell *cell) {
+    int32_t best = 0;
+    double zb = z[0] - (sub ? sub[0] : 0);
+    for (int32_t t = 1; t < V; t++) {
+        const double zt = z[t] - (sub ? sub[t] : 0);
+        if (zt > zb) best = t, zb = zt;
+    }
+    const double zw = z[w] - (sub ? sub[w] : 0);
+    double sum = 0;
+    int32_t rank = 0;
+    if (sub) {
+        for (int32_t t = 0; t < V; t++) {
+            const double zt = z[t] - sub[t];
+            sum += exp(zt - zb);
+            rank += zt > zw || (zt == zw && t < w);
+        }
+    } else { /* floats: expf of differences that are <= 0, summed in double */
+        const float fb = (float)zb, fw = z[w];
+        for (int32_t t = 0; t < V; t++) {
+            sum += expf(z[t] - fb);
+            rank += z[t] > fw || (z[t] == fw && t < w);
+        }
+    }
+    cell->top1 = best;
+    cell->p_top1 = 1.0 / sum;
+    cell->p_target = exp(zw - zb) / sum;
+    cell->rank_target = rank;
+}
+
+/* Scale of the final norm of x (σ or rms, with eps), as the lenses use. */
+static double final_scale(const rs_web_ctx *c, const float *x) {
+    const int32_t D = c->info->d_model;
+    double mean = 0, ss = 0;
+    if (c->info->arch == RESID_ARCH_GPT2) {
+        for (int32_t d = 0; d < D; d++) mean += x[d];
+        mean /= D;
+    }
+    for (int32_t d = 0; d < D; d++) ss += (x[d] - mean) * (x[d] - mean);
+    return sqrt(ss / D + (double)c->m->hp.norm_eps);
+}
+
+/* y[D] = the lens's input to W_U for residual v (see resid_lens_grid_new). */
+static void grid_y(const rs_web_ctx *c, resid_lens lens, double scale, const float *v, float *y) {
+    const resid_model *m = c->m;
+    const int32_t D = c->info->d_model;
+    double mean = 0;
+    if (c->info->arch == RESID_ARCH_GPT2) {
+        for (int32_t d = 0; d < D; d++) mean += v[d];
+        mean /= D;
+    }
+    if (lens == RESID_LENS_LOGIT) scale = final_scale(c, v);
+    const double inv = 1.0 / (scale > 0 ? scale : 1.0);
+    const bool beta = lens != RESID_LENS_PAPER && m->out_norm_b;
+    for (int32_t d = 0; d < D; d++) {
+        const double g = m->out_norm_w ? m->out_norm_w[d] : 1.0;
+        y[d] = (float)(g * (v[d] - mean) * inv + (beta ? m->out_norm_b[d] : 0.0));
+    }
+}
+
+/* The lens grid (same cells as resid_lens_grid_new, within float
+ * rounding) with the work shared: the x_L row comes from the trace's
+ * logits (minus W_U·β_f in the paper lens), the t* column of x_in/x_mid
+ * from the explainer's contexts when the grid is in the unit lens, and
+ * every other cell goes through one GEMM. */
+static resid_status grid_fast(rs_web_ctx *c, resid_lens lens, int32_t n_cols,
+                              resid_lens_grid **out, resid_error *err) {
+    *out = NULL;
+    const resid_trace *tr = c->tr;
+    const resid_explainer *e = c->ex;
+    const int32_t L = c->info->n_layer, D = c->info->d_model, V = c->info->n_vocab;
+    const int32_t PT = tr->n_cap, w = c->target;
+    /* columns: trace rows P0..PT-1 (the last P) */
+    const int32_t P = n_cols > 0 && n_cols < PT ? n_cols : PT, P0 = PT - P;
+    const bool from_ctx = lens == e->lens;
+    const bool from_logits = tr->logits && (lens != RESID_LENS_PAPER || e->wu_beta || !c->m->out_norm_b);
+    resid_lens_grid *g = calloc(1, sizeof *g);
+    int64_t n_rows = 0;
+    /* the GEMM's rows: (slot, t) with slot 0..L-1 = x_in, L..2L-1 = x_mid, 2L = x_L */
+    int32_t(*job)[2] = malloc((size_t)(2 * L + 1) * P * sizeof *job);
+    double *sc = malloc((size_t)P * sizeof *sc);
+    if (g) {
+        g->in = malloc((size_t)(L + 1) * P * sizeof *g->in);
+        g->mid = malloc((size_t)L * P * sizeof *g->mid);
+    }
+    if (!g || !job || !sc || !g->in || !g->mid) {
+        resid_lens_grid_free(g);
+        free(job), free(sc);
+        return rs_err(err, RESID_E_NOMEM, "web: out of memory for the lens grid");
+    }
+    g->lens = lens, g->target = w, g->n_layer = L, g->pos_first = tr->pos_first + P0, g->n_pos = P;
+    const float *xl = tr->x_in + ((size_t)L * PT + P0) * D; /* x_L at column 0 */
+    for (int32_t t = 0; t < P; t++) sc[t] = final_scale(c, xl + (size_t)t * D);
+    for (int32_t slot = 0; slot <= 2 * L; slot++)
+        for (int32_t t = 0; t < P; t++) {
+            if (slot == 2 * L && from_logits) continue;
+            if (slot < 2 * L && t == P - 1 && from_ctx) continue;
+            job[n_rows][0] = slot, job[n_rows][1] = t, n_rows++;
+        }
+    const int64_t nb = proj_rows_fit(c, n_rows);
+    float *y = malloc(((size_t)nb + 1) * D * sizeof *y);
+    float *z = malloc(((size_t)nb + 1) * V * sizeof *z);
+    if (!y || !z) {
+        resid_lens_grid_free(g);
+        free(job), free(sc), free(y), free(z);
+        return rs_err(err, RESID_E_NOMEM, "web: out of memory for the lens grid");
+    }
+#define GRID_CELL(slot, t)                                                                         \
+    ((slot) < L ? &g->in[(size_t)(slot) * P + (t)]                                              \
+                : (slot) < 2 * L ? &g->mid[(size_t)((slot) - L) * P + (t)] : &g->in[(size_t)L * P + (t)])
+    for (int64_t r0 = 0; r0 < n_rows; r0 += nb) {
+        const int64_t n = n_rows - r0 < nb ? n_rows - r0 : nb;
+        for (int64_t i = 0; i < n; i++) {
+            const int32_t slot = job[r0 + i][0], t = job[r0 + i][1];
+            const float *x = slot < L       ? tr->x_in + ((size_t)slot * PT + P0 + t) * D
+                             : slot < 2 * L ? tr->x_mid + ((size_t)(slot - L) * PT + P0 + t) * D
+                                            : xl + (size_t)t * D;
+            grid_y(c, lens, sc[t], x, y + (size_t)i * D);
+        }
+        project_rows(c, y, n, z);
+#pragma omp parallel for schedule(static) if (n * (int64_t)V >= RS_PAR_MIN_WORK)
+        for (int64_t i = 0; i < n; i++)
+            cell_from(z + (size_t)i * V, NULL, V, w, GRID_CELL(job[r0 + i][0], job[r0 + i][1]));
+    }
+    if (from_ctx)
+        for (int32_t slot = 0; slot < 2 * L; slot++) {
+            const int ci = slot < L ? 2 * slot : 2 * (slot - L) + 1;
+            cell_from(e->ctx[ci].logp, NULL, V, w, GRID_CELL(slot, P - 1));
+        }
+    if (from_logits) {
+        const double *sub = lens == RESID_LENS_PAPER ? e->wu_beta : NULL;
+#pragma omp parallel for schedule(static) if ((int64_t)P * V >= RS_PAR_MIN_WORK)
+        for (int32_t t = 0; t < P; t++)
+            cell_from(tr->logits + (size_t)(P0 + t) * V, sub, V, w, GRID_CELL(2 * L, t));
+    }
+#undef GRID_CELL
+    free(job), free(sc), free(y), free(z);
+    *out = g;
+    return RESID_OK;
+}
+
 resid_status rs_web_lens_grid(rs_web_ctx *c, resid_lens lens, const rs_web_opts *o, cJSON **out,
                               resid_error *err) {
     (void)o;
     *out = NULL;
     resid_lens_grid *g;
-    resid_status st = resid_lens_grid_new(c->m, c->tr, lens, c->target, &g, err);
+    resid_status st = grid_fast(c, lens, o ? o->grid_positions : 0, &g, err);
     if (st != RESID_OK) return st;
     const int32_t L = g->n_layer, P = g->n_pos;
     cJSON *root = cJSON_CreateObject(), *rows = NULL;
@@ -269,6 +471,119 @@ static bool add_attention(const rs_web_ctx *c, cJSON *e, int32_t l, int32_t h) {
     return arr != NULL;
 }
 
+/* Fills a head's details: s[0] the head's score, s[1 + j] its unit at
+ * source position j; top/bot[k] its tokens. false on out of memory. */
+static bool head_fill(const rs_web_ctx *c, cJSON *root, int32_t layer, int32_t head,
+                      const resid_score *s, const resid_token_value *top,
+                      const resid_token_value *bot, int32_t k) {
+    const int32_t T = c->n;
+    char id[32];
+    snprintf(id, sizeof id, "%d_%d", layer, head);
+    bool ok = cJSON_AddStringToObject(root, "id", id) &&
+              cJSON_AddNumberToObject(root, "layer", layer) &&
+              cJSON_AddNumberToObject(root, "head", head) && add_score_fields(c, root, &s[0]) &&
+              add_attention(c, root, layer, head) &&
+              add_token_values(c, root, "top_tokens", top, k) &&
+              add_token_values(c, root, "bottom_tokens", bot, k);
+    cJSON *pos = ok ? cJSON_AddArrayToObject(root, "positions") : NULL;
+    ok = pos != NULL;
+    for (int32_t j = 0; ok && j < T; j++) {
+        cJSON *e = cJSON_CreateObject(), *tk = e ? prompt_token(c, j) : NULL;
+        if (!tk) {
+            cJSON_Delete(e);
+            ok = false;
+            break;
+        }
+        cJSON_AddItemToArray(pos, e);
+        ok = cJSON_AddNumberToObject(e, "pos", j) && cJSON_AddItemToObject(e, "source", tk) &&
+             cJSON_AddNumberToObject(e, "coef", s[j + 1].coef) &&
+             add_score_fields(c, e, &s[j + 1]);
+    }
+    return ok;
+}
+
+/* The position breakdowns and tokens of nd heads (enumeration indices
+ * idx[]) in one pass: every head and head x position vector projected by
+ * one GEMM (project_rows), the LPIs from it. The heads' own scores are the
+ * report's (its exact values, from `heads`). outs[nd]. */
+static resid_status heads_batch(rs_web_ctx *c, const cJSON *heads, const int32_t *idx,
+                                int32_t nd, int32_t K, cJSON **outs, resid_error *err) {
+    resid_explainer *e = c->ex;
+    const int32_t H = c->info->n_head, T = c->n, D = e->D, V = e->V;
+    const int64_t per = (int64_t)T + 1, n = (int64_t)nd * per;
+    if (K < 0) K = 0;
+    resid_unit *u = malloc(((size_t)n + 1) * sizeof *u);
+    resid_score *sc = malloc(((size_t)n + 1) * sizeof *sc);
+    double *lpi = malloc(((size_t)n + 1) * sizeof *lpi);
+    resid_token_value *tops = malloc(((size_t)nd * K + 1) * sizeof *tops);
+    resid_token_value *bots = malloc(((size_t)nd * K + 1) * sizeof *bots);
+    int32_t *ks = calloc((size_t)nd + 1, sizeof *ks);
+    const int64_t nb = proj_rows_fit(c, n);
+    float *y = malloc(((size_t)nb + 1) * D * sizeof *y), *v = malloc((size_t)D * sizeof *v);
+    float *z = malloc(((size_t)nb + 1) * V * sizeof *z);
+    resid_status st = RESID_OK;
+    if (!u || !sc || !lpi || !tops || !bots || !ks || !y || !v || !z) {
+        st = rs_err(err, RESID_E_NOMEM, "web: out of memory for the head details");
+        goto done;
+    }
+    for (int32_t q = 0; q < nd; q++) {
+        const int32_t l = idx[q] / H, h = idx[q] % H;
+        u[q * per] = (resid_unit){RESID_UNIT_HEAD, l, h, -1, -1};
+        for (int32_t j = 0; j < T; j++)
+            u[q * per + 1 + j] = (resid_unit){RESID_UNIT_HEAD_POS, l, h, -1, j};
+    }
+    if ((st = rs_units_prepare(e, u, n, err)) != RESID_OK) goto done;
+    for (int64_t r0 = 0; r0 < n; r0 += nb) {
+        const int64_t m = n - r0 < nb ? n - r0 : nb;
+        for (int64_t i = 0; i < m; i++) {
+            rs_unit_vector(e, &u[r0 + i], v);
+            rs_lensmap(e, v, y + (size_t)i * D);
+        }
+        project_rows(c, y, m, z);
+#pragma omp parallel for schedule(static) if (m * (int64_t)V >= RS_PAR_MIN_WORK)
+        for (int64_t i = 0; i < m; i++) {
+            const int64_t r = r0 + i;
+            const float *zr = z + (size_t)i * V;
+            lpi[r] = rs_lpi_from(e, &e->ctx[rs_unit_ctx(&u[r])], zr, 1.0f);
+            if (r % per == 0 && K > 0) {
+                const int64_t q = r / per;
+                ks[q] = resid_top_bottom(zr, V, K, tops + (size_t)q * K, bots + (size_t)q * K);
+            }
+        }
+    }
+    for (int64_t r = 0; r < n; r++) {
+        rs_score_linear(e, &u[r], &sc[r]);
+        rs_score_finish(e, &sc[r], lpi[r]);
+        if (r % per) continue;
+        /* the head itself: the report's exact score */
+        const cJSON *hj = cJSON_GetArrayItem(heads, idx[r / per]);
+        const cJSON *f;
+        if ((f = cJSON_GetObjectItemCaseSensitive(hj, "lpi")) && cJSON_IsNumber(f))
+            sc[r].lpi = f->valuedouble;
+        if ((f = cJSON_GetObjectItemCaseSensitive(hj, "prob_inc")) && cJSON_IsNumber(f))
+            sc[r].prob_inc = f->valuedouble;
+        if ((f = cJSON_GetObjectItemCaseSensitive(hj, "bs_target")) && cJSON_IsNumber(f))
+            sc[r].bs_target = f->valuedouble;
+        if ((f = cJSON_GetObjectItemCaseSensitive(hj, "contrast")) && cJSON_IsNumber(f))
+            sc[r].contrast = f->valuedouble;
+    }
+    for (int32_t q = 0; q < nd; q++) {
+        outs[q] = cJSON_CreateObject();
+        if (!outs[q] || !head_fill(c, outs[q], idx[q] / H, idx[q] % H, sc + q * per,
+                                   tops + (size_t)q * K, bots + (size_t)q * K, ks[q])) {
+            st = rs_err(err, RESID_E_NOMEM, "web: out of memory for the head details");
+            for (int32_t i = 0; i <= q; i++) {
+                cJSON_Delete(outs[i]);
+                outs[i] = NULL;
+            }
+            goto done;
+        }
+    }
+done:
+    free(u), free(sc), free(lpi), free(tops), free(bots), free(ks), free(y), free(v), free(z);
+    return st;
+}
+
 resid_status rs_web_head(rs_web_ctx *c, int32_t layer, int32_t head, const rs_web_opts *o,
                          cJSON **out, resid_error *err) {
     *out = NULL;
@@ -297,26 +612,7 @@ resid_status rs_web_head(rs_web_ctx *c, int32_t layer, int32_t head, const rs_we
         goto done;
     char id[32];
     snprintf(id, sizeof id, "%d_%d", layer, head);
-    bool ok = cJSON_AddStringToObject(root, "id", id) &&
-              cJSON_AddNumberToObject(root, "layer", layer) &&
-              cJSON_AddNumberToObject(root, "head", head) && add_score_fields(c, root, &s[0]) &&
-              add_attention(c, root, layer, head) &&
-              add_token_values(c, root, "top_tokens", top, k) &&
-              add_token_values(c, root, "bottom_tokens", bot, k);
-    cJSON *pos = ok ? cJSON_AddArrayToObject(root, "positions") : NULL;
-    ok = pos != NULL;
-    for (int32_t j = 0; ok && j < T; j++) {
-        cJSON *e = cJSON_CreateObject(), *tk = e ? prompt_token(c, j) : NULL;
-        if (!tk) {
-            cJSON_Delete(e);
-            ok = false;
-            break;
-        }
-        cJSON_AddItemToArray(pos, e);
-        ok = cJSON_AddNumberToObject(e, "pos", j) && cJSON_AddItemToObject(e, "source", tk) &&
-             cJSON_AddNumberToObject(e, "coef", s[j + 1].coef) &&
-             add_score_fields(c, e, &s[j + 1]);
-    }
+    const bool ok = head_fill(c, root, layer, head, s, top, bot, k);
     if (!ok) st = rs_err(err, RESID_E_NOMEM, "web: out of memory building head %s", id);
 done:
     free(u), free(s), free(top), free(bot);
@@ -378,52 +674,50 @@ typedef struct query_job {
     double *contrib; /* [layer][N]: m_i·(fc2_i·K)/σ for layers < u->layer */
 } query_job;
 
-/* Fills every job's contributions: one pass over each layer's w_down in
- * row panels (D x N logically: row d, column k = fc2_k[d]), each panel
- * read once for all the jobs above that layer. */
+/* Fills every job's contributions: each layer's w_down (D x N: row d,
+ * column k = fc2_k[d]) read once and multiplied by the keys of all the
+ * jobs above that layer in one GEMM. */
 static resid_status query_contrib(rs_web_ctx *c, query_job *jobs, int32_t n_jobs,
                                   resid_error *err) {
     const int32_t L = c->info->n_layer, D = c->info->d_model, N = c->info->d_ffn;
-    enum { PANEL = 64 };
-    float *panel = malloc((size_t)PANEL * (size_t)N * sizeof *panel);
-    double *g = malloc((size_t)(n_jobs + 1) * (size_t)N * sizeof *g);
-    if (!panel || !g) {
-        free(panel), free(g);
+    float *w = malloc((size_t)D * (size_t)N * sizeof *w);
+    float *kq = malloc(((size_t)n_jobs + 1) * (size_t)D * sizeof *kq);
+    float *g = malloc(((size_t)n_jobs + 1) * (size_t)N * sizeof *g);
+    int32_t *which = malloc(((size_t)n_jobs + 1) * sizeof *which);
+    if (!w || !kq || !g || !which) {
+        free(w), free(kq), free(g), free(which);
         return rs_err(err, RESID_E_NOMEM, "web: out of memory");
     }
     const resid_trace *tr = c->tr;
     for (int32_t i = 0; i < L; i++) {
-        bool any = false;
+        /* the jobs above layer i: G = K·W_down (one GEMM per layer) */
+        int32_t nq = 0;
         for (int32_t q = 0; q < n_jobs; q++)
-            any |= jobs[q].u->layer > i;
-        if (!any) continue;
-        const rs_tensor *w = c->m->layers[i].w_down;
-        memset(g, 0, (size_t)n_jobs * (size_t)N * sizeof *g);
-        for (int32_t r0 = 0; r0 < D; r0 += PANEL) {
-            const int32_t nr = D - r0 < PANEL ? D - r0 : PANEL;
-            rs_tensor_rows(w, r0, nr, panel);
-            for (int32_t q = 0; q < n_jobs; q++) {
-                if (jobs[q].u->layer <= i) continue;
-                double *gq = g + (size_t)q * N;
-                for (int32_t r = 0; r < nr; r++) {
-                    const double kd = jobs[q].K[r0 + r];
-                    const float *row = panel + (size_t)r * N;
-                    for (int32_t k = 0; k < N; k++)
-                        gq[k] += kd * row[k];
-                }
+            if (jobs[q].u->layer > i) {
+                memcpy(kq + (size_t)nq * D, jobs[q].K, (size_t)D * sizeof *kq);
+                which[nq++] = q;
             }
+        if (!nq) continue;
+        const rs_tensor *wd = c->m->layers[i].w_down;
+        if (wd->dtype == RESID_DTYPE_F32) { /* straight from the mapped weights */
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, wd->transposed ? CblasTrans : CblasNoTrans,
+                        nq, N, D, 1.0f, kq, D, (const float *)wd->data, wd->transposed ? D : N,
+                        0.0f, g, N);
+        } else {
+            rs_tensor_rows(wd, 0, D, w);
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, nq, N, D, 1.0f, kq, D, w, N,
+                        0.0f, g, N);
         }
-        for (int32_t q = 0; q < n_jobs; q++) {
-            query_job *jb = &jobs[q];
-            if (jb->u->layer <= i) continue;
-            const double *gq = g + (size_t)q * N;
+        for (int32_t p = 0; p < nq; p++) {
+            query_job *jb = &jobs[which[p]];
+            const float *gq = g + (size_t)p * N;
             const float *coef =
                 tr->ffn_coef + ((size_t)i * tr->n_cap + (size_t)(jb->pos - tr->pos_first)) * N;
             for (int32_t k = 0; k < N; k++)
-                jb->contrib[(size_t)i * N + k] = coef[k] * gq[k] / jb->sigma;
+                jb->contrib[(size_t)i * N + k] = coef[k] * (double)gq[k] / jb->sigma;
         }
     }
-    free(panel), free(g);
+    free(w), free(kq), free(g), free(which);
     return RESID_OK;
 }
 
@@ -531,10 +825,17 @@ static resid_status neurons_json(rs_web_ctx *c, const resid_unit *units, int32_t
             st = rs_err(err, RESID_E_NOMEM, "web: out of memory");
             goto done;
         }
-        for (int64_t i = 0; i < n; i++)
-            r[i] = (ranked){fabs(jb->contrib[i]), i};
-        qsort(r, (size_t)n, sizeof *r, cmp_ranked);
         const int32_t kq = o->n_query > 0 ? o->n_query : 8;
+        /* the best kq in order in r[0..kq) (insertion: n is large, kq small) */
+        int64_t nr = 0;
+        for (int64_t i = 0; i < n; i++) {
+            const ranked x = {fabs(jb->contrib[i]), i};
+            if (nr == kq && cmp_ranked(&x, &r[nr - 1]) >= 0) continue;
+            int64_t j = nr < kq ? nr++ : nr - 1;
+            for (; j > 0 && cmp_ranked(&x, &r[j - 1]) < 0; j--)
+                r[j] = r[j - 1];
+            r[j] = x;
+        }
         bool ok = true;
         for (int64_t i = 0; ok && i < n && i < kq; i++) {
             const int32_t li = (int32_t)(r[i].i / N), k = (int32_t)(r[i].i % N);
@@ -617,14 +918,24 @@ resid_status rs_web_extras(rs_web_ctx *c, cJSON *report, const rs_web_opts *o, r
         free(r), free(detail);
         return rs_err(err, RESID_E_NOMEM, "web: out of memory");
     }
+    int32_t n_detail = 0;
+    int32_t *idx = malloc(((size_t)nh + 1) * sizeof *idx);
+    cJSON **douts = calloc((size_t)nh + 1, sizeof *douts);
+    if (!idx || !douts) {
+        free(r), free(detail), free(idx), free(douts);
+        return rs_err(err, RESID_E_NOMEM, "web: out of memory");
+    }
     for (int32_t i = 0; i < nh && i < d.n_head_detail; i++)
         detail[r[i].i] = true;
     free(r);
-    st = RESID_OK;
-    for (int32_t i = 0; st == RESID_OK && i < nh; i++) {
+    for (int32_t i = 0; i < nh; i++)
+        if (detail[i]) idx[n_detail++] = i;
+    st = heads_batch(c, heads, idx, n_detail, d.n_tokens, douts, err);
+    for (int32_t i = 0, q = 0; st == RESID_OK && i < nh; i++) {
         cJSON *e = NULL;
         if (detail[i]) {
-            st = rs_web_head(c, i / H, i % H, &d, &e, err);
+            e = douts[q];
+            douts[q++] = NULL;
         } else {
             char id[32];
             snprintf(id, sizeof id, "%d_%d", i / H, i % H);
@@ -636,6 +947,9 @@ resid_status rs_web_extras(rs_web_ctx *c, cJSON *report, const rs_web_opts *o, r
         }
         if (e) cJSON_AddItemToArray(hd, e);
     }
+    for (int32_t q = 0; q < n_detail; q++)
+        cJSON_Delete(douts[q]);
+    free(idx), free(douts);
     free(detail);
     if (st != RESID_OK) return st;
 

@@ -18,6 +18,7 @@
 
 #include <cjson/cJSON.h>
 
+#include "output/report.h"
 #include "resid.h"
 
 /* A prompt analysed once more with every position captured, for the views
@@ -29,6 +30,9 @@ typedef struct rs_web_opts {
                               report's score); default 12 */
     int32_t n_tokens;      /* top/bottom tokens per head (default 5) */
     int32_t n_query;       /* query neurons listed per neuron (default 8) */
+    int32_t grid_positions; /* lens-grid columns: the last N positions (0 =
+                               all; default 0). Each column costs 2L
+                               vocabulary projections. */
 } rs_web_opts;
 
 rs_web_opts rs_web_defaults(void);
@@ -41,6 +45,13 @@ resid_status rs_web_ctx_new(const resid_model *m, const int32_t *ids, int32_t n,
                             int32_t contrast, resid_lens unit_lens, rs_web_ctx **out,
                             resid_error *err);
 void rs_web_ctx_free(rs_web_ctx *c);
+
+/* A context on an explain session's trace and explainer (no second
+ * forward pass): the session must capture every position
+ * (rs_explain_session_new with all_positions; RESID_E_ARG else) and must
+ * outlive the context. */
+resid_status rs_web_ctx_from_session(const resid_model *m, rs_explain_session *s,
+                                     rs_web_ctx **out, resid_error *err);
 
 /* {"lens", "target", "pos_first", "rows": [{"name", "layer", "kind":
  * "in"|"mid"|"out", "cells": [{"p", "rank", "top1": token, "p_top1"}]}]}
