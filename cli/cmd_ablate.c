@@ -197,72 +197,9 @@ static int parse_int_list(const cli_command *cmd, const char *what, const char *
 /* One unit id (see the help). Returns 0 or a usage error. */
 static int parse_unit(const cli_command *cmd, const char *id, const char *kind, int32_t T,
                       const resid_model_info *in, resid_unit *u) {
-    resid_error err;
-    const char *body = id;
-    resid_unit_kind k;
-    bool wo = false;
-    int n_num = 1;
-    for (const char *p = id; *p; p++)
-        n_num += *p == '_';
-    if (!strncmp(id, "n:", 2)) {
-        k = RESID_UNIT_FFN_NEURON, body = id + 2;
-    } else if (!strncmp(id, "h:", 2)) {
-        k = RESID_UNIT_HEAD, body = id + 2;
-    } else if (!strncmp(id, "wo:", 3)) {
-        wo = true, body = id + 3;
-        k = RESID_UNIT_HEAD_POS; /* L_H_N has the shape of L_H_J */
-    } else if (id[0] == 'a') {
-        k = n_num == 2 ? RESID_UNIT_POS : RESID_UNIT_ATTN_LAYER;
-    } else if (id[0] == 'f') {
-        k = RESID_UNIT_FFN_LAYER;
-    } else if (n_num == 2) {
-        if (!kind)
-            return cli_usage_error(cmd,
-                                   "unit '%s' is ambiguous: write n:%s (FFN neuron) or h:%s "
-                                   "(head), or give --kind",
-                                   id, id, id);
-        k = !strcmp(kind, "neuron") ? RESID_UNIT_FFN_NEURON : RESID_UNIT_HEAD;
-    } else if (n_num == 3) {
-        k = RESID_UNIT_HEAD_POS;
-    } else if (n_num == 4) {
-        k = RESID_UNIT_ATTN_NEURON;
-    } else {
-        return cli_usage_error(cmd, "unit '%s': unknown id shape", id);
-    }
-    if (resid_unit_parse(body, k, NULL, u, &err) != RESID_OK)
-        return cli_usage_error(cmd, "%s", err.msg);
-    if (wo) { /* L_H_N parsed as L_H_J: the third number is N */
-        *u = (resid_unit){RESID_UNIT_ATTN_NEURON, u->layer, u->head, u->pos, -1};
-    }
-    /* range checks */
-    if (u->layer >= in->n_layer)
-        return cli_usage_error(cmd, "unit '%s': layer %d out of range (model has %d)", id, u->layer,
-                               in->n_layer);
-    if (u->head >= in->n_head)
-        return cli_usage_error(cmd, "unit '%s': head %d out of range (model has %d)", id, u->head,
-                               in->n_head);
-    if (u->kind == RESID_UNIT_FFN_NEURON && u->index >= in->d_ffn)
-        return cli_usage_error(cmd, "unit '%s': FFN neuron %d out of range (layer has %d)", id,
-                               u->index, in->d_ffn);
-    if (u->kind == RESID_UNIT_ATTN_NEURON && u->index >= in->d_head)
-        return cli_usage_error(cmd, "unit '%s': head dimension %d out of range (d_head is %d)", id,
-                               u->index, in->d_head);
-    if (u->pos >= T)
-        return cli_usage_error(cmd,
-                               "unit '%s': source position %d out of range (prompt has %d tokens)",
-                               id, u->pos, T);
-    return 0;
-}
-
-static void format_unit(const resid_unit *u, char *buf, size_t n) {
-    if (u->kind == RESID_UNIT_ATTN_NEURON && u->pos < 0)
-        snprintf(buf, n, "wo:%d_%d_%d", u->layer, u->head, u->index);
-    else if (u->kind == RESID_UNIT_FFN_NEURON)
-        snprintf(buf, n, "n:%d_%d", u->layer, u->index);
-    else if (u->kind == RESID_UNIT_HEAD)
-        snprintf(buf, n, "h:%d_%d", u->layer, u->head);
-    else
-        resid_unit_format(u, buf, n);
+    char msg[512];
+    return cli_unit_parse(id, kind, T, in, u, msg, sizeof msg) ? 0
+                                                               : cli_usage_error(cmd, "%s", msg);
 }
 
 /* A file of floats: raw little-endian float32 when its size is 4·want and
@@ -364,64 +301,9 @@ static int read_lines(const char *path, char ***out, int32_t *n) {
     return CLI_EXIT_OK;
 }
 
-/* Resolves --target TEXT to one token id (the token whose text after the last
- * prompt token is TEXT, else TEXT must encode to a single token). */
-static int resolve_target(const resid_tokenizer *tok, const char *text, int32_t prev,
-                          int32_t *out) {
-    if (!tok) return cli_error("the model has no tokenizer: give --target-id N");
-    const size_t tl = strlen(text);
-    const int32_t V = resid_tokenizer_n_vocab(tok);
-    for (int32_t id = 0; id < V; id++) {
-        size_t len;
-        const char *b = resid_token_bytes(tok, prev, id, &len);
-        if (b && len == tl && tl > 0 && memcmp(b, text, tl) == 0) {
-            *out = id;
-            return CLI_EXIT_OK;
-        }
-    }
-    resid_encode_opts eo = resid_encode_defaults(tok);
-    eo.add_bos = false;
-    const char *enc = text;
-    if (resid_tokenizer_get_kind(tok) == RESID_TOKENIZER_SPM && text[0] == ' ') enc = text + 1;
-    int32_t *ids = NULL, n = 0;
-    resid_error err;
-    if (resid_tokenize(tok, enc, -1, &eo, &ids, &n, &err) != RESID_OK) return cli_lib_error(&err);
-    int r = CLI_EXIT_OK;
-    if (n == 1)
-        *out = ids[0];
-    else
-        r = cli_error("--target '%s' is %d tokens; give one token or use --target-id", text, n);
-    free(ids);
-    return r;
-}
-
 /* ------------------------------------------------------------------------- */
 /* Output                                                                    */
 /* ------------------------------------------------------------------------- */
-
-static cJSON *json_stats(const resid_target_stats *s) {
-    cJSON *o = cJSON_CreateObject();
-    if (!o) return NULL;
-    cJSON_AddNumberToObject(o, "prob", s->prob);
-    cJSON_AddNumberToObject(o, "logprob", s->logprob);
-    cJSON_AddNumberToObject(o, "rank", s->rank + 1);
-    cJSON_AddNumberToObject(o, "rr", s->rr);
-    cJSON_AddNumberToObject(o, "model_prob", s->model_prob);
-    cJSON_AddNumberToObject(o, "model_logprob", s->model_logprob);
-    cJSON_AddNumberToObject(o, "model_rank", s->model_rank + 1);
-    cJSON_AddNumberToObject(o, "model_rr", s->model_rr);
-    return o;
-}
-
-static cJSON *json_units(const resid_unit *u, int64_t n) {
-    cJSON *a = cJSON_CreateArray();
-    for (int64_t i = 0; a && i < n; i++) {
-        char id[64];
-        format_unit(&u[i], id, sizeof id);
-        cJSON_AddItemToArray(a, cJSON_CreateString(id));
-    }
-    return a;
-}
 
 static void print_stats_header(void) {
     printf("%-22s %10s %10s %6s %11s %11s %6s\n", "", "prob", "logprob", "rank", "model_prob",
@@ -534,7 +416,7 @@ static int resolve_target_for(const ctx *c, const int32_t *ids, int32_t n, int32
         *target = (int32_t)c->o->target_id;
         return CLI_EXIT_OK;
     }
-    if (c->o->target_text) return resolve_target(c->tok, c->o->target_text, ids[n - 1], target);
+    if (c->o->target_text) return cli_resolve_token(c->tok, "--target", c->o->target_text, ids[n - 1], target);
     return CLI_EXIT_OK;
 }
 
@@ -651,7 +533,7 @@ static int do_ablate(const ctx *c, const int32_t *ids, int32_t n) {
             int64_t w = resid_iv_mean_width(c->m, &u[i]);
             if (!w) {
                 char id[64];
-                format_unit(&u[i], id, sizeof id);
+                cli_unit_format(&u[i], id, sizeof id);
                 r = cli_usage_error(c->cmd,
                                     "unit %s names a source position: it has no mean "
                                     "(use zero or replace)",
@@ -760,7 +642,7 @@ static int do_ablate(const ctx *c, const int32_t *ids, int32_t n) {
             cJSON_AddItemToObject(root, "tokens", cli_json_tokens(c->tok, ids, n));
             cJSON_AddItemToObject(root, "target", cli_json_token(c->tok, ids[n - 1], target));
             cJSON_AddStringToObject(root, "mode", resid_iv_mode_name(o->mode));
-            cJSON_AddItemToObject(root, "units", json_units(u, nu));
+            cJSON_AddItemToObject(root, "units", cli_json_units(u, nu));
             if (o->mode == RESID_IV_ADD) {
                 cJSON_AddNumberToObject(root, "scale", o->scale);
                 cJSON *la = cJSON_CreateArray();
@@ -769,14 +651,14 @@ static int do_ablate(const ctx *c, const int32_t *ids, int32_t n) {
                 cJSON_AddItemToObject(root, "layers", la);
                 cJSON_AddBoolToObject(root, "vector_file", o->vector != NULL);
             }
-            cJSON_AddItemToObject(root, "before", json_stats(&before));
-            cJSON_AddItemToObject(root, "after", json_stats(&after));
+            cJSON_AddItemToObject(root, "before", cli_json_target_stats(&before));
+            cJSON_AddItemToObject(root, "after", cli_json_target_stats(&after));
             if (o->random) {
                 cJSON *rj = cJSON_CreateObject();
                 if (rj) {
                     cJSON_AddNumberToObject(rj, "seed", (double)o->seed);
-                    cJSON_AddItemToObject(rj, "units", json_units(ru, o->random));
-                    cJSON_AddItemToObject(rj, "after", json_stats(&rafter));
+                    cJSON_AddItemToObject(rj, "units", cli_json_units(ru, o->random));
+                    cJSON_AddItemToObject(rj, "after", cli_json_target_stats(&rafter));
                 }
                 cJSON_AddItemToObject(root, "random", rj);
             }
@@ -788,7 +670,7 @@ static int do_ablate(const ctx *c, const int32_t *ids, int32_t n) {
         printf("mode %s, units:", resid_iv_mode_name(o->mode));
         for (int64_t i = 0; i < nu; i++) {
             char id[64];
-            format_unit(&u[i], id, sizeof id);
+            cli_unit_format(&u[i], id, sizeof id);
             printf(" %s", id);
         }
         if (o->mode == RESID_IV_ADD) {
@@ -807,7 +689,7 @@ static int do_ablate(const ctx *c, const int32_t *ids, int32_t n) {
             printf("\nrandom units (seed %llu):", o->seed);
             for (long i = 0; i < o->random; i++) {
                 char id[64];
-                format_unit(&ru[i], id, sizeof id);
+                cli_unit_format(&ru[i], id, sizeof id);
                 printf(" %s", id);
             }
             printf("\n");
@@ -908,12 +790,12 @@ static int do_compare(const ctx *c) {
                                   cli_json_token(c->tok, ids[p][ns[p] - 1], sc->target));
             cJSON *ra = cJSON_AddArrayToObject(pj, "rows");
             for (int i = 0; i < NR; i++) {
-                cJSON *row = json_stats(rows[i]);
+                cJSON *row = cli_json_target_stats(rows[i]);
                 cJSON_AddItemToArray(ra, row);
                 cJSON_AddStringToObject(row, "method", row_names[i]);
                 if (i > 0)
                     cJSON_AddItemToObject(row, "units",
-                                          json_units(sc->units + (size_t)(i - 1) * k, k));
+                                          cli_json_units(sc->units + (size_t)(i - 1) * k, k));
             }
         } else {
             printf("prompt %d: %d tokens, ", p + 1, ns[p]);

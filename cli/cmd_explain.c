@@ -134,52 +134,6 @@ static const char *tok_text(const resid_tokenizer *tok, int32_t prev, int32_t id
     return b;
 }
 
-/* Resolves --target/--vs TEXT to one token id. A token whose text (after the
- * last prompt token `prev`, as `resid run` shows it) is exactly TEXT wins;
- * otherwise TEXT must tokenize to one token (SentencePiece: a leading space
- * is the one the encoder prepends itself). Anything else is an error that
- * shows how TEXT tokenizes. Returns 0 or 1 (printed). */
-static int resolve_token(const resid_tokenizer *tok, const char *what, const char *text,
-                         int32_t prev, int32_t *out) {
-    if (!tok)
-        return cli_error("the model has no tokenizer: give %s as an id (%s-id N)", what, what);
-    const size_t tl = strlen(text);
-    const int32_t V = resid_tokenizer_n_vocab(tok);
-    for (int32_t id = 0; id < V; id++) {
-        size_t len;
-        const char *b = resid_token_bytes(tok, prev, id, &len);
-        if (b && len == tl && tl > 0 && memcmp(b, text, tl) == 0) {
-            *out = id;
-            return CLI_EXIT_OK;
-        }
-    }
-    resid_encode_opts eo = resid_encode_defaults(tok);
-    eo.add_bos = false;
-    const char *enc = text;
-    if (resid_tokenizer_get_kind(tok) == RESID_TOKENIZER_SPM && text[0] == ' ') enc = text + 1;
-    int32_t *ids = NULL, n = 0;
-    resid_error err;
-    if (resid_tokenize(tok, enc, -1, &eo, &ids, &n, &err) != RESID_OK) return cli_lib_error(&err);
-    if (n == 1) {
-        *out = ids[0];
-        free(ids);
-        return CLI_EXIT_OK;
-    }
-    fprintf(stderr, "resid: %s ", what + 2);
-    cli_fput_quoted(stderr, text, tl);
-    fprintf(stderr, " is %d tokens%s", n, n ? ": " : "");
-    for (int32_t i = 0; i < n; i++) {
-        size_t len;
-        const char *b = tok_text(tok, i ? ids[i - 1] : prev, ids[i], &len);
-        if (i) fputs(" + ", stderr);
-        cli_fput_quoted(stderr, b, len);
-        fprintf(stderr, " (%d)", ids[i]);
-    }
-    fprintf(stderr, "; give one token or use %s-id\n", what);
-    free(ids);
-    return CLI_EXIT_ERR;
-}
-
 /* ------------------------------------------------------------------------- */
 /* Reading the report                                                        */
 /* ------------------------------------------------------------------------- */
@@ -493,10 +447,10 @@ static int run(const cli_command *cmd, int argc, char **argv) {
     if (r == CLI_EXIT_OK) {
         target = (int32_t)o.target_id;
         contrast = (int32_t)o.vs_id;
-        if (o.target_text) r = resolve_token(tok, "--target", o.target_text, ids[n - 1], &target);
+        if (o.target_text) r = cli_resolve_token(tok, "--target", o.target_text, ids[n - 1], &target);
     }
     if (r == CLI_EXIT_OK && o.vs_text)
-        r = resolve_token(tok, "--vs", o.vs_text, ids[n - 1], &contrast);
+        r = cli_resolve_token(tok, "--vs", o.vs_text, ids[n - 1], &contrast);
     bool json_stdout = o.json_path && !strcmp(o.json_path, "-");
     if (r == CLI_EXIT_OK) {
         resid_explain_request rq = resid_explain_request_defaults();

@@ -4,6 +4,8 @@
  */
 #include "common.h"
 
+#include "output/report.h"
+
 #include <ctype.h>
 #include <errno.h>
 #include <limits.h>
@@ -522,17 +524,7 @@ bool cli_json_add_text(cJSON *obj, const char *name, const char *s, size_t n) {
 }
 
 cJSON *cli_json_token(const resid_tokenizer *tok, int32_t prev, int32_t id) {
-    cJSON *o = cJSON_CreateObject();
-    if (!o || !cJSON_AddNumberToObject(o, "id", id)) goto fail;
-    if (tok) {
-        size_t len;
-        const char *b = resid_token_bytes(tok, prev, id, &len);
-        if (b && !cli_json_add_text(o, "text", b, len)) goto fail;
-    }
-    return o;
-fail:
-    cJSON_Delete(o);
-    return NULL;
+    return rs_report_token(tok, prev, id); /* one token format for CLI and library */
 }
 
 cJSON *cli_json_tokens(const resid_tokenizer *tok, const int32_t *ids, int32_t n) {
@@ -559,4 +551,137 @@ int cli_json_print(cJSON *root) {
     free(s);
     if (fflush(stdout) != 0) return cli_error("writing the output failed");
     return CLI_EXIT_OK;
+}
+
+/* ------------------------------------------------------------------------- */
+/* Tokens given as text, unit ids, intervention output (explain, ablate,     */
+/* serve)                                                                    */
+/* ------------------------------------------------------------------------- */
+
+int cli_resolve_token(const resid_tokenizer *tok, const char *what, const char *text,
+                      int32_t prev, int32_t *out) {
+    if (!tok)
+        return cli_error("the model has no tokenizer: give %s as an id (%s-id N)", what, what);
+    resid_error err;
+    resid_status st = rs_report_resolve_token(tok, what, text, prev, out, &err);
+    if (st == RESID_OK) return CLI_EXIT_OK;
+    if (st != RESID_E_ARG) return cli_lib_error(&err);
+    /* several tokens (or none): show how TEXT tokenizes */
+    resid_encode_opts eo = resid_encode_defaults(tok);
+    eo.add_bos = false;
+    const char *enc = text;
+    if (resid_tokenizer_get_kind(tok) == RESID_TOKENIZER_SPM && text[0] == ' ') enc = text + 1;
+    int32_t *ids = NULL, n = 0;
+    if (resid_tokenize(tok, enc, -1, &eo, &ids, &n, &err) != RESID_OK) return cli_lib_error(&err);
+    fprintf(stderr, "resid: %s ", what + 2);
+    cli_fput_quoted(stderr, text, strlen(text));
+    fprintf(stderr, " is %d tokens%s", n, n ? ": " : "");
+    for (int32_t i = 0; i < n; i++) {
+        size_t len = 0;
+        const char *b = resid_token_bytes(tok, i ? ids[i - 1] : prev, ids[i], &len);
+        if (i) fputs(" + ", stderr);
+        cli_fput_quoted(stderr, b ? b : "", b ? len : 0);
+        fprintf(stderr, " (%d)", ids[i]);
+    }
+    fprintf(stderr, "; give one token or use %s-id\n", what);
+    free(ids);
+    return CLI_EXIT_ERR;
+}
+
+bool cli_unit_parse(const char *id, const char *kind, int32_t T, const resid_model_info *in,
+                    resid_unit *u, char *msg, size_t n) {
+    resid_error err;
+    const char *body = id;
+    resid_unit_kind k;
+    bool wo = false;
+    int n_num = 1;
+    for (const char *p = id; *p; p++)
+        n_num += *p == '_';
+    if (!strncmp(id, "n:", 2)) {
+        k = RESID_UNIT_FFN_NEURON, body = id + 2;
+    } else if (!strncmp(id, "h:", 2)) {
+        k = RESID_UNIT_HEAD, body = id + 2;
+    } else if (!strncmp(id, "wo:", 3)) {
+        wo = true, body = id + 3;
+        k = RESID_UNIT_HEAD_POS; /* L_H_N has the shape of L_H_J */
+    } else if (id[0] == 'a') {
+        k = n_num == 2 ? RESID_UNIT_POS : RESID_UNIT_ATTN_LAYER;
+    } else if (id[0] == 'f') {
+        k = RESID_UNIT_FFN_LAYER;
+    } else if (n_num == 2) {
+        if (!kind) {
+            snprintf(msg, n,
+                     "unit '%s' is ambiguous: write n:%s (FFN neuron) or h:%s (head), or give "
+                     "--kind",
+                     id, id, id);
+            return false;
+        }
+        k = !strcmp(kind, "neuron") ? RESID_UNIT_FFN_NEURON : RESID_UNIT_HEAD;
+    } else if (n_num == 3) {
+        k = RESID_UNIT_HEAD_POS;
+    } else if (n_num == 4) {
+        k = RESID_UNIT_ATTN_NEURON;
+    } else {
+        snprintf(msg, n, "unit '%s': unknown id shape", id);
+        return false;
+    }
+    if (resid_unit_parse(body, k, NULL, u, &err) != RESID_OK) {
+        snprintf(msg, n, "%s", err.msg);
+        return false;
+    }
+    if (wo) /* L_H_N parsed as L_H_J: the third number is N */
+        *u = (resid_unit){RESID_UNIT_ATTN_NEURON, u->layer, u->head, u->pos, -1};
+    if (u->layer >= in->n_layer)
+        snprintf(msg, n, "unit '%s': layer %d out of range (model has %d)", id, u->layer,
+                 in->n_layer);
+    else if (u->head >= in->n_head)
+        snprintf(msg, n, "unit '%s': head %d out of range (model has %d)", id, u->head,
+                 in->n_head);
+    else if (u->kind == RESID_UNIT_FFN_NEURON && u->index >= in->d_ffn)
+        snprintf(msg, n, "unit '%s': FFN neuron %d out of range (layer has %d)", id, u->index,
+                 in->d_ffn);
+    else if (u->kind == RESID_UNIT_ATTN_NEURON && u->index >= in->d_head)
+        snprintf(msg, n, "unit '%s': head dimension %d out of range (d_head is %d)", id,
+                 u->index, in->d_head);
+    else if (u->pos >= T)
+        snprintf(msg, n, "unit '%s': source position %d out of range (prompt has %d tokens)", id,
+                 u->pos, T);
+    else
+        return true;
+    return false;
+}
+
+void cli_unit_format(const resid_unit *u, char *buf, size_t n) {
+    if (u->kind == RESID_UNIT_ATTN_NEURON && u->pos < 0)
+        snprintf(buf, n, "wo:%d_%d_%d", u->layer, u->head, u->index);
+    else if (u->kind == RESID_UNIT_FFN_NEURON)
+        snprintf(buf, n, "n:%d_%d", u->layer, u->index);
+    else if (u->kind == RESID_UNIT_HEAD)
+        snprintf(buf, n, "h:%d_%d", u->layer, u->head);
+    else
+        resid_unit_format(u, buf, n);
+}
+
+cJSON *cli_json_units(const resid_unit *u, int64_t n) {
+    cJSON *a = cJSON_CreateArray();
+    for (int64_t i = 0; a && i < n; i++) {
+        char id[64];
+        cli_unit_format(&u[i], id, sizeof id);
+        cJSON_AddItemToArray(a, cJSON_CreateString(id));
+    }
+    return a;
+}
+
+cJSON *cli_json_target_stats(const resid_target_stats *s) {
+    cJSON *o = cJSON_CreateObject();
+    if (!o) return NULL;
+    cJSON_AddNumberToObject(o, "prob", s->prob);
+    cJSON_AddNumberToObject(o, "logprob", s->logprob);
+    cJSON_AddNumberToObject(o, "rank", s->rank + 1);
+    cJSON_AddNumberToObject(o, "rr", s->rr);
+    cJSON_AddNumberToObject(o, "model_prob", s->model_prob);
+    cJSON_AddNumberToObject(o, "model_logprob", s->model_logprob);
+    cJSON_AddNumberToObject(o, "model_rank", s->model_rank + 1);
+    cJSON_AddNumberToObject(o, "model_rr", s->model_rr);
+    return o;
 }

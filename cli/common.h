@@ -172,6 +172,28 @@ int cli_json_write(cJSON *root, const char *path);
  * (1e-05, not 9.99999974737875e-06). */
 cJSON *cli_json_float(float v);
 
+/* Resolves a token given as text (--target / --vs TEXT) to one id, as
+ * rs_report_resolve_token does: a token whose text after `prev` is exactly
+ * TEXT wins, else TEXT must encode to one token. `what` is the option
+ * ("--target"); on a multi-token TEXT the error shows how it tokenizes and
+ * points to WHAT-id. Returns 0 or 1 (printed). */
+int cli_resolve_token(const resid_tokenizer *tok, const char *what, const char *text,
+                      int32_t prev, int32_t *out);
+
+/* One unit id as `resid ablate --units` takes it: n:L_K, h:L_H, L_H_J,
+ * L_H_N_J, wo:L_H_N, aL, fL, aL_J, and a bare L_X with kind "neuron" or
+ * "head". Checked against the model and a prompt of T tokens. false with
+ * msg[n] filled on error. */
+bool cli_unit_parse(const char *id, const char *kind, int32_t T, const resid_model_info *in,
+                    resid_unit *u, char *msg, size_t n);
+/* The id in that syntax (n:3_17, h:2_1, wo:1_0_5, 3_1_4, a2, ...). */
+void cli_unit_format(const resid_unit *u, char *buf, size_t n);
+/* ["n:3_17", ...] of units in that syntax. */
+cJSON *cli_json_units(const resid_unit *u, int64_t n);
+/* {prob, logprob, rank (1-based), rr, model_prob, model_logprob,
+ * model_rank, model_rr}: `resid ablate --json`'s before/after. */
+cJSON *cli_json_target_stats(const resid_target_stats *s);
+
 /* "bpe" / "spm". */
 const char *cli_tokenizer_kind_name(resid_tokenizer_kind k);
 

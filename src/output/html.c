@@ -45,71 +45,8 @@ struct rs_web_ctx {
 /* Tokens                                                                    */
 /* ------------------------------------------------------------------------- */
 
-/* Length of the valid UTF-8 sequence at s[0..n), 0 if invalid. */
-static size_t utf8_len(const unsigned char *s, size_t n) {
-    unsigned c = s[0];
-    size_t k;
-    unsigned min;
-    if (c < 0x80) return c ? 1 : 0;
-    if ((c & 0xe0) == 0xc0) k = 2, min = 0x80;
-    else if ((c & 0xf0) == 0xe0) k = 3, min = 0x800;
-    else if ((c & 0xf8) == 0xf0) k = 4, min = 0x10000;
-    else return 0;
-    if (k > n) return 0;
-    unsigned cp = c & (0x7f >> k);
-    for (size_t i = 1; i < k; i++) {
-        if ((s[i] & 0xc0) != 0x80) return 0;
-        cp = (cp << 6) | (s[i] & 0x3f);
-    }
-    if (cp < min || cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff)) return 0;
-    return k;
-}
-
 cJSON *rs_web_token(const resid_tokenizer *tok, int32_t prev, int32_t id) {
-    cJSON *o = cJSON_CreateObject();
-    if (!o || !cJSON_AddNumberToObject(o, "id", id)) {
-        cJSON_Delete(o);
-        return NULL;
-    }
-    size_t len = 0;
-    const char *b = tok ? resid_token_bytes(tok, prev, id, &len) : NULL;
-    if (!b) return o;
-    /* Each bad byte becomes U+0080..U+00FF (2 bytes), NUL U+2400 (3). */
-    char *s = malloc(len * 3 + 1), *hex = malloc(len * 3 + 1);
-    if (!s || !hex) {
-        free(s), free(hex);
-        cJSON_Delete(o);
-        return NULL;
-    }
-    size_t w = 0, h = 0;
-    bool changed = false;
-    for (size_t i = 0; i < len;) {
-        const unsigned char *u = (const unsigned char *)b + i;
-        size_t k = utf8_len(u, len - i);
-        if (k) {
-            memcpy(s + w, u, k), w += k, i += k;
-            continue;
-        }
-        changed = true;
-        if (u[0] == 0) {
-            memcpy(s + w, "\xe2\x90\x80", 3), w += 3;
-        } else {
-            s[w++] = (char)(0xc0 | (u[0] >> 6));
-            s[w++] = (char)(0x80 | (u[0] & 0x3f));
-        }
-        i++;
-    }
-    s[w] = 0;
-    for (size_t i = 0; i < len; i++)
-        h += (size_t)snprintf(hex + h, 4, i ? " %02x" : "%02x", (unsigned char)b[i]);
-    bool ok = cJSON_AddStringToObject(o, "text", s) &&
-              (!changed || cJSON_AddStringToObject(o, "bytes", hex));
-    free(s), free(hex);
-    if (!ok) {
-        cJSON_Delete(o);
-        return NULL;
-    }
-    return o;
+    return rs_report_token(tok, prev, id); /* the report's token format */
 }
 
 /* Token at prompt position j (as it reads after the previous one). */
