@@ -12,7 +12,11 @@
  *   POST /api/neuron       {layer, neuron} (or {layer, head, dim, pos} with
  *                           a prompt): tokens, and with a prompt the query
  *                           layers and query neurons
- *   POST /api/ablate       501: not wired yet
+ *   POST /api/ablate       {prompt|ids, units: ["n:3_17", "h:2_1", ...] or
+ *                           [{"kind", "layer", "head"?, "index"?, "pos"?}],
+ *                           mode?: "zero", positions?, target?|target_id?}:
+ *                           the target before/after zeroing the units (the
+ *                           fields of `resid ablate --json`)
  *
  * Limits: request body (--max-body), prompt tokens (--max-tokens), an MHD
  * thread pool of 4, at most 64 connections (8 per client address), a 30 s
@@ -294,8 +298,15 @@ static enum MHD_Result api_explain(server *s, struct MHD_Connection *c, const cJ
         rq.contrast = r.contrast;
         rq.lens = r.lens;
         rq.top_k = r.top;
-        st = rs_explain_cjson(s->m, &rq, &out, &err);
-        if (st == RESID_OK) st = rs_web_extras_for(s->m, out, &wo, &err);
+        /* one computation for the report and its extra views */
+        rs_explain_session *sess = NULL;
+        rs_web_ctx *wc = NULL;
+        st = rs_explain_session_new(s->m, &rq, true, &sess, &err);
+        if (st == RESID_OK) st = rs_explain_session_json(sess, &out, &err);
+        if (st == RESID_OK) st = rs_web_ctx_from_session(s->m, sess, &wc, &err);
+        if (st == RESID_OK) st = rs_web_extras(wc, out, &wo, &err);
+        rs_web_ctx_free(wc);
+        rs_explain_session_free(sess);
     } else {
         rs_web_ctx *wc;
         st = rs_web_ctx_new(s->m, r.ids, r.n, r.target, r.contrast, r.lens, &wc, &err);
@@ -309,6 +320,139 @@ static enum MHD_Result api_explain(server *s, struct MHD_Connection *c, const cJ
         return send_error(c, lib_status(st), "%s: %s", what, err.msg);
     }
     return send_json(c, 200, out);
+}
+
+/* Longest unit list /api/ablate takes. */
+enum { MAX_ABLATE_UNITS = 4096 };
+
+/* One unit of /api/ablate: an id string (the `resid ablate --units`
+ * syntax) or {"kind": "ffn-neuron"|"head"|..., "layer", "head", "index"
+ * (or "neuron"/"dim"), "pos"}; checked like the CLI's ids. */
+static bool ablate_unit(server *s, const cJSON *e, const char *kind, int32_t T, resid_unit *u,
+                        char *msg, size_t n) {
+    char id[96];
+    if (cJSON_IsString(e)) {
+        snprintf(id, sizeof id, "%s", e->valuestring);
+        if (strlen(e->valuestring) >= sizeof id) {
+            snprintf(msg, n, "unit id too long");
+            return false;
+        }
+    } else if (cJSON_IsObject(e)) {
+        const cJSON *k = field(e, "kind");
+        if (!cJSON_IsString(k)) {
+            snprintf(msg, n, "a unit object needs \"kind\" (e.g. \"ffn-neuron\", \"head\")");
+            return false;
+        }
+        int kk = -1;
+        for (int i = 0; i < RESID_UNIT_KIND_COUNT; i++)
+            if (!strcmp(k->valuestring, resid_unit_kind_name((resid_unit_kind)i))) kk = i;
+        if (kk < 0) {
+            snprintf(msg, n, "unit kind \"%.40s\" unknown", k->valuestring);
+            return false;
+        }
+        long layer, head, index, pos, neuron, dim;
+        if (!int_field(e, "layer", 0, INT32_MAX, -1, &layer, msg, n) ||
+            !int_field(e, "head", 0, INT32_MAX, -1, &head, msg, n) ||
+            !int_field(e, "index", 0, INT32_MAX, -1, &index, msg, n) ||
+            !int_field(e, "neuron", 0, INT32_MAX, -1, &neuron, msg, n) ||
+            !int_field(e, "dim", 0, INT32_MAX, -1, &dim, msg, n) ||
+            !int_field(e, "pos", 0, INT32_MAX, -1, &pos, msg, n))
+            return false;
+        if (index < 0) index = neuron >= 0 ? neuron : dim;
+        resid_unit v = {(resid_unit_kind)kk, (int32_t)layer, (int32_t)head, (int32_t)index,
+                        (int32_t)pos};
+        /* through the id syntax, so objects and strings get the same checks */
+        cli_unit_format(&v, id, sizeof id);
+        if (layer < 0 || strchr(id, '-')) {
+            snprintf(msg, n, "unit %s: missing or negative field for kind %s", id,
+                     k->valuestring);
+            return false;
+        }
+    } else {
+        snprintf(msg, n, "\"units\" entries must be id strings or objects");
+        return false;
+    }
+    return cli_unit_parse(id, kind, T, s->info, u, msg, n);
+}
+
+static enum MHD_Result api_ablate(server *s, struct MHD_Connection *c, const cJSON *b) {
+    char msg[600];
+    req r;
+    unsigned code = parse_req(s, b, true, &r, msg, sizeof msg);
+    resid_unit *u = NULL;
+    int32_t *pos = NULL, n_pos = 0;
+    int nu = 0;
+    const cJSON *units = field(b, "units"), *mode = field(b, "mode"), *kind = field(b, "kind");
+    const cJSON *positions = field(b, "positions");
+    if (!code && mode && !cJSON_IsNull(mode) &&
+        !(cJSON_IsString(mode) && !strcmp(mode->valuestring, "zero")))
+        code = 400, snprintf(msg, sizeof msg,
+                             "\"mode\" must be \"zero\" (mean, replace and add: resid ablate)");
+    if (!code && kind && !(cJSON_IsString(kind) && (!strcmp(kind->valuestring, "neuron") ||
+                                                    !strcmp(kind->valuestring, "head"))))
+        code = 400, snprintf(msg, sizeof msg, "\"kind\" must be \"neuron\" or \"head\"");
+    if (!code && (!cJSON_IsArray(units) || cJSON_GetArraySize(units) < 1))
+        code = 400, snprintf(msg, sizeof msg, "\"units\" must be a non-empty array");
+    if (!code && cJSON_GetArraySize(units) > MAX_ABLATE_UNITS)
+        code = 413, snprintf(msg, sizeof msg, "at most %d units", MAX_ABLATE_UNITS);
+    if (!code && !(u = malloc((size_t)cJSON_GetArraySize(units) * sizeof *u)))
+        code = 500, snprintf(msg, sizeof msg, "out of memory");
+    const cJSON *e;
+    if (!code) cJSON_ArrayForEach(e, units) {
+            if (!ablate_unit(s, e, kind ? kind->valuestring : NULL, r.n, &u[nu++], msg,
+                             sizeof msg)) {
+                code = 400;
+                break;
+            }
+        }
+    if (!code && positions && !cJSON_IsNull(positions)) {
+        if (!cJSON_IsArray(positions) || cJSON_GetArraySize(positions) < 1) {
+            code = 400, snprintf(msg, sizeof msg, "\"positions\" must be a non-empty array");
+        } else if (!(pos = malloc((size_t)cJSON_GetArraySize(positions) * sizeof *pos))) {
+            code = 500, snprintf(msg, sizeof msg, "out of memory");
+        } else {
+            cJSON_ArrayForEach(e, positions) {
+                if (!cJSON_IsNumber(e) || e->valuedouble != floor(e->valuedouble) ||
+                    e->valuedouble < 0 || e->valuedouble >= r.n) {
+                    code = 400, snprintf(msg, sizeof msg,
+                                         "\"positions\"[%d] is not a position in [0, %d)", n_pos,
+                                         r.n);
+                    break;
+                }
+                pos[n_pos++] = (int32_t)e->valuedouble;
+            }
+        }
+    }
+    if (code) {
+        free(r.ids), free(u), free(pos);
+        return send_error(c, code, "ablate: %s", msg);
+    }
+    resid_error err;
+    resid_target_stats before, after;
+    int32_t target = r.target;
+    resid_intervention *iv = NULL;
+    pthread_mutex_lock(&s->lock);
+    resid_status st = resid_intervention_run(s->m, NULL, r.ids, r.n, r.target, &before, &target,
+                                             NULL, NULL, &err);
+    if (st == RESID_OK) st = resid_intervention_new(s->m, &iv, &err);
+    for (int i = 0; st == RESID_OK && i < nu; i++)
+        st = resid_intervention_zero(iv, &u[i], pos, n_pos, &err);
+    if (st == RESID_OK)
+        st = resid_intervention_run(s->m, iv, r.ids, r.n, target, &after, NULL, NULL, NULL, &err);
+    pthread_mutex_unlock(&s->lock);
+    resid_intervention_free(iv);
+    cJSON *out = NULL;
+    if (st == RESID_OK && (out = cJSON_CreateObject())) {
+        cJSON_AddItemToObject(out, "tokens", cli_json_tokens(s->tok, r.ids, r.n));
+        cJSON_AddItemToObject(out, "target", cli_json_token(s->tok, r.ids[r.n - 1], target));
+        cJSON_AddStringToObject(out, "mode", "zero");
+        cJSON_AddItemToObject(out, "units", cli_json_units(u, nu));
+        cJSON_AddItemToObject(out, "before", cli_json_target_stats(&before));
+        cJSON_AddItemToObject(out, "after", cli_json_target_stats(&after));
+    }
+    free(r.ids), free(u), free(pos);
+    if (st != RESID_OK) return send_error(c, lib_status(st), "ablate: %s", err.msg);
+    return send_json(c, 200, out); /* NULL: a 500 "out of memory" */
 }
 
 static enum MHD_Result api_neuron(server *s, struct MHD_Connection *c, const cJSON *b) {
@@ -481,9 +625,6 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
         if (!strcmp(url, api[i])) which = i;
     if (which < 0) return send_error(c, 404, "%s: not found (POST /api/explain, /api/head, "
                                              "/api/neuron, /api/ablate)", url);
-    if (which == 3)
-        return send_error(c, 501, "/api/ablate is not implemented yet in this build: run "
-                                  "ablations with the library (include/resid.h, \"Interventions\")");
     const char *end = NULL;
     cJSON *b = k->body ? cJSON_ParseWithOpts(k->body, &end, true) : NULL;
     if (!cJSON_IsObject(b)) {
@@ -495,7 +636,8 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
     }
     enum MHD_Result ret = which == 0   ? api_explain(s, c, b, "explain")
                           : which == 1 ? api_explain(s, c, b, "head")
-                                       : api_neuron(s, c, b);
+                          : which == 2 ? api_neuron(s, c, b)
+                                       : api_ablate(s, c, b);
     cJSON_Delete(b);
     return ret;
 }

@@ -7,7 +7,11 @@
  *    same ranked unit ids and LPIs (1e-12), plus the extra views;
  *  - malformed JSON, an oversized body, a prompt of several thousand
  *    tokens, an unknown unit, a bad field type each get a 4xx with a clear
- *    message, /api/ablate a 501, and the server stays up (GET /api/info);
+ *    message, and the server stays up (GET /api/info);
+ *  - /api/ablate gives what `resid ablate --json` gives for the same prompt
+ *    and units (before/after p, log p, rank: 1e-12; unit ids as strings and
+ *    as objects), the zeroed units actually change p(target), and a
+ *    malformed or out-of-range unit, a bad mode or no units is a 400;
  *  - a stalled client (half a request, then silence) does not hold up
  *    another request;
  *  - binding to a non-loopback address is refused without --allow-remote.
@@ -296,7 +300,24 @@ static void test_errors(void **state) {
     const char *u6 = "{\"ids\": [1, 99999]}";
     expect_error("/api/explain", u6, strlen(u6), 400, "not a token id");
     expect_error("/api/nothing", "{}", 2, 404, "not found");
-    expect_error("/api/ablate", "{}", 2, 501, "not implemented");
+    const char *a1 = "{\"prompt\": \"Once upon\", \"units\": [\"n:3_x\"]}";
+    expect_error("/api/ablate", a1, strlen(a1), 400, "ablate");
+    const char *a2 = "{\"prompt\": \"Once upon\", \"units\": [\"n:99_0\"]}";
+    expect_error("/api/ablate", a2, strlen(a2), 400, "out of range");
+    const char *a3 = "{\"prompt\": \"Once upon\", \"units\": [\"1_2\"]}";
+    expect_error("/api/ablate", a3, strlen(a3), 400, "ambiguous");
+    const char *a4 = "{\"prompt\": \"Once upon\", \"units\": []}";
+    expect_error("/api/ablate", a4, strlen(a4), 400, "non-empty array");
+    const char *a5 = "{\"prompt\": \"Once upon\", \"units\": [\"h:1_0\"], \"mode\": \"mean\"}";
+    expect_error("/api/ablate", a5, strlen(a5), 400, "\"zero\"");
+    const char *a6 = "{\"prompt\": \"Once upon\", \"units\": [{\"kind\": \"bogus\"}]}";
+    expect_error("/api/ablate", a6, strlen(a6), 400, "unknown");
+    const char *a7 = "{\"prompt\": \"Once upon\", \"units\": [{\"kind\": \"head-pos\", "
+                     "\"layer\": 1, \"head\": 0}]}";
+    expect_error("/api/ablate", a7, strlen(a7), 400, "missing");
+    const char *a8 = "{\"prompt\": \"Once upon\", \"units\": [\"1_0_99\"]}";
+    expect_error("/api/ablate", a8, strlen(a8), 400, "source position");
+    expect_error("/api/ablate", "{}", 2, 400, "prompt");
 
     /* A valid neuron request without a prompt: its tokens. */
     int st;
@@ -304,6 +325,62 @@ static void test_errors(void **state) {
     assert_int_equal(st, 200);
     assert_int_equal(cJSON_GetArraySize(cJSON_GetObjectItem(j, "top_tokens")), 10);
     cJSON_Delete(j);
+}
+
+/* /api/ablate vs `resid ablate --json` (the CLI is the reference; both call
+ * the interventions library, so equal to 1e-12), units as ids and as
+ * objects. */
+static void test_ablate(void **state) {
+    (void)state;
+    char *path = tu_model_path(STORIES);
+    char cmd[2048];
+    snprintf(cmd, sizeof cmd,
+             "'%s' ablate '%s' -p 'Once upon a time, there was a boy named Tim. Tim had a big "
+             "red' --units n:3_17,h:4_2,2_1_5 --json 2>/dev/null",
+             tu_cli(), path);
+    int st;
+    char *out = tu_run(cmd, &st);
+    assert_int_equal(st, 0);
+    cJSON *ref_j = cJSON_Parse(out);
+    assert_non_null(ref_j);
+    free(out), free(path);
+    static const char *bodies[2] = {
+        "{\"prompt\": \"Once upon a time, there was a boy named Tim. Tim had a big red\", "
+        "\"units\": [\"n:3_17\", \"h:4_2\", \"2_1_5\"], \"mode\": \"zero\"}",
+        "{\"prompt\": \"Once upon a time, there was a boy named Tim. Tim had a big red\", "
+        "\"units\": [{\"kind\": \"ffn-neuron\", \"layer\": 3, \"neuron\": 17}, {\"kind\": "
+        "\"head\", \"layer\": 4, \"head\": 2}, {\"kind\": \"head-pos\", \"layer\": 2, \"head\": 1, "
+        "\"pos\": 5}]}",
+    };
+    static const char *stats[] = {"prob", "logprob", "rank", "model_prob", "model_logprob",
+                                  "model_rank"};
+    for (int b = 0; b < 2; b++) {
+        cJSON *j = post_json("/api/ablate", bodies[b], &st);
+        assert_int_equal(st, 200);
+        assert_non_null(j);
+        assert_int_equal(num(cJSON_GetObjectItem(j, "target"), "id"),
+                         num(cJSON_GetObjectItem(ref_j, "target"), "id"));
+        char *ua = cJSON_PrintUnformatted(cJSON_GetObjectItem(j, "units"));
+        char *ub = cJSON_PrintUnformatted(cJSON_GetObjectItem(ref_j, "units"));
+        assert_string_equal(ua, ub);
+        free(ua), free(ub);
+        double worst = 0;
+        for (int w = 0; w < 2; w++) {
+            const char *when = w ? "after" : "before";
+            for (size_t k = 0; k < sizeof stats / sizeof *stats; k++)
+                worst = fmax(worst, fabs(num(cJSON_GetObjectItem(j, when), stats[k]) -
+                                         num(cJSON_GetObjectItem(ref_j, when), stats[k])));
+        }
+        const double pb = num(cJSON_GetObjectItem(j, "before"), "prob");
+        const double pa = num(cJSON_GetObjectItem(j, "after"), "prob");
+        printf("# /api/ablate (%s) vs resid ablate --json: maxdiff %.2e; p(target) %.6f -> "
+               "%.6f\n",
+               b ? "objects" : "ids", worst, pb, pa);
+        assert_true(worst <= 1e-12);
+        assert_true(fabs(pa - pb) > 1e-6); /* the intervention did something */
+        cJSON_Delete(j);
+    }
+    cJSON_Delete(ref_j);
 }
 
 static void test_stalled_client(void **state) {
@@ -357,6 +434,7 @@ int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_concurrent),
         cmocka_unit_test(test_errors),
+        cmocka_unit_test(test_ablate),
         cmocka_unit_test(test_stalled_client),
         cmocka_unit_test(test_non_loopback_refused),
     };
