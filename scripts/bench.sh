@@ -207,5 +207,58 @@ printf '%s\n' "----------------------------------------+-----------+-----------+
 printf '%s\n' "${rows[@]}"
 echo "peers: forward = PyTorch $(val peer_torch_version "$peer_log" 2>/dev/null || true) (bench/peer_forward.py);" \
   "RSS = F32 weight bytes; gen = llama2.c run.c${LLAMA2C_RUN:+ ($LLAMA2C_RUN)}"
+
+# ==== explain --html overhead ==================================================
+# `resid explain --html FILE` against plain `resid explain`, same model ($gpt2),
+# same 16 ids, runs alternating so both see the same load. The HTML views
+# reuse the report's trace and explainer; target: ratio <= 1.10. Also shown:
+# the full page (--html-positions 0 --html-heads 12: every lens-grid column,
+# 12 head breakdowns), which has no target.
+html_runs=${BENCH_RUNS:-5}
+echo
+echo "== explain --html overhead: $gpt2, 16 ids, $html_runs runs each (load average" \
+  "$(cut -d' ' -f1-3 /proc/loadavg 2>/dev/null)) =="
+if cmake --build "$build" --target resid_cli >&2 && [ -f "$gpt2/config.json" ]; then
+  # secs CMD...: wall seconds of one run (empty on failure)
+  secs() {
+    local t0 t1
+    t0=$(date +%s.%N)
+    "$@" >/dev/null 2>&1 || return 1
+    t1=$(date +%s.%N)
+    awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.4f", b - a }'
+  }
+  hmed() { printf '%s\n' "$@" | sort -g | awk '{ v[NR] = $1 } END {
+    if (NR == 0) exit; print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
+  hmin() { printf '%s\n' "$@" | sort -g | head -n 1; }
+  t_ex=() t_html=() t_full=()
+  for ((i = 0; i < html_runs; i++)); do
+    t=$(secs "$build/resid" explain "$gpt2" --ids "$ids") && t_ex+=("$t") || fail "resid explain"
+    t=$(secs "$build/resid" explain "$gpt2" --ids "$ids" --html "$out/explain.html") &&
+      t_html+=("$t") || fail "resid explain --html"
+    t=$(secs "$build/resid" explain "$gpt2" --ids "$ids" --html "$out/explain-full.html" \
+      --html-positions 0 --html-heads 12) && t_full+=("$t") || fail "resid explain --html (full)"
+  done
+  if [ ${#t_ex[@]} -gt 0 ] && [ ${#t_html[@]} -gt 0 ]; then
+    m_ex=$(hmed "${t_ex[@]}") m_html=$(hmed "${t_html[@]}")
+    h_ratio=$(calc "$m_html / $m_ex")
+    echo "explain (s):                     ${t_ex[*]}"
+    echo "explain --html (s):              ${t_html[*]}"
+    echo "explain --html, full page (s):   ${t_full[*]:-}"
+    printf '%-40s|%11s|%11s|%8s|%8s|%7s|%6s\n' "figure (median of runs)" "html" "explain" \
+      "ratio" "best" "target" "status"
+    printf '%-40s|%11s|%11s|%8s|%8s|%7s|%6s\n' "explain+html / explain (s)" "$(calc "$m_html")" \
+      "$(calc "$m_ex")" "$h_ratio" "$(calc "$(hmin "${t_html[@]}") / $(hmin "${t_ex[@]}")")" \
+      "<= 1.10" "$(verdict "$h_ratio" "<=" 1.10)"
+    [ ${#t_full[@]} -gt 0 ] &&
+      printf '%-40s|%11s|%11s|%8s|%8s|%7s|%6s\n' "  full page / explain (s)" \
+        "$(calc "$(hmed "${t_full[@]}")")" "$(calc "$m_ex")" \
+        "$(calc "$(hmed "${t_full[@]}") / $m_ex")" \
+        "$(calc "$(hmin "${t_full[@]}") / $(hmin "${t_ex[@]}")")" "" "info"
+  fi
+  echo "load average at end: $(cut -d' ' -f1-3 /proc/loadavg 2>/dev/null)"
+else
+  fail "explain --html overhead: cannot build resid or no $gpt2"
+fi
+
 [ "$failed" -eq 0 ] || { echo "bench: some steps FAILED to run (see above)"; exit 1; }
 exit 0
