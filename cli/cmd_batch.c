@@ -381,9 +381,9 @@ static void target_split_detail(const resid_tokenizer *tok, const char *text, in
 
 /* The Q3 query neurons of a session into rec: "query_neurons" [{id, q}]
  * (score descending; neurons with q = 0 exactly, in layers no selected
- * attention neuron reads, are left out, so the list may be shorter) and "query_neuron_info" {n_attn, n_query_value}; a
- * failing analysis gives "query_neuron_info": {"error": msg} instead (the
- * rest of the record stands, as for the report's Q1 "query"). */
+ * attention neuron reads, are left out, so the list may be shorter) and "query_neuron_info"
+ * {n_attn, n_query_value}; a failing analysis gives "query_neuron_info": {"error": msg} instead
+ * (the rest of the record stands, as for the report's Q1 "query"). */
 static resid_status add_query_neurons(rs_explain_session *sess, const batch_opts *o, cJSON *rec,
                                       resid_error *err) {
     resid_query_opts qo = resid_query_defaults();
@@ -393,8 +393,8 @@ static resid_status add_query_neurons(rs_explain_session *sess, const batch_opts
     resid_error qerr;
     cJSON *info = cJSON_AddObjectToObject(rec, "query_neuron_info");
     bool ok = info != NULL;
-    if (ok && resid_query_neurons_new(rs_explain_session_explainer(sess), &qo, &q, &qerr) !=
-                  RESID_OK) {
+    if (ok &&
+        resid_query_neurons_new(rs_explain_session_explainer(sess), &qo, &q, &qerr) != RESID_OK) {
         ok = cJSON_AddStringToObject(info, "error", qerr.msg) != NULL;
         return ok ? RESID_OK : rs_err(err, RESID_E_NOMEM, "out of memory");
     }
@@ -670,14 +670,14 @@ static cJSON *meta_new(const batch_opts *o, const input_line *v, int64_t n) {
     char hash[40];
     snprintf(hash, sizeof hash, "fnv1a64:%016llx", (unsigned long long)input_hash(v, n));
     cJSON *opt = record_options(o);
-    bool ok = j && opt && cJSON_AddNumberToObject(j, "resid_batch", 1) &&
-              cJSON_AddStringToObject(j, "input", o->in) &&
-              (st ? cJSON_AddNumberToObject(j, "input_size", (double)sb.st_size) &&
-                        cJSON_AddNumberToObject(j, "input_mtime", (double)sb.st_mtime)
-                  : cJSON_AddNullToObject(j, "input_size") &&
-                        cJSON_AddNullToObject(j, "input_mtime")) &&
-              cJSON_AddNumberToObject(j, "n_prompts", (double)n) &&
-              cJSON_AddStringToObject(j, "input_hash", hash);
+    bool ok =
+        j && opt && cJSON_AddNumberToObject(j, "resid_batch", 1) &&
+        cJSON_AddStringToObject(j, "input", o->in) &&
+        (st ? cJSON_AddNumberToObject(j, "input_size", (double)sb.st_size) &&
+                  cJSON_AddNumberToObject(j, "input_mtime", (double)sb.st_mtime)
+            : cJSON_AddNullToObject(j, "input_size") && cJSON_AddNullToObject(j, "input_mtime")) &&
+        cJSON_AddNumberToObject(j, "n_prompts", (double)n) &&
+        cJSON_AddStringToObject(j, "input_hash", hash);
     if (ok) {
         cJSON_AddItemToObject(j, "options", opt);
         opt = NULL;

@@ -619,10 +619,10 @@ static void print_text(const cJSON *root) {
         if (jget(go, "sharing")->child)
             printf("sharing: %% of a record's rows that are in the lists of > 50%% of the "
                    "records\n");
-        cJSON_ArrayForEach(e, jget(go, "sharing")) printf(
-            "  %-6s %5.1f%%  (%d shared rows of %d seen; rows %s)\n", e->string,
-            100 * jnum(e, "rate"), (int)jnum(e, "n_shared"), (int)jnum(e, "n_distinct"),
-            jget(e, "row")->valuestring);
+        cJSON_ArrayForEach(e, jget(go, "sharing"))
+            printf("  %-6s %5.1f%%  (%d shared rows of %d seen; rows %s)\n", e->string,
+                   100 * jnum(e, "rate"), (int)jnum(e, "n_shared"), (int)jnum(e, "n_distinct"),
+                   jget(e, "row")->valuestring);
         for (int hl = 0; hl < 2; hl++) {
             printf("%s by mean LPI:", hl == 0 ? "heads " : "layers");
             cJSON_ArrayForEach(e, jget(go, hl == 0 ? "heads" : "layers"))

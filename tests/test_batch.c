@@ -268,9 +268,9 @@ static void test_records_match_explain(void **state) {
         free(out);
         assert_non_null(e);
         assert_int_equal((int)jnum(r, "n_tokens"), cJSON_GetArraySize(jget(e, "tokens")));
-        static const char *const same[] = {"model",  "lens",   "unit_lens",    "scale",
-                                           "score",  "layers", "layer_totals", "query_layers",
-                                           "query"};
+        static const char *const same[] = {"model",        "lens",         "unit_lens",
+                                           "scale",        "score",        "layers",
+                                           "layer_totals", "query_layers", "query"};
         for (size_t f = 0; f < sizeof same / sizeof same[0]; f++)
             cmp_json(same[f], jget(r, same[f]), jget(e, same[f]), 0, &md);
         /* The target: the record's trace holds every position (for the
@@ -309,8 +309,8 @@ static void test_records_match_explain(void **state) {
         cJSON_Delete(r);
         n_checked++;
     }
-    printf("  %d records equal resid explain --json, maxdiff %.3g (target: %.3g)\n", n_checked,
-           md, g_md_target);
+    printf("  %d records equal resid explain --json, maxdiff %.3g (target: %.3g)\n", n_checked, md,
+           g_md_target);
     assert_int_equal(n_checked, N_GOOD);
     free_records(v, n);
 }
@@ -344,8 +344,8 @@ static void test_bad_records(void **state) {
                       tu_cli(), mp);
         free(mp);
         assert_int_equal(st, 1);
-        const char *a = strstr(ex, "is 3 tokens: "), *b = strstr(jget(r, "error")->valuestring,
-                                                               "is 3 tokens: ");
+        const char *a = strstr(ex, "is 3 tokens: "),
+                   *b = strstr(jget(r, "error")->valuestring, "is 3 tokens: ");
         assert_non_null(a);
         assert_non_null(b);
         const size_t n = (size_t)(strchr(a, ';') - a);
@@ -478,8 +478,8 @@ static int naive_rows(const cJSON *r, const char *list, char (*rows)[64]) {
     int n = 0;
     const bool value = !strcmp(list, "value");
     for (int part = 0; part < 2; part++) {
-        const char *key = value ? (part ? "attn_neurons" : "ffn_neurons")
-                          : part ? NULL
+        const char *key = value                   ? (part ? "attn_neurons" : "ffn_neurons")
+                          : part                  ? NULL
                           : !strcmp(list, "ffn")  ? "ffn_neurons"
                           : !strcmp(list, "attn") ? "attn_neurons"
                                                   : "query_neurons";
@@ -768,8 +768,8 @@ static void test_query_neurons(void **state) {
     qo.n_attn = 30;
     qo.n_top = 300;
     resid_query_neurons *q;
-    assert_int_equal(
-        resid_query_neurons_new(rs_explain_session_explainer(sess), &qo, &q, &err), RESID_OK);
+    assert_int_equal(resid_query_neurons_new(rs_explain_session_explainer(sess), &qo, &q, &err),
+                     RESID_OK);
     const cJSON *arr = jget(r, "query_neurons");
     assert_true(cJSON_IsArray(arr));
     assert_int_equal((int)jnum(jget(r, "query_neuron_info"), "n_attn"), q->n_attn);
