@@ -16,6 +16,13 @@
  *    and for Llama (no FFN bias) the contributions of a layer sum to the
  *    library's exact pre-activation share of that layer's slot (1e-3
  *    relative).
+ *  - the views built from an explain session (what `explain --html` and
+ *    `resid serve` use): the report JSON equals rs_explain_cjson's (exactly,
+ *    but model_prob: 1e-6 relative); every lens-grid cell against the
+ *    library's resid_lens_grid_new (p and p_top1 1e-5, same top-1 and rank),
+ *    also with only the last 3 columns; every head x position score of the
+ *    detailed heads against resid_score_units (exact, canonical) (LPI,
+ *    bs_target 1e-5); a session of the last position only is refused.
  * The reports written (web-report-*.html in the working directory) are
  * kept as artifacts.
  */
@@ -28,6 +35,7 @@
 
 #include "model/model.h"
 #include "output/html.h"
+#include "output/report.h"
 #include "output/web_assets.h"
 
 #define STORIES "tinyllamas/stories260K.bin"
@@ -328,11 +336,154 @@ static void test_report_gpt2_contrast(void **state) {
     check_report(GPT2S, "--vs ' blue' --lens exact", "web-report-gpt2-vs.html");
 }
 
+/* Compares cJSON trees: numbers within rel (relative, 1e-300 floor) except
+ * keys in `loose` (within loose_rel); returns the worst relative gap. */
+static double tree_diff(const cJSON *a, const cJSON *b, const char *key, double *worst_loose) {
+    if (cJSON_IsNumber(a) && cJSON_IsNumber(b)) {
+        double d = fabs(a->valuedouble - b->valuedouble) / fmax(1e-300, fabs(b->valuedouble));
+        if (key && !strcmp(key, "model_prob")) {
+            if (d > *worst_loose) *worst_loose = d;
+            return 0;
+        }
+        return a->valuedouble == b->valuedouble ? 0 : d;
+    }
+    if (a->type != b->type) return INFINITY;
+    if (cJSON_IsString(a)) return strcmp(a->valuestring, b->valuestring) ? INFINITY : 0;
+    if (cJSON_IsArray(a) || cJSON_IsObject(a)) {
+        if (cJSON_GetArraySize(a) != cJSON_GetArraySize(b)) return INFINITY;
+        double w = 0;
+        const cJSON *x = a->child, *y = b->child;
+        for (; x && y; x = x->next, y = y->next) {
+            if (cJSON_IsObject(a) && strcmp(x->string, y->string)) return INFINITY;
+            w = fmax(w, tree_diff(x, y, x->string, worst_loose));
+        }
+        return w;
+    }
+    return 0;
+}
+
+static void check_session(const char *model, int32_t contrast, resid_lens lens) {
+    resid_model *m = tu_open_model(model);
+    const resid_model_info *info = resid_model_get_info(m);
+    const resid_tokenizer *tok = resid_model_tokenizer(m);
+    const int32_t L = info->n_layer, H = info->n_head;
+    resid_error err;
+    resid_encode_opts eo = resid_encode_defaults(tok);
+    int32_t *ids, T;
+    assert_int_equal(resid_tokenize(tok, P_RED, -1, &eo, &ids, &T, &err), RESID_OK);
+    resid_explain_request rq = resid_explain_request_defaults();
+    rq.tokens = ids;
+    rq.n_tokens = T;
+    rq.contrast = contrast;
+    rq.lens = lens;
+    cJSON *ref, *rep;
+    assert_int_equal(rs_explain_cjson(m, &rq, &ref, &err), RESID_OK);
+    rs_explain_session *s;
+    assert_int_equal(rs_explain_session_new(m, &rq, true, &s, &err), RESID_OK);
+    assert_int_equal(rs_explain_session_json(s, &rep, &err), RESID_OK);
+    double loose = 0, strict = tree_diff(rep, ref, NULL, &loose);
+    printf("# %s: session report vs rs_explain_cjson: max rel diff %.2e (model_prob %.2e)\n",
+           model, strict, loose);
+    assert_true(strict == 0);
+    assert_true(loose <= 1e-6);
+
+    rs_web_ctx *c;
+    assert_int_equal(rs_web_ctx_from_session(m, s, &c, &err), RESID_OK);
+    resid_lens_grid *g;
+    const int32_t target = (int32_t)num(cJSON_GetObjectItem(rep, "target"), "id");
+    assert_int_equal(resid_lens_grid_new(m, rs_explain_session_trace(s), lens, target, &g, &err),
+                     RESID_OK);
+    for (int cols = 0; cols <= 3; cols += 3) {
+        rs_web_opts o = rs_web_defaults();
+        o.grid_positions = cols;
+        cJSON *gj;
+        assert_int_equal(rs_web_lens_grid(c, lens, &o, &gj, &err), RESID_OK);
+        const int32_t P = cols ? cols : T, p0 = T - P;
+        assert_int_equal((int32_t)num(gj, "pos_first"), p0);
+        const cJSON *rows = cJSON_GetObjectItem(gj, "rows");
+        assert_int_equal(cJSON_GetArraySize(rows), 2 * L + 1);
+        double worst = 0;
+        for (int32_t r = 0; r <= 2 * L; r++) {
+            const cJSON *cells = cJSON_GetObjectItem(cJSON_GetArrayItem(rows, r), "cells");
+            assert_int_equal(cJSON_GetArraySize(cells), P);
+            /* rows: x_in[0], x_mid[0], x_in[1], ..., x_L */
+            const resid_lens_cell *rc =
+                r == 2 * L ? g->in + (size_t)L * T : (r % 2 ? g->mid : g->in) + (size_t)(r / 2) * T;
+            for (int32_t t = 0; t < P; t++) {
+                const cJSON *e = cJSON_GetArrayItem(cells, t);
+                const resid_lens_cell *x = &rc[p0 + t];
+                worst = fmax(worst, fabs(num(e, "p") - x->p_target));
+                worst = fmax(worst, fabs(num(e, "p_top1") - x->p_top1));
+                assert_int_equal((int32_t)num(e, "rank"), x->rank_target);
+                assert_int_equal((int32_t)num(cJSON_GetObjectItem(e, "top1"), "id"), x->top1);
+            }
+        }
+        printf("# %s lens %s, %d columns: grid vs resid_lens_grid_new max |dp| %.2e\n", model,
+               resid_lens_name(lens), P, worst);
+        assert_true(worst <= 1e-5);
+        cJSON_Delete(gj);
+    }
+    resid_lens_grid_free(g);
+
+    /* Head details vs the exact scores. */
+    rs_web_opts o = rs_web_defaults();
+    o.n_head_detail = 4;
+    assert_int_equal(rs_web_extras(c, rep, &o, &err), RESID_OK);
+    const cJSON *hd = cJSON_GetObjectItem(rep, "head_details"), *e;
+    resid_explainer *ex = rs_explain_session_explainer(s);
+    double worst = 0;
+    int n_heads = 0;
+    cJSON_ArrayForEach(e, hd) {
+        const cJSON *pos = cJSON_GetObjectItem(e, "positions"), *x;
+        if (!pos) continue;
+        n_heads++;
+        cJSON_ArrayForEach(x, pos) {
+            resid_unit u = {RESID_UNIT_HEAD_POS, (int32_t)num(e, "layer"), (int32_t)num(e, "head"),
+                            -1, (int32_t)num(x, "pos")};
+            resid_score sc;
+            assert_int_equal(resid_score_units(ex, &u, 1, &sc, &err), RESID_OK);
+            worst = fmax(worst, fabs(num(x, "lpi") - sc.lpi));
+            worst = fmax(worst, fabs(num(x, "bs_target") - sc.bs_target));
+            worst = fmax(worst, fabs(num(x, "prob_inc") - sc.prob_inc));
+            if (contrast >= 0) worst = fmax(worst, fabs(num(x, "contrast") - sc.contrast));
+        }
+    }
+    printf("# %s: %d heads' position scores vs resid_score_units max diff %.2e\n", model, n_heads,
+           worst);
+    assert_int_equal(n_heads, L * H < 4 ? L * H : 4);
+    assert_true(worst <= 1e-5);
+    rs_web_ctx_free(c);
+    rs_explain_session_free(s);
+
+    /* A session of the last position only cannot feed the views. */
+    assert_int_equal(rs_explain_session_new(m, &rq, false, &s, &err), RESID_OK);
+    assert_int_equal(rs_web_ctx_from_session(m, s, &c, &err), RESID_E_ARG);
+    assert_non_null(strstr(err.msg, "every position"));
+    rs_explain_session_free(s);
+    cJSON_Delete(ref), cJSON_Delete(rep);
+    free(ids);
+    resid_model_free(m);
+}
+
+static void test_session_stories(void **state) {
+    (void)state;
+    check_session(STORIES, -1, RESID_LENS_PAPER);
+    check_session(STORIES, -1, RESID_LENS_LOGIT);
+}
+
+static void test_session_gpt2(void **state) {
+    (void)state;
+    check_session(GPT2S, 5, RESID_LENS_EXACT);
+    check_session(GPT2S, -1, RESID_LENS_PAPER);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_escaping),
         cmocka_unit_test(test_report_stories),
         cmocka_unit_test(test_report_gpt2_contrast),
+        cmocka_unit_test(test_session_stories),
+        cmocka_unit_test(test_session_gpt2),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
