@@ -63,7 +63,7 @@ static char *utf8_sanitize(const char *s, size_t n, bool *changed) {
     return out;
 }
 
-static bool add_text(cJSON *obj, const char *name, const char *s, size_t n) {
+bool rs_report_add_text(cJSON *obj, const char *name, const char *s, size_t n) {
     bool changed;
     char *clean = utf8_sanitize(s, n, &changed);
     if (!clean) return false;
@@ -88,7 +88,7 @@ cJSON *rs_report_token(const resid_tokenizer *tok, int32_t prev, int32_t id) {
     if (tok) {
         size_t len;
         const char *b = resid_token_bytes(tok, prev, id, &len);
-        if (b && !add_text(o, "text", b, len)) goto fail;
+        if (b && !rs_report_add_text(o, "text", b, len)) goto fail;
     }
     return o;
 fail:

@@ -51,6 +51,10 @@ void rs_explain_session_free(rs_explain_session *s);
  * tokenizer. NULL on out of memory. Same as the CLI's cli_json_token. */
 cJSON *rs_report_token(const resid_tokenizer *tok, int32_t prev, int32_t id);
 
+/* Adds obj[name] = bytes s[0..n) sanitised as above, and "bytes" (their
+ * hex) when anything was replaced. false on out of memory. */
+bool rs_report_add_text(cJSON *obj, const char *name, const char *s, size_t n);
+
 /* Resolves `text` to exactly one token id, as `resid explain --target`
  * does: a token whose text after `prev` is exactly `text` wins; otherwise
  * the text must encode to one token (SentencePiece: a leading space is the
