@@ -475,52 +475,8 @@ cJSON *cli_json_float(float v) {
     return cJSON_CreateNumber(strtod(buf, NULL));
 }
 
-char *cli_utf8_sanitize(const char *s, size_t n, bool *changed) {
-    const unsigned char *u = (const unsigned char *)s;
-    char *out = malloc(3 * n + 1); /* a replaced byte takes at most 3 */
-    if (!out) return NULL;
-    size_t k = 0;
-    bool ch = false;
-    for (size_t i = 0; i < n;) {
-        int l = utf8_len(u + i, n - i);
-        if (u[i] == 0) { /* U+2400 SYMBOL FOR NULL */
-            memcpy(out + k, "\xE2\x90\x80", 3);
-            k += 3;
-            i++;
-            ch = true;
-        } else if (l > 0) {
-            memcpy(out + k, u + i, (size_t)l);
-            k += (size_t)l;
-            i += (size_t)l;
-        } else { /* byte b -> U+00bb */
-            out[k++] = (char)(0xC0 | (u[i] >> 6));
-            out[k++] = (char)(0x80 | (u[i] & 0x3F));
-            i++;
-            ch = true;
-        }
-    }
-    out[k] = 0;
-    if (changed) *changed = ch;
-    return out;
-}
-
 bool cli_json_add_text(cJSON *obj, const char *name, const char *s, size_t n) {
-    bool changed;
-    char *clean = cli_utf8_sanitize(s, n, &changed);
-    if (!clean) return false;
-    bool ok = cJSON_AddStringToObject(obj, name, clean) != NULL;
-    free(clean);
-    if (ok && changed) {
-        char *hex = malloc(3 * n + 1);
-        if (!hex) return false;
-        size_t k = 0;
-        for (size_t i = 0; i < n; i++)
-            k += (size_t)snprintf(hex + k, 4, i ? " %02x" : "%02x", (unsigned char)s[i]);
-        hex[k] = 0;
-        ok = cJSON_AddStringToObject(obj, "bytes", hex) != NULL;
-        free(hex);
-    }
-    return ok;
+    return rs_report_add_text(obj, name, s, n); /* the report's text format */
 }
 
 cJSON *cli_json_token(const resid_tokenizer *tok, int32_t prev, int32_t id) {

@@ -141,13 +141,6 @@ int cli_fput_quoted(FILE *f, const char *s, size_t n);
 /* Writes s padded with spaces to `width` characters (code points). */
 void cli_fput_padded(FILE *f, const char *s, int width);
 
-/* Valid UTF-8 copy of s[0..n): each byte that is not part of a valid UTF-8
- * sequence becomes U+0080..U+00FF of the same value (Latin-1). malloc'd,
- * NUL-terminated; NULL on out of memory. *changed tells if any byte was
- * replaced. A NUL byte (which a C string cannot hold) becomes U+2400 "␀"
- * and counts as replaced. */
-char *cli_utf8_sanitize(const char *s, size_t n, bool *changed);
-
 /* Adds "text" (sanitized, see above) to obj, and when the bytes were not
  * valid UTF-8 also "bytes": their lowercase hex ("e2 96"). Returns false on
  * out of memory. */

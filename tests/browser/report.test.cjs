@@ -1,6 +1,6 @@
 // report.test.cjs - the self-contained report of `resid explain --html` in
 // headless Chromium: opened from disk, it shows the target, the lens grid
-// ((2L+1) x T cells), the layer chart (2L bars), the head map (L x H cells);
+// ((2L+1) x the last 4 positions), the layer chart (2L bars), the head map (L x H cells);
 // clicking a head and a neuron opens their details; no console errors, no
 // network. Screenshots: browser-report*.png in the working directory.
 'use strict';
@@ -31,7 +31,10 @@ test('report of stories260K opens from disk and is interactive', async () => {
     assert.strictEqual(await page.locator('#head-map .head-cell').count(), L * H);
     assert.strictEqual(await page.locator('#layer-chart .bar').count(), 2 * L);
     assert.strictEqual(await page.locator('#layer-chart .bar.attn').count(), L);
-    assert.strictEqual(await page.locator('#lens-grid .cell').count(), (2 * L + 1) * T);
+    // explain --html: the lens grid covers the last 4 positions (--html-positions).
+    const P = Math.min(T, 4);
+    assert.strictEqual(data.lens_grid.pos_first, T - P);
+    assert.strictEqual(await page.locator('#lens-grid .cell').count(), (2 * L + 1) * P);
     assert.strictEqual(await page.locator('#ffn-table tbody tr').count(), json.ffn_neurons.length);
     assert.strictEqual(await page.locator('#query-chart .bar').count(), 2 * L + 1);
     assert.ok(await page.locator('#compare').isHidden(), 'no ablations: comparison hidden');
