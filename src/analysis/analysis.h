@@ -27,6 +27,9 @@
  * depend on which other rows share its batch: the certified and exhaustive
  * paths get bit-identical scores. */
 #define RS_PROJ_ROWS 32
+/* Rows per BLAS GEMM when screening (exhaustive ranking): c is
+ * RS_SCREEN_ROWS × V floats. */
+#define RS_SCREEN_ROWS 128
 /* Below this many floats of work a loop runs on one thread. */
 #define RS_PAR_MIN_WORK (1 << 18)
 
@@ -83,12 +86,16 @@ void rs_lensmap(const resid_explainer *e, const float *v, float *y);
 /* c[n][V] = y[n][D]·W_Uᵀ for n <= RS_PROJ_ROWS rows, through one GEMM of
  * exactly RS_PROJ_ROWS rows. `pad` is scratch [RS_PROJ_ROWS][D]. */
 void rs_project(resid_explainer *e, const float *y, int n, float *pad, float *c);
+/* c[n][V] = y[n][D]·W_Uᵀ through one BLAS GEMM of n rows (any n): fast, but
+ * a row's rounding may depend on its batch. For screening only. */
+void rs_project_many(resid_explainer *e, const float *y, int n, float *c);
 /* The same product, computed so that each row's result depends on that row
  * alone (a fixed operation order, independent of n, tiles and threads): the
  * definition of an exact score. c[n][V]. */
 void rs_project_canon(resid_explainer *e, const float *y, int n, float *c);
-/* log Σ_t p_t·exp(κ c_t) for the context, double accumulation. If cmax
- * is not NAN it must be max_t κ c_t (saves a pass). */
+/* log Σ_t p_t·exp(κ c_t) for the context, double accumulation, through a
+ * fixed, vectorised exp (deterministic within a process). cmax is ignored
+ * (kept for the signature). */
 double rs_lse_shift(const resid_explainer *e, const rs_context *cx,
                     const float *c, float kappa, double cmax);
 /* LPI of κ·c in the context: κ c_w − rs_lse_shift. */

@@ -435,17 +435,16 @@ static resid_status prepare(resid_explainer *e, const resid_unit *u, int64_t n,
 /* LPIs of vector units, RS_PROJ_ROWS at a time. */
 static resid_status exact_vectors(resid_explainer *e, const resid_unit *const *u, int64_t n,
                                   double *lpi, bool canon, resid_error *err) {
-    const int D = e->D, V = e->V;
-    float *y = malloc((size_t)RS_PROJ_ROWS * D * sizeof(float));
-    float *pad = malloc((size_t)RS_PROJ_ROWS * D * sizeof(float));
-    float *c = malloc((size_t)RS_PROJ_ROWS * V * sizeof(float));
+    const int D = e->D, V = e->V, B = canon ? RS_PROJ_ROWS : RS_SCREEN_ROWS;
+    float *y = malloc((size_t)B * D * sizeof(float));
+    float *c = malloc((size_t)B * V * sizeof(float));
     float *v = malloc((size_t)D * sizeof(float));
-    if (!y || !pad || !c || !v) {
-        free(y), free(pad), free(c), free(v);
+    if (!y || !c || !v) {
+        free(y), free(c), free(v);
         return rs_err(err, RESID_E_NOMEM, "scoring: out of memory");
     }
-    for (int64_t i0 = 0; i0 < n; i0 += RS_PROJ_ROWS) {
-        int nb = (int)(n - i0 < RS_PROJ_ROWS ? n - i0 : RS_PROJ_ROWS);
+    for (int64_t i0 = 0; i0 < n; i0 += B) {
+        int nb = (int)(n - i0 < B ? n - i0 : B);
         for (int r = 0; r < nb; r++) {
             rs_unit_vector(e, u[i0 + r], v);
             rs_lensmap(e, v, y + (size_t)r * D);
@@ -453,13 +452,53 @@ static resid_status exact_vectors(resid_explainer *e, const resid_unit *const *u
         if (canon)
             rs_project_canon(e, y, nb, c);
         else
-            rs_project(e, y, nb, pad, c);
+            rs_project_many(e, y, nb, c);
 #pragma omp parallel for schedule(static) if ((int64_t)nb * V >= RS_PAR_MIN_WORK)
         for (int r = 0; r < nb; r++)
             lpi[i0 + r] = rs_lpi_from(e, &e->ctx[rs_unit_ctx(u[i0 + r])], c + (size_t)r * V, 1.0f);
     }
-    free(y), free(pad), free(c), free(v);
+    free(y), free(c), free(v);
     return RESID_OK;
+}
+
+/* Raw rows (unscaled) of nb directions into d[nb][D]. Columns of a
+ * quantised, row-major FFN down-projection (Llama GGUF) are gathered a
+ * block at a time, each block dequantised once for every direction of the
+ * batch in it (rs_tensor_col would dequantise it once per direction). */
+static void fetch_dirs(resid_explainer *e, int nb, const resid_unit_kind *kind,
+                       const int32_t *layer, const int64_t *row, float *d) {
+    const int D = e->D;
+    int i = 0;
+    while (i < nb) {
+        const rs_tensor *wd = kind[i] == RESID_UNIT_FFN_NEURON ? e->m->layers[layer[i]].w_down : NULL;
+        const int64_t be = wd ? rs_dtype_block_elems(wd->dtype) : 1;
+        int j = i + 1;
+        while (j < nb && kind[j] == kind[i] && layer[j] == layer[i]) j++;
+        if (!wd || wd->transposed || be <= 1 || j - i < 2) {
+            for (; i < j; i++) rs_dir_row(e, kind[i], layer[i], row[i], d + (size_t)i * D);
+            continue;
+        }
+        size_t rb;
+        if (!rs_dtype_nbytes(wd->dtype, 1, wd->n_cols, &rb)) { /* cannot happen: model loaded */
+            for (; i < j; i++) rs_dir_row(e, kind[i], layer[i], row[i], d + (size_t)i * D);
+            continue;
+        }
+        const size_t bb = rs_dtype_block_bytes(wd->dtype);
+        float tmp[be];
+        for (int64_t r = 0; r < wd->n_rows; r++) {
+            const uint8_t *base = (const uint8_t *)wd->data + (size_t)r * rb;
+            int64_t have = -1;
+            for (int q = i; q < j; q++) { /* rows ascend: blocks come in order */
+                int64_t blk = row[q] / be;
+                if (blk != have) {
+                    rs_dequantize(wd->dtype, base + (size_t)blk * bb, tmp, be);
+                    have = blk;
+                }
+                d[(size_t)q * D + r] = tmp[row[q] % be];
+            }
+        }
+        i = j;
+    }
 }
 
 typedef struct dir_ref {
@@ -479,14 +518,17 @@ static resid_status exact_directional(resid_explainer *e, const resid_unit *cons
                                       int64_t n, double *lpi, bool canon, resid_error *err) {
     const int D = e->D, V = e->V;
     const int64_t maxrow = (int64_t)e->N > (int64_t)e->H * e->dh ? e->N : (int64_t)e->H * e->dh;
+    const int B = canon ? RS_PROJ_ROWS : RS_SCREEN_ROWS;
     dir_ref *refs = malloc((size_t)n * sizeof *refs);
-    float *y = malloc((size_t)RS_PROJ_ROWS * D * sizeof(float));
-    float *pad = malloc((size_t)RS_PROJ_ROWS * D * sizeof(float));
-    float *c = malloc((size_t)RS_PROJ_ROWS * V * sizeof(float));
-    float *d = malloc((size_t)D * sizeof(float));
-    int64_t *first = malloc((RS_PROJ_ROWS + 1) * sizeof(int64_t));
-    if (!refs || !y || !pad || !c || !d || !first) {
-        free(refs), free(y), free(pad), free(c), free(d), free(first);
+    float *y = malloc((size_t)B * D * sizeof(float));
+    float *c = malloc((size_t)B * V * sizeof(float));
+    float *d = malloc((size_t)B * D * sizeof(float));
+    int64_t *first = malloc((B + 1) * sizeof(int64_t));
+    resid_unit_kind bk[RS_SCREEN_ROWS];
+    int32_t bl[RS_SCREEN_ROWS];
+    int64_t brow[RS_SCREEN_ROWS];
+    if (!refs || !y || !c || !d || !first) {
+        free(refs), free(y), free(c), free(d), free(first);
         return rs_err(err, RESID_E_NOMEM, "scoring: out of memory");
     }
     for (int64_t i = 0; i < n; i++) {
@@ -501,22 +543,22 @@ static resid_status exact_directional(resid_explainer *e, const resid_unit *cons
         /* gather up to RS_PROJ_ROWS distinct directions starting at refs[i] */
         int nb = 0;
         int64_t j = i;
-        while (j < n && nb < RS_PROJ_ROWS) {
+        while (j < n && nb < B) {
             first[nb] = j;
             const resid_unit *uu = u[refs[j].unit];
-            int64_t row;
-            rs_unit_coef(e, uu, &row);
-            rs_dir_row(e, uu->kind, uu->layer, row, d);
-            rs_lensmap(e, d, y + (size_t)nb * D);
+            rs_unit_coef(e, uu, &brow[nb]);
+            bk[nb] = uu->kind, bl[nb] = uu->layer;
             int64_t key = refs[j].key;
             while (j < n && refs[j].key == key) j++;
             nb++;
         }
         first[nb] = j;
+        fetch_dirs(e, nb, bk, bl, brow, d);
+        for (int r = 0; r < nb; r++) rs_lensmap(e, d + (size_t)r * D, y + (size_t)r * D);
         if (canon)
             rs_project_canon(e, y, nb, c);
         else
-            rs_project(e, y, nb, pad, c);
+            rs_project_many(e, y, nb, c);
 #pragma omp parallel for schedule(dynamic) if ((j - i) * (int64_t)V >= RS_PAR_MIN_WORK)
         for (int r = 0; r < nb; r++) {
             const float *P = c + (size_t)r * V;
@@ -542,7 +584,7 @@ static resid_status exact_directional(resid_explainer *e, const resid_unit *cons
         }
         i = j;
     }
-    free(refs), free(y), free(pad), free(c), free(d), free(first);
+    free(refs), free(y), free(c), free(d), free(first);
     return RESID_OK;
 }
 

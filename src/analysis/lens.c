@@ -81,18 +81,65 @@ void rs_project(resid_explainer *e, const float *y, int n, float *pad, float *c)
     e->n_proj += n;
 }
 
-/* The canonical dot product: 8 lanes accumulated in order over d, then a
- * fixed reduction tree, then the tail. Every exact score goes through this
- * exact sequence of float operations, whatever the batch or tile. */
-typedef float v8f __attribute__((vector_size(32)));
-#define RS_HOT_DECL __attribute__((optimize("O2")))
+void rs_project_many(resid_explainer *e, const float *y, int n, float *c) {
+    if (n <= 0) return;
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, e->V, e->D, 1.0f, y, e->D, e->wu,
+                e->D, 0.0f, c, e->V);
+    e->n_proj += n;
+}
 
+/* ---------------------------------------------------------------------- */
+/* The canonical kernels                                                  */
+/* ---------------------------------------------------------------------- */
+
+/*
+ * The canonical dot product y·w (the definition of an exact score): 8 lanes
+ * accumulated in order over d, a fixed reduction tree, then the tail. Every
+ * exact score goes through this exact sequence of float operations,
+ * whatever the batch, the tile or the thread that computes it.
+ *
+ * Two implementations, chosen once per process: AVX2 with FMA (lane update
+ * acc = fma(y, w, acc)) when the CPU has it, else generic vectors (acc +=
+ * y·w, rounded twice). Within one process every score uses the same one, so
+ * the certified and exhaustive rankings stay bit-identical; across machines
+ * the last bits of a score may differ.
+ *
+ * The hot loops are optimised even in Debug builds (the test suite scores
+ * hundreds of thousands of units through them).
+ */
+#define RS_HOT __attribute__((optimize("O2")))
+#define RS_AVX2 __attribute__((optimize("O2"), target("avx2,fma")))
+
+typedef float v8f __attribute__((vector_size(32)));
+typedef float v8f_u __attribute__((vector_size(32), aligned(4), may_alias));
 /* (macros, not functions: vector arguments would change the ABI without AVX) */
 #define reduce8(a) ((((a)[0] + (a)[1]) + ((a)[2] + (a)[3])) + (((a)[4] + (a)[5]) + ((a)[6] + (a)[7])))
 #define load8(p) (*(const v8f_u *)(p))
-typedef float v8f_u __attribute__((vector_size(32), aligned(4), may_alias));
 
-RS_HOT_DECL static float dot_canon(const float *a, const float *b, int D) {
+static int g_avx2 = -1; /* 1: AVX2+FMA kernels; set once (idempotent race) */
+
+static bool use_avx2(void) {
+    int v = __atomic_load_n(&g_avx2, __ATOMIC_RELAXED);
+    if (v < 0) {
+#if defined(__x86_64__) || defined(__i386__)
+        __builtin_cpu_init();
+        v = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+#else
+        v = 0;
+#endif
+        __atomic_store_n(&g_avx2, v, __ATOMIC_RELAXED);
+    }
+    return v == 1;
+}
+
+/* Tokens per block: a block of W_U rows stays in L1 while every row of y
+ * passes over it (a multiple of 6 and of 2, the micro-kernels' token
+ * counts). */
+#define CANON_TOKEN_BLOCK 12
+
+/* ---- generic vectors ---- */
+
+RS_HOT static float dot_canon(const float *a, const float *b, int D) {
     v8f acc = {0};
     int d = 0;
     for (; d + 8 <= D; d += 8) acc += load8(a + d) * load8(b + d);
@@ -101,81 +148,214 @@ RS_HOT_DECL static float dot_canon(const float *a, const float *b, int D) {
     return s;
 }
 
-/* Tokens per block: a block of W_U rows stays in cache while every row of
- * y passes over it. */
-#define CANON_TOKEN_BLOCK 64
+RS_HOT static void canon_block_generic(const float *y, int n, const float *wu, int D, int V,
+                                       int t0, int t1, float *c) {
+    const int D8 = D / 8 * 8;
+    int r = 0;
+    /* 4 rows x 2 tokens: eight independent accumulators, each doing the
+     * same operations as dot_canon */
+    for (; r + 4 <= n; r += 4) {
+        const float *y0 = y + (size_t)r * D, *y1 = y0 + D, *y2 = y1 + D, *y3 = y2 + D;
+        int t = t0;
+        for (; t + 2 <= t1; t += 2) {
+            const float *w0 = wu + (size_t)t * D, *w1 = w0 + D;
+            v8f a00 = {0}, a01 = {0}, a10 = {0}, a11 = {0};
+            v8f a20 = {0}, a21 = {0}, a30 = {0}, a31 = {0};
+            for (int d = 0; d < D8; d += 8) {
+                v8f x0 = load8(w0 + d), x1 = load8(w1 + d);
+                v8f z0 = load8(y0 + d), z1 = load8(y1 + d);
+                v8f z2 = load8(y2 + d), z3 = load8(y3 + d);
+                a00 += z0 * x0, a01 += z0 * x1, a10 += z1 * x0, a11 += z1 * x1;
+                a20 += z2 * x0, a21 += z2 * x1, a30 += z3 * x0, a31 += z3 * x1;
+            }
+            float s[8] = {reduce8(a00), reduce8(a01), reduce8(a10), reduce8(a11),
+                          reduce8(a20), reduce8(a21), reduce8(a30), reduce8(a31)};
+            const float *yy[4] = {y0, y1, y2, y3};
+            for (int q = 0; q < 4; q++)
+                for (int d = D8; d < D; d++) {
+                    s[2 * q] += yy[q][d] * w0[d];
+                    s[2 * q + 1] += yy[q][d] * w1[d];
+                }
+            for (int q = 0; q < 4; q++) {
+                c[(size_t)(r + q) * V + t] = s[2 * q];
+                c[(size_t)(r + q) * V + t + 1] = s[2 * q + 1];
+            }
+        }
+        for (; t < t1; t++)
+            for (int q = 0; q < 4; q++)
+                c[(size_t)(r + q) * V + t] = dot_canon(y + (size_t)(r + q) * D, wu + (size_t)t * D, D);
+    }
+    for (; r < n; r++)
+        for (int t = t0; t < t1; t++)
+            c[(size_t)r * V + t] = dot_canon(y + (size_t)r * D, wu + (size_t)t * D, D);
+}
 
-/* The two hot loops are optimised even in Debug builds (the test suite
- * scores hundreds of thousands of units through them). */
-#define RS_HOT __attribute__((optimize("O2")))
+/* ---- AVX2 + FMA ---- */
+
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+
+/* The fixed reduction tree of the 8 lanes, then the scalar tail. */
+RS_AVX2 __attribute__((always_inline)) static inline float hsum8_tail(__m256 acc, const float *a, const float *b, int d0,
+                                       int D) {
+    float l[8];
+    _mm256_storeu_ps(l, acc);
+    float s = reduce8(l);
+    for (int d = d0; d < D; d++) s += a[d] * b[d];
+    return s;
+}
+
+RS_AVX2 static float dot_canon_avx2(const float *a, const float *b, int D) {
+    __m256 acc = _mm256_setzero_ps();
+    int d = 0;
+    for (; d + 8 <= D; d += 8) acc = _mm256_fmadd_ps(_mm256_loadu_ps(a + d), _mm256_loadu_ps(b + d), acc);
+    return hsum8_tail(acc, a, b, d, D);
+}
+
+RS_AVX2 static void canon_block_avx2(const float *y, int n, const float *wu, int D, int V,
+                                     int t0, int t1, float *c) {
+    const int D8 = D / 8 * 8;
+    int r = 0;
+    /* 2 rows x 6 tokens: twelve accumulators in registers, each doing the
+     * same operations as dot_canon_avx2 (8 loads per 12 FMAs) */
+    for (; r + 2 <= n; r += 2) {
+        const float *y0 = y + (size_t)r * D, *y1 = y0 + D;
+        int t = t0;
+        for (; t + 6 <= t1; t += 6) {
+            const float *w = wu + (size_t)t * D;
+            __m256 a00 = _mm256_setzero_ps(), a01 = a00, a02 = a00, a03 = a00, a04 = a00,
+                   a05 = a00, a10 = a00, a11 = a00, a12 = a00, a13 = a00, a14 = a00, a15 = a00;
+            for (int d = 0; d < D8; d += 8) {
+                __m256 z0 = _mm256_loadu_ps(y0 + d), z1 = _mm256_loadu_ps(y1 + d), x;
+#define RS_STEP(k)                                                                         \
+    x = _mm256_loadu_ps(w + (size_t)(k) * D + d);                                          \
+    a0##k = _mm256_fmadd_ps(z0, x, a0##k), a1##k = _mm256_fmadd_ps(z1, x, a1##k);
+                RS_STEP(0) RS_STEP(1) RS_STEP(2) RS_STEP(3) RS_STEP(4) RS_STEP(5)
+#undef RS_STEP
+            }
+            float *c0 = c + (size_t)r * V + t, *c1 = c0 + V;
+            c0[0] = hsum8_tail(a00, y0, w, D8, D), c1[0] = hsum8_tail(a10, y1, w, D8, D);
+            c0[1] = hsum8_tail(a01, y0, w + D, D8, D), c1[1] = hsum8_tail(a11, y1, w + D, D8, D);
+            c0[2] = hsum8_tail(a02, y0, w + 2 * D, D8, D);
+            c1[2] = hsum8_tail(a12, y1, w + 2 * D, D8, D);
+            c0[3] = hsum8_tail(a03, y0, w + 3 * D, D8, D);
+            c1[3] = hsum8_tail(a13, y1, w + 3 * D, D8, D);
+            c0[4] = hsum8_tail(a04, y0, w + 4 * D, D8, D);
+            c1[4] = hsum8_tail(a14, y1, w + 4 * D, D8, D);
+            c0[5] = hsum8_tail(a05, y0, w + 5 * D, D8, D);
+            c1[5] = hsum8_tail(a15, y1, w + 5 * D, D8, D);
+        }
+        for (; t < t1; t++)
+            for (int q = 0; q < 2; q++)
+                c[(size_t)(r + q) * V + t] =
+                    dot_canon_avx2(y + (size_t)(r + q) * D, wu + (size_t)t * D, D);
+    }
+    for (; r < n; r++)
+        for (int t = t0; t < t1; t++)
+            c[(size_t)r * V + t] = dot_canon_avx2(y + (size_t)r * D, wu + (size_t)t * D, D);
+}
+
+/* exp(x) for x <= 0 (Cephes expf: Cody–Waite reduction, degree-5
+ * polynomial; ~1 ulp), deterministic. Below -87.3 it returns 0 or a tiny
+ * value. */
+RS_AVX2 __attribute__((always_inline)) static inline __m256 exp8_avx2(__m256 x) {
+    x = _mm256_max_ps(x, _mm256_set1_ps(-87.3f));
+    x = _mm256_min_ps(x, _mm256_set1_ps(88.3f));
+    __m256 fx = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
+                                _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    x = _mm256_fnmadd_ps(fx, _mm256_set1_ps(0.693359375f), x);
+    x = _mm256_fnmadd_ps(fx, _mm256_set1_ps(-2.12194440e-4f), x);
+    __m256 p = _mm256_set1_ps(1.9875691500e-4f);
+    p = _mm256_fmadd_ps(p, x, _mm256_set1_ps(1.3981999507e-3f));
+    p = _mm256_fmadd_ps(p, x, _mm256_set1_ps(8.3334519073e-3f));
+    p = _mm256_fmadd_ps(p, x, _mm256_set1_ps(4.1665795894e-2f));
+    p = _mm256_fmadd_ps(p, x, _mm256_set1_ps(1.6666665459e-1f));
+    p = _mm256_fmadd_ps(p, x, _mm256_set1_ps(5.0000001201e-1f));
+    __m256 x2 = _mm256_mul_ps(x, x);
+    p = _mm256_fmadd_ps(p, x2, _mm256_add_ps(x, _mm256_set1_ps(1.0f)));
+    __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(fx), _mm256_set1_epi32(127)), 23);
+    return _mm256_mul_ps(p, _mm256_castsi256_ps(e));
+}
+
+/* log Σ_t exp(lp_t + κ c_t), z_t = fma(κ, c_t, lp_t), shifted by M = max z. */
+RS_AVX2 static double lse_avx2(const float *lp, const float *c, float kappa, int V) {
+    const __m256 k8 = _mm256_set1_ps(kappa);
+    const int V8 = V / 8 * 8;
+    __m256 mx = _mm256_set1_ps(-INFINITY);
+    for (int t = 0; t < V8; t += 8)
+        mx = _mm256_max_ps(mx, _mm256_fmadd_ps(k8, _mm256_loadu_ps(c + t), _mm256_loadu_ps(lp + t)));
+    float l[8];
+    _mm256_storeu_ps(l, mx);
+    float M = -INFINITY;
+    for (int q = 0; q < 8; q++) M = l[q] > M ? l[q] : M;
+    for (int t = V8; t < V; t++) {
+        float z = __builtin_fmaf(kappa, c[t], lp[t]);
+        M = z > M ? z : M;
+    }
+    if (!isfinite(M)) return M; /* NaN or ±inf input: propagate */
+    const __m256 m8 = _mm256_set1_ps(M);
+    __m256d s0 = _mm256_setzero_pd(), s1 = s0;
+    for (int t = 0; t < V8; t += 8) {
+        __m256 z = _mm256_fmadd_ps(k8, _mm256_loadu_ps(c + t), _mm256_loadu_ps(lp + t));
+        __m256 ex = exp8_avx2(_mm256_sub_ps(z, m8));
+        s0 = _mm256_add_pd(s0, _mm256_cvtps_pd(_mm256_castps256_ps128(ex)));
+        s1 = _mm256_add_pd(s1, _mm256_cvtps_pd(_mm256_extractf128_ps(ex, 1)));
+    }
+    if (V8 < V) {
+        float zt[8];
+        for (int q = 0; q < 8; q++)
+            zt[q] = V8 + q < V ? __builtin_fmaf(kappa, c[V8 + q], lp[V8 + q]) - M : -INFINITY;
+        __m256 ex = exp8_avx2(_mm256_loadu_ps(zt));
+        /* lanes past the end: exactly 0 */
+        ex = _mm256_and_ps(ex, _mm256_cmp_ps(_mm256_loadu_ps(zt), _mm256_set1_ps(-INFINITY),
+                                             _CMP_NEQ_OQ));
+        s0 = _mm256_add_pd(s0, _mm256_cvtps_pd(_mm256_castps256_ps128(ex)));
+        s1 = _mm256_add_pd(s1, _mm256_cvtps_pd(_mm256_extractf128_ps(ex, 1)));
+    }
+    double d[8];
+    _mm256_storeu_pd(d, s0);
+    _mm256_storeu_pd(d + 4, s1);
+    double sum = ((d[0] + d[1]) + (d[2] + d[3])) + ((d[4] + d[5]) + (d[6] + d[7]));
+    return (double)M + log(sum);
+}
+#else
+#define canon_block_avx2 canon_block_generic
+#define lse_avx2(lp, c, k, V) 0.0
+#endif
 
 RS_HOT void rs_project_canon(resid_explainer *e, const float *y, int n, float *c) {
-    const int D = e->D, V = e->V, D8 = D / 8 * 8;
+    const int D = e->D, V = e->V;
     const float *wu = e->wu;
     const int nblk = (V + CANON_TOKEN_BLOCK - 1) / CANON_TOKEN_BLOCK;
-#pragma omp parallel for schedule(dynamic) if ((int64_t)n * V * D >= RS_PAR_MIN_WORK)
+    const bool avx2 = use_avx2();
+#pragma omp parallel for schedule(static) if ((int64_t)n * V * D >= RS_PAR_MIN_WORK)
     for (int b = 0; b < nblk; b++) {
         const int t0 = b * CANON_TOKEN_BLOCK;
         const int t1 = t0 + CANON_TOKEN_BLOCK < V ? t0 + CANON_TOKEN_BLOCK : V;
-        int r = 0;
-        /* 4 rows x 2 tokens: eight independent accumulators, each doing the
-         * same operations as dot_canon */
-        for (; r + 4 <= n; r += 4) {
-            const float *y0 = y + (size_t)r * D, *y1 = y0 + D, *y2 = y1 + D, *y3 = y2 + D;
-            int t = t0;
-            for (; t + 2 <= t1; t += 2) {
-                const float *w0 = wu + (size_t)t * D, *w1 = w0 + D;
-                v8f a00 = {0}, a01 = {0}, a10 = {0}, a11 = {0};
-                v8f a20 = {0}, a21 = {0}, a30 = {0}, a31 = {0};
-                for (int d = 0; d < D8; d += 8) {
-                    v8f x0 = load8(w0 + d), x1 = load8(w1 + d);
-                    v8f z0 = load8(y0 + d), z1 = load8(y1 + d);
-                    v8f z2 = load8(y2 + d), z3 = load8(y3 + d);
-                    a00 += z0 * x0, a01 += z0 * x1, a10 += z1 * x0, a11 += z1 * x1;
-                    a20 += z2 * x0, a21 += z2 * x1, a30 += z3 * x0, a31 += z3 * x1;
-                }
-                float s[8] = {reduce8(a00), reduce8(a01), reduce8(a10), reduce8(a11),
-                              reduce8(a20), reduce8(a21), reduce8(a30), reduce8(a31)};
-                const float *yy[4] = {y0, y1, y2, y3};
-                for (int q = 0; q < 4; q++)
-                    for (int d = D8; d < D; d++) {
-                        s[2 * q] += yy[q][d] * w0[d];
-                        s[2 * q + 1] += yy[q][d] * w1[d];
-                    }
-                for (int q = 0; q < 4; q++) {
-                    c[(size_t)(r + q) * V + t] = s[2 * q];
-                    c[(size_t)(r + q) * V + t + 1] = s[2 * q + 1];
-                }
-            }
-            for (; t < t1; t++)
-                for (int q = 0; q < 4; q++)
-                    c[(size_t)(r + q) * V + t] = dot_canon(y + (size_t)(r + q) * D, wu + (size_t)t * D, D);
-        }
-        for (; r < n; r++)
-            for (int t = t0; t < t1; t++)
-                c[(size_t)r * V + t] = dot_canon(y + (size_t)r * D, wu + (size_t)t * D, D);
+        if (avx2)
+            canon_block_avx2(y, n, wu, D, V, t0, t1, c);
+        else
+            canon_block_generic(y, n, wu, D, V, t0, t1, c);
     }
     e->n_proj += n;
 }
 
-RS_HOT double rs_lse_shift(const resid_explainer *e, const rs_context *cx, const float *c,
-                    float kappa, double cmax) {
-    const int V = e->V;
-    const float *lp = cx->logp;
-    float M;
-    if (isnan(cmax)) {
-        M = -INFINITY;
-        for (int t = 0; t < V; t++) {
-            float z = lp[t] + kappa * c[t];
-            if (z > M) M = z;
-        }
-    } else {
-        /* max_t (log p_t + κc_t) <= max κc (log p <= 0): a valid shift */
-        M = (float)cmax;
+RS_HOT static double lse_generic(const float *lp, const float *c, float kappa, int V) {
+    float M = -INFINITY;
+    for (int t = 0; t < V; t++) {
+        float z = lp[t] + kappa * c[t];
+        if (z > M) M = z;
     }
+    if (!isfinite(M)) return M;
     double sum = 0;
     for (int t = 0; t < V; t++) sum += expf(lp[t] + kappa * c[t] - M);
     return (double)M + log(sum);
+}
+
+double rs_lse_shift(const resid_explainer *e, const rs_context *cx, const float *c,
+                    float kappa, double cmax) {
+    (void)cmax; /* the shift is always max_t (log p_t + κ c_t): exact e^0 term */
+    return use_avx2() ? lse_avx2(cx->logp, c, kappa, e->V) : lse_generic(cx->logp, c, kappa, e->V);
 }
 
 double rs_lpi_from(const resid_explainer *e, const rs_context *cx, const float *c,
