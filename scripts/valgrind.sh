@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs the resid CLI under valgrind memcheck on the llama2.c fixture
 # (tinyllamas/stories260K.bin): info, tokenize, run, generate, and explain /
-# batch when the binary has them. Any memcheck error or definite/indirect
+# batch + summarize (on a few dataset prompts) when the binary has them. Any memcheck error or definite/indirect
 # leak fails the script (exit 99 from valgrind). Suppressions for
 # third-party thread pools are in scripts/valgrind.supp.
 #   scripts/valgrind.sh [BUILD_DIR]      (default: build; a non-sanitised build)
@@ -28,7 +28,15 @@ cmds=(
   "generate $model -p \"$prompt\" -n 8"
 )
 "$bin" explain --help >/dev/null 2>&1 && cmds+=("explain $model -p \"$prompt\"")
-"$bin" batch --help >/dev/null 2>&1 && cmds+=("batch $model --help")
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+if "$bin" batch --help >/dev/null 2>&1; then
+  # three prompts of the shipped dataset plus one bad record, and summarize
+  head -n 3 data/stories260K-prompts.jsonl >"$tmp/in.jsonl"
+  echo '{"prompt": "Tim had a", "target": " big ball"}' >>"$tmp/in.jsonl"
+  cmds+=("batch $model --in $tmp/in.jsonl --out $tmp/out.jsonl --force --ablate")
+  cmds+=("summarize $tmp/out.jsonl")
+fi
 fail=0
 for c in "${cmds[@]}"; do
   log=$(mktemp)
