@@ -24,7 +24,11 @@
 #     Note: llama2.c's own `make runfast` / `make runomp` use -Ofast, which
 #     lets gcc vectorise run.c's dot-product reductions (several times faster
 #     than -O2). The ratio against such a build is the stricter comparison.
-#  4. (attribution: `resid explain` timings go here once the API exists.)
+#  4. attribution: `resid explain` (certified top-300 of every kind) and
+#     `resid explain --exhaustive` on the same model and ids, against
+#     bench/peer_explain.py (PyTorch scoring every FFN neuron and head x
+#     position exactly); their top-10s must agree. Peak RSS of those runs as a
+#     multiple of the F32 weight bytes. Ratios are peer time / resid time.
 #
 # Environment:
 #   OMP_NUM_THREADS / OPENBLAS_NUM_THREADS  threads for everyone (default 2;
@@ -80,7 +84,7 @@ btype=$(sed -n 's/^CMAKE_BUILD_TYPE:[A-Z]*=//p' "$build/CMakeCache.txt" 2>/dev/n
 [ "$btype" = "Release" ] || note "warning: $build is a '$btype' build; timings need Release"
 note "threads: $threads (OMP_NUM_THREADS, OPENBLAS_NUM_THREADS, torch.set_num_threads)"
 cmake --build "$build" -j "$(nproc 2>/dev/null || echo 2)" \
-  --target make_gpt2 make_llama2c bench_forward bench_generate >&2 ||
+  --target make_gpt2 make_llama2c bench_forward bench_generate resid >&2 ||
   { fail "building the bench targets"; exit 1; }
 
 # ---- 1. forward with the full trace, 16 tokens, vs PyTorch ------------------
@@ -191,11 +195,75 @@ else
   note "$models/llama2c/tokenizer.bin not found: skipping the 15M-shape checkpoint"
 fi
 
-# ---- 4. attribution ----------------------------------------------------------
-# TODO(attribution): once `resid explain` / the attribution API lands, time it
-# here on $gpt2 with the same 16 ids (e.g. a bench/bench_explain.c next to
-# bench_forward.c) against its peer, and add a row to the table.
-row "explain (attribution)" "n/a" "" "" "" "" "todo"
+# ---- 4. attribution: resid explain vs a PyTorch peer --------------------------
+# `resid explain` as the CLI runs it (all units bounded, the exact top-300 of
+# each kind, JSON to a file), and with --exhaustive (every unit scored
+# exactly), against bench/peer_explain.py: plain PyTorch scoring EVERY FFN
+# neuron and head x position exactly by batched projection, forward included.
+# The peer also checks that its top-10 FFN neurons and head x positions are
+# resid's (same ids, LPIs within 1e-4), so the comparison is honest.
+runs_exp=${BENCH_RUNS:-3}
+exp_args=(explain "$gpt2" --ids "$ids" --top 300)
+# timed OUTFILE CMD...: runs CMD (stdout to /dev/null); prints "seconds peak_rss_kb"
+timed() {
+  local o=$1; shift
+  if [ -x /usr/bin/time ]; then
+    /usr/bin/time -f '%e %M' -o "$o" "$@" >/dev/null || return 1
+  else
+    local t0 t1; t0=$(date +%s.%N); "$@" >/dev/null || return 1; t1=$(date +%s.%N)
+    echo "$(calc "$t1 - $t0") " >"$o"
+  fi
+  cat "$o"
+}
+median() { printf '%s\n' "$@" | sort -g | awk '{ v[NR] = $1 } END {
+  if (NR == 0) exit; print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
+e_t=() e_rss=() x_t="" x_rss="" p_s="" agree="" dlpi="" eload=""
+eload=$(cut -d' ' -f1-3 /proc/loadavg 2>/dev/null)
+for ((i = 0; i < runs_exp; i++)); do
+  if r=$(timed "$out/explain.time" "$build/resid" "${exp_args[@]}" --json "$out/explain.resid.json"); then
+    e_t+=("${r% *}"); e_rss+=("${r#* }")
+  else
+    fail "resid explain"; break
+  fi
+done
+note "resid explain --top 300 (s, peak RSS kB): ${e_t[*]:-} / ${e_rss[*]:-} (load ${eload})"
+if r=$(timed "$out/explain.time" "$build/resid" "${exp_args[@]}" --exhaustive --json /dev/null); then
+  x_t=${r% *} x_rss=${r#* }
+  note "resid explain --exhaustive: ${x_t} s, peak RSS ${x_rss} kB (load $(cut -d' ' -f1-3 /proc/loadavg))"
+else
+  fail "resid explain --exhaustive"
+fi
+exp_peer_log="$out/explain.peer.txt"
+if "$py" "$root/bench/peer_explain.py" "$gpt2" --ids "$ids" --threads "$threads" \
+     ${e_t:+--compare "$out/explain.resid.json"} >"$exp_peer_log"; then
+  cat "$exp_peer_log" >&2
+  p_s=$(val peer_explain_s_median "$exp_peer_log")
+  agree=$(val top10_agree "$exp_peer_log")
+  dlpi=$(val top10_max_abs_dlpi "$exp_peer_log")
+else
+  fail "peer_explain.py"
+fi
+e_med="" e_min="" e_ratio="" e_best="" x_ratio="" e_rss_ratio=""
+if [ ${#e_t[@]} -gt 0 ]; then
+  e_med=$(median "${e_t[@]}")
+  e_min=$(printf '%s\n' "${e_t[@]}" | sort -g | head -n 1)
+fi
+[ -n "$e_med" ] && [ -n "$p_s" ] && e_ratio=$(calc "$p_s / $e_med") && e_best=$(calc "$p_s / $e_min")
+[ -n "$x_t" ] && [ -n "$p_s" ] && x_ratio=$(calc "$p_s / $x_t")
+rss_max=$(printf '%s\n' "${e_rss[@]:-}" "$x_rss" | sort -g | tail -n 1)
+[ -n "$rss_max" ] && [ -n "$wbytes" ] && e_rss_ratio=$(calc "$rss_max * 1024 / $wbytes")
+row "explain top-300, 16 tok (s; peer/resid)" "${e_med:-n/a}" "${p_s:-n/a}" "${e_ratio:-n/a}" \
+  "${e_best:-n/a}" ">= 50" "$(verdict "$e_ratio" ">=" 50)"
+row "explain --exhaustive (s; peer/resid)" "${x_t:-n/a}" "${p_s:-n/a}" "${x_ratio:-n/a}" "" \
+  ">= 2" "$(verdict "$x_ratio" ">=" 2)"
+row "  agreement: top-10 FFN + head x pos" "${agree:-n/a}" "(torch)" "" "" "yes" \
+  "$([ "$agree" = yes ] && echo PASS || echo MISS)"
+row "  max |dLPI| over those top-10s" "${dlpi:-n/a}" "" "" "" "<= 1e-4" \
+  "$(verdict "$dlpi" "<=" 0.0001)"
+row "explain peak RSS / F32 weight bytes (MB)" \
+  "$( [ -n "$rss_max" ] && calc "$rss_max / 1000" || echo n/a)" \
+  "$( [ -n "$wbytes" ] && calc "$wbytes / 1e6" || echo n/a)" "${e_rss_ratio:-n/a}" "" "<= 1.25" \
+  "$(verdict "$e_rss_ratio" "<=" 1.25)"
 
 # ---- the table ------------------------------------------------------------------
 echo
@@ -206,7 +274,9 @@ printf '%-40s|%11s|%11s|%8s|%8s|%7s|%6s\n' "figure (median of runs)" "resid" "pe
 printf '%s\n' "----------------------------------------+-----------+-----------+--------+--------+-------+------"
 printf '%s\n' "${rows[@]}"
 echo "peers: forward = PyTorch $(val peer_torch_version "$peer_log" 2>/dev/null || true) (bench/peer_forward.py);" \
+  "explain = PyTorch (bench/peer_explain.py, every FFN neuron and head x position);" \
   "RSS = F32 weight bytes; gen = llama2.c run.c${LLAMA2C_RUN:+ ($LLAMA2C_RUN)}"
+echo "explain ratios are peer/resid (higher is better); load average before the explain runs: ${eload:-?}"
 
 # ==== explain --html overhead ==================================================
 # `resid explain --html FILE` against plain `resid explain`, same model ($gpt2),
