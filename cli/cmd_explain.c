@@ -60,7 +60,12 @@ static const char help[] =
     "                       2 x layers vocabulary projections\n"
     "      --html-heads N   heads given a source-position breakdown in the HTML\n"
     "                       report (default 3, the best by score; resid serve\n"
-    "                       computes any head on click)\n" CLI_HELP_GLOBAL "\n"
+    "                       computes any head on click)\n"
+    "      --compare-scores also run the scoring-method comparison: the top-10\n"
+    "                       FFN neurons by each of 8 scores zeroed, and 10\n"
+    "                       random ones (as resid ablate --compare-scores);\n"
+    "                       in the text, \"score_compare\" in the JSON and a\n"
+    "                       chart in the HTML report. ~10 more forward passes\n" CLI_HELP_GLOBAL "\n"
     "Examples:\n"
     "  resid explain $RESID_MODELS/tinyllamas/stories260K.bin \\\n"
     "      -p \"Once upon a time, there was a boy named Tim. Tim had a big red\"\n"
@@ -82,6 +87,7 @@ enum {
     OPT_HTML_FILE,
     OPT_HTML_POSITIONS,
     OPT_HTML_HEADS,
+    OPT_COMPARE,
 };
 
 typedef struct explain_opts {
@@ -90,7 +96,7 @@ typedef struct explain_opts {
     resid_lens lens;
     long top;
     long n_tokens;
-    bool exhaustive;
+    bool exhaustive, compare;
     const char *json_path;
     const char *html_path;
     long html_positions, html_heads;
@@ -107,6 +113,7 @@ static int on_opt(const cli_command *cmd, void *user, int opt, const char *arg) 
     case OPT_TARGET_ID: return cli_parse_int(cmd, "--target-id", arg, 0, INT32_MAX, &o->target_id);
     case OPT_VS_ID: return cli_parse_int(cmd, "--vs-id", arg, 0, INT32_MAX, &o->vs_id);
     case OPT_EXHAUSTIVE: o->exhaustive = true; return CLI_CONTINUE;
+    case OPT_COMPARE: o->compare = true; return CLI_CONTINUE;
     case OPT_JSON_FILE: o->json_path = arg; return CLI_CONTINUE;
     case OPT_HTML_FILE: o->html_path = arg; return CLI_CONTINUE;
     case OPT_HTML_POSITIONS:
@@ -399,6 +406,43 @@ static int print_text(const text_ctx *r) {
     return CLI_EXIT_OK;
 }
 
+/* The scoring-method comparison ("score_compare"), when it was run. */
+static void print_compare(const text_ctx *r) {
+    const cJSON *c = jget(r->root, "score_compare");
+    if (!c) return;
+    printf("\nScoring methods compared: the top %d FFN neurons by each score zeroed (fc2 rows, "
+           "every position)\n",
+           (int)jnum(c, "k"));
+    printf("%-3s %-12s %9s %9s %7s %10s  %s\n", "", "method", "prob", "MRR", "rank", "model_prob",
+           "neurons zeroed");
+    const cJSON *rows[RESID_FSCORE_COUNT + 2];
+    int n = 0;
+    rows[n++] = jget(c, "original");
+    const cJSON *e;
+    cJSON_ArrayForEach(e, jget(c, "methods")) {
+        if (n < RESID_FSCORE_COUNT + 1) rows[n++] = e;
+    }
+    rows[n++] = jget(c, "random");
+    for (int i = 0; i < n; i++) {
+        const cJSON *w = rows[i];
+        const cJSON *letter = jget(w, "letter");
+        printf("%-3s %-12s %9.4f %9.4f %7d %10.4f ",
+               cJSON_IsString(letter) ? letter->valuestring : "", jstr(w, "name"),
+               jnum(w, "prob"), jnum(w, "rr"), (int)jnum(w, "rank"), jnum(w, "model_prob"));
+        const cJSON *u;
+        int j = 0;
+        cJSON_ArrayForEach(u, jget(w, "units")) {
+            if (j < 4) printf(" %s", cJSON_IsString(u) ? u->valuestring : "?");
+            j++;
+        }
+        if (j > 4) printf(" ... (%d)", j);
+        if (!j) printf(" -");
+        putchar('\n');
+    }
+    printf("prob, MRR (1/rank), rank: the target in the paper lens after zeroing; model_prob: "
+           "the model's own. Lower = the score found more important neurons.\n");
+}
+
 /* ------------------------------------------------------------------------- */
 /* The command                                                               */
 /* ------------------------------------------------------------------------- */
@@ -417,12 +461,13 @@ static int run(const cli_command *cmd, int argc, char **argv) {
         {"html", required_argument, NULL, OPT_HTML_FILE},
         {"html-positions", required_argument, NULL, OPT_HTML_POSITIONS},
         {"html-heads", required_argument, NULL, OPT_HTML_HEADS},
+        {"compare-scores", no_argument, NULL, OPT_COMPARE},
         {NULL, 0, NULL, 0},
     };
     /* The HTML report's extra views cost vocabulary projections: by default
      * few enough that --html adds at most ~10% to the explain's time on
      * GPT-2 small (scripts/bench.sh). */
-    explain_opts o = {NULL, NULL, -1, -1, RESID_LENS_PAPER, 10, 5, false, NULL, NULL, 4, 3};
+    explain_opts o = {NULL, NULL, -1, -1, RESID_LENS_PAPER, 10, 5, false, false, NULL, NULL, 4, 3};
     cli_args a;
     int r = cli_parse(cmd, argc, argv, CLI_OPT_PROMPT, extra, "k:", on_opt, &o, &a);
     if (r != CLI_CONTINUE) return r;
@@ -462,6 +507,7 @@ static int run(const cli_command *cmd, int argc, char **argv) {
         rq.top_k = o.top;
         rq.n_unit_tokens = (int32_t)o.n_tokens;
         rq.exhaustive = o.exhaustive;
+        rq.compare_scores = o.compare;
         rq.head_tokens = !json_stdout; /* the text report lists the top heads' tokens */
         resid_error err;
         /* --html keeps the computation (every position captured) for the
@@ -495,6 +541,7 @@ static int run(const cli_command *cmd, int argc, char **argv) {
     if (r == CLI_EXIT_OK && !json_stdout) {
         text_ctx tc = {tok, ids, n, root};
         r = print_text(&tc);
+        if (r == CLI_EXIT_OK) print_compare(&tc);
     }
     if (r == CLI_EXIT_OK && o.html_path) {
         /* The report adds views to the tree: work on a copy if the JSON is

@@ -6,8 +6,9 @@
  *   GET  /                 the page;   GET /app.css, /app.js
  *   GET  /api/info         the model
  *   POST /api/explain      {prompt|ids, target?|target_id?, vs?|vs_id?,
- *                           lens?, top?}: the explain report + lens_grid,
- *                           head_details, neuron_details
+ *                           lens?, top?, compare_scores?}: the explain
+ *                           report + lens_grid, head_details,
+ *                           neuron_details (+ score_compare)
  *   POST /api/head         the same + {layer, head}
  *   POST /api/neuron       {layer, neuron} (or {layer, head, dim, pos} with
  *                           a prompt): tokens, and with a prompt the query
@@ -285,6 +286,13 @@ static enum MHD_Result api_explain(server *s, struct MHD_Connection *c, const cJ
         free(r.ids);
         return send_error(c, 400, "head: %s", layer < 0 || head < 0 ? "needs \"layer\" and \"head\"" : msg);
     }
+    /* explain: "compare_scores": true adds the scoring-method comparison */
+    const cJSON *cmp = field(b, "compare_scores");
+    if (cmp && !cJSON_IsNull(cmp) && !cJSON_IsBool(cmp)) {
+        free(r.ids);
+        return send_error(c, 400, "%s: \"compare_scores\" must be true or false", what);
+    }
+    const bool compare = cJSON_IsTrue(cmp);
     resid_error err;
     resid_status st = RESID_OK;
     cJSON *out = NULL;
@@ -298,6 +306,7 @@ static enum MHD_Result api_explain(server *s, struct MHD_Connection *c, const cJ
         rq.contrast = r.contrast;
         rq.lens = r.lens;
         rq.top_k = r.top;
+        rq.compare_scores = compare;
         /* one computation for the report and its extra views */
         rs_explain_session *sess = NULL;
         rs_web_ctx *wc = NULL;

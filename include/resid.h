@@ -1077,6 +1077,13 @@ typedef struct resid_explain_request {
                               no tokens (default false) */
     bool head_tokens;      /* also top/bottom tokens for the top_k heads by
                               score, as the text report shows (default false) */
+    /* Additive: the scoring-method comparison (resid_compare_scores) of
+     * the prompt's target as "score_compare" in the report. */
+    bool compare_scores;   /* run it (default false; costs ~10 forward passes
+                              and every FFN neuron's 8 scores) */
+    int32_t compare_k;     /* FFN neurons zeroed per method (default 10) */
+    uint64_t compare_seed; /* the random neurons' seed (default 1, as
+                              `resid ablate --seed`) */
 } resid_explain_request;
 
 resid_explain_request resid_explain_request_defaults(void);

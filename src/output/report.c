@@ -26,6 +26,8 @@ resid_explain_request resid_explain_request_defaults(void) {
     r.n_unit_tokens = 5;
     r.query = true;
     r.prompt_tokens = true;
+    r.compare_k = 10;
+    r.compare_seed = 1;
     return r;
 }
 
@@ -191,6 +193,7 @@ typedef struct report {
     double logp_initial, logp_final;
     unit_list lists[N_LISTS];
     resid_query_layers *q1; /* may be NULL (with q1_error) */
+    resid_score_compare *cmp; /* rq->compare_scores, else NULL */
     char q1_error[512];
     resid_rank_key key;
     bool all_positions; /* capture every position (sessions for the HTML) */
@@ -203,6 +206,7 @@ static void report_free(report *r) {
     for (int i = 0; i < N_LISTS; i++)
         free(r->lists[i].s);
     resid_query_layers_free(r->q1);
+    resid_score_compare_free(r->cmp);
     resid_explainer_free(r->ex);
     resid_trace_free(r->tr);
 }
@@ -345,6 +349,15 @@ static resid_status compute(report *r, resid_error *err) {
             snprintf(r->q1_error, sizeof r->q1_error, "%s", qerr.msg);
         }
     }
+
+    /* The scoring-method comparison: its own runs of the prompt (paper
+     * lens, plain and with each method's top-k FFN neurons zeroed). Asked
+     * for explicitly, so a failure (e.g. k too large) fails the report. */
+    if (rq->compare_scores) {
+        st = resid_compare_scores(m, rq->tokens, rq->n_tokens, r->target, rq->compare_k,
+                                  rq->compare_seed, &r->cmp, err);
+        if (st != RESID_OK) return st;
+    }
     return RESID_OK;
 }
 
@@ -454,6 +467,72 @@ static bool add_unit(const report *r, cJSON *arr, int li, const resid_score *sc,
         }
         ok = add_tokens(r, e, "top_tokens", top, k) && add_tokens(r, e, "bottom_tokens", bot, k);
     }
+    return ok;
+}
+
+/* The target's statistics after an intervention (rank 1-based, as
+ * `resid ablate --json` writes them). */
+static bool add_stats(cJSON *o, const resid_target_stats *s) {
+    return cJSON_AddNumberToObject(o, "prob", s->prob) &&
+           cJSON_AddNumberToObject(o, "logprob", s->logprob) &&
+           cJSON_AddNumberToObject(o, "rank", (double)s->rank + 1) &&
+           cJSON_AddNumberToObject(o, "rr", s->rr) &&
+           cJSON_AddNumberToObject(o, "model_prob", s->model_prob) &&
+           cJSON_AddNumberToObject(o, "model_logprob", s->model_logprob) &&
+           cJSON_AddNumberToObject(o, "model_rank", (double)s->model_rank + 1) &&
+           cJSON_AddNumberToObject(o, "model_rr", s->model_rr);
+}
+
+/* {"name", "letter"?, "units": ["n:L_K", ...], stats} */
+static cJSON *compare_row(const char *name, char letter, const resid_unit *u, int32_t k,
+                          const resid_target_stats *s) {
+    cJSON *o = cJSON_CreateObject();
+    bool ok = o && cJSON_AddStringToObject(o, "name", name);
+    if (ok && letter) {
+        const char l[2] = {letter, 0};
+        ok = cJSON_AddStringToObject(o, "letter", l) != NULL;
+    }
+    cJSON *ua = ok && u ? cJSON_AddArrayToObject(o, "units") : NULL;
+    ok = ok && (!u || ua);
+    for (int32_t i = 0; ok && u && i < k; i++) {
+        char id[64] = "n:";
+        resid_unit_format(&u[i], id + 2, sizeof id - 2);
+        cJSON *e = cJSON_CreateString(id);
+        ok = e != NULL;
+        if (ok) cJSON_AddItemToArray(ua, e);
+    }
+    ok = ok && add_stats(o, s);
+    if (!ok) {
+        cJSON_Delete(o);
+        return NULL;
+    }
+    return o;
+}
+
+/* "score_compare": the comparison of resid_compare_scores. */
+static bool add_score_compare(const report *r, cJSON *root) {
+    const resid_score_compare *c = r->cmp;
+    cJSON *o = cJSON_AddObjectToObject(root, "score_compare");
+    bool ok = o && cJSON_AddNumberToObject(o, "k", c->k) &&
+              cJSON_AddNumberToObject(o, "seed", (double)r->rq->compare_seed) &&
+              cJSON_AddNumberToObject(o, "target", c->target) &&
+              cJSON_AddStringToObject(o, "lens", "paper");
+    cJSON *orig = ok ? compare_row("original", 0, NULL, 0, &c->original) : NULL;
+    ok = orig != NULL;
+    if (ok) cJSON_AddItemToObject(o, "original", orig);
+    cJSON *ma = ok ? cJSON_AddArrayToObject(o, "methods") : NULL;
+    ok = ma != NULL;
+    for (int f = 0; ok && f < RESID_FSCORE_COUNT; f++) {
+        cJSON *e = compare_row(resid_fscore_name((resid_fscore)f), (char)('a' + f),
+                               c->units + (size_t)f * c->k, c->k, &c->method[f]);
+        ok = e != NULL;
+        if (ok) cJSON_AddItemToArray(ma, e);
+    }
+    cJSON *rnd = ok ? compare_row("random", 0, c->units + (size_t)RESID_FSCORE_COUNT * c->k,
+                                  c->k, &c->random)
+                    : NULL;
+    ok = rnd != NULL;
+    if (ok) cJSON_AddItemToObject(o, "random", rnd);
     return ok;
 }
 
@@ -619,6 +698,7 @@ static cJSON *build_json(const report *r, resid_status *st, resid_error *err) {
             ok = qi && cJSON_AddStringToObject(qi, "error", r->q1_error);
         }
     }
+    if (ok && r->cmp) ok = add_score_compare(r, root);
     free(top), free(bot);
     if (!ok) {
         cJSON_Delete(root);
