@@ -206,7 +206,8 @@
       try { d = await api('/api/head', Object.assign({}, request, { layer, head })); } catch (e) { box.replaceChildren(errBox(e)); return; }
     }
     const sc = R.heads.find((x) => x.layer === layer && x.head === head);
-    const kids = [h('h3', null, `Head ${layer}_${head}`), h('p', null, `${scoreKey()} ${sgn(sc[scoreKey()], 4)}, direct logit of the target ${sgn(sc.bs_target)}`)];
+    const kids = [h('h3', null, `Head ${layer}_${head}`), h('p', null, `${scoreKey()} ${sgn(sc[scoreKey()], 4)}, direct logit of the target ${sgn(sc.bs_target)}`),
+      ablateButton([`h:${layer}_${head}`], 'head-ablate')];
     if (d && d.attention) {
       const a = d.attention, amax = Math.max(...a, 1e-9);
       kids.push(h('h4', null, 'Attention from the last position'),
@@ -229,7 +230,7 @@
     } else {
       kids.push(h('p', { class: 'muted' }, 'Position breakdown and tokens are in this report for the best heads only; resid serve computes any head.'));
     }
-    box.replaceChildren(...kids);
+    box.replaceChildren(...kids.filter((k) => k != null));
   }
 
   function tokRow(label, list) {
@@ -268,7 +269,8 @@
       try { d = await api('/api/neuron', body); } catch (e) { box.replaceChildren(errBox(e)); return; }
     }
     if (!d) { box.replaceChildren(h('p', { class: 'muted' }, 'No details for ' + u.id)); return; }
-    const kids = [h('h3', null, `Neuron ${u.id}`), h('p', null, `coefficient ${fmt(u.coef, 4)}; its input is read at position ${d.pos} (`, tok(R.tokens[d.pos]), ')')];
+    const kids = [h('h3', null, `Neuron ${u.id}`), h('p', null, `coefficient ${fmt(u.coef, 4)}; its input is read at position ${d.pos} (`, tok(R.tokens[d.pos]), ')'),
+      ablateButton([u.neuron != null ? 'n:' + u.id : u.id], 'neuron-ablate')];
     for (const k of d.keys) {
       kids.push(h('h4', null, `Query layers: pre-activation of the ${k.key} key = ${fmt(k.pre)} split by residual piece`));
       kids.push(slotChart(k.slots.map((x) => [x.slot, x.share]), 'neuron-query-chart'));
@@ -279,7 +281,7 @@
     kids.push(q.length ? h('table', { class: 'units', id: 'query-neurons' }, h('tr', null, h('th', null, 'neuron'), h('th', null, 'coef'), h('th', null, 'contribution')),
       q.map((x) => h('tr', null, h('td', null, h('code', null, x.id)), h('td', { class: 'num' }, fmt(x.coef, 4)), h('td', { class: 'num' }, sgn(x.contribution, 4)))))
       : h('p', { class: 'muted' }, 'none (layer 0)'));
-    box.replaceChildren(...kids);
+    box.replaceChildren(...kids.filter((k) => k != null));
   }
 
   /* Bars over residual slots (emb, a0, f0, ...). */
@@ -311,15 +313,77 @@
       `The top ${qi.n_value} FFN neurons' LPI (sum ${fmt(qi.lpi_sum)}) shared among the lower residual pieces by their inner product with each neuron's ${qi.key} key${gated ? ' (up + gate shares)' : ''}; mean layer ${fmt(qi.mean_layer, 2)}.`, ...kids);
   }
 
-  /* The scoring-method comparison (present only when ablations were run). */
+  /* ---- Scoring-method comparison ------------------------------------- */
+
+  /* Present only when ablations were run (resid explain --compare-scores):
+   * R.score_compare = {k, seed, target, lens, original, methods[8], random},
+   * each row {name, letter?, units?, prob, logprob, rank, rr, model_*}. */
   function compare() {
-    const c = R.score_compare || R.compare;
-    const sec = section('compare', 'Scoring methods compared', 'Top-k FFN neurons by each score zeroed; the target afterwards (lower = the method found more important neurons).');
+    const c = R.score_compare;
+    const sec = section('compare', 'Scoring methods compared', null);
     if (!c || !Array.isArray(c.methods)) { sec.hidden = true; return sec; }
-    sec.append(h('table', { class: 'units' }, h('tr', null, h('th', null, 'method'), h('th', null, 'p(target)'), h('th', null, 'rank')),
-      [{ name: 'original', ...c.original }].concat(c.methods, c.random ? [{ name: 'random', ...c.random }] : [])
-        .map((m) => h('tr', null, h('td', null, m.name || m.method), h('td', { class: 'num' }, fmt(m.prob, 4)), h('td', { class: 'num' }, m.rank != null ? m.rank : '–')))));
+    const rows = [{ kind: 'original', ...c.original }].concat(c.methods.map((m) => ({ kind: 'method', ...m })), [{ kind: 'random', ...c.random }]);
+    const gw = 46, bw = 16, left = 40, top = 10, ph = 180, Wd = left + rows.length * gw + 90, Hh = top + ph + 70;
+    const y = (v) => top + ph - Math.max(0, Math.min(1, v || 0)) * ph;
+    const svg = s('svg', { width: Wd, height: Hh, id: 'compare-chart', class: 'chart' });
+    [0, 0.25, 0.5, 0.75, 1].forEach((v) => {
+      svg.append(s('line', { x1: left, x2: left + rows.length * gw, y1: y(v), y2: y(v), class: v ? 'grid' : 'axis' }));
+      svg.append(s('text', { x: left - 5, y: y(v) + 4, class: 'lab', 'text-anchor': 'end' }, v.toFixed(2)));
+    });
+    rows.forEach((m, i) => {
+      const x = left + i * gw + (gw - 2 * bw) / 2;
+      [['prob', m.prob, 'p(target)'], ['rr', m.rr, 'MRR']].forEach(([k, v, lab], j) =>
+        svg.append(s('rect', { x: x + j * bw, y: y(v), width: bw - 2, height: Math.max(ph * Math.max(0, Math.min(1, v || 0)), 0.5), class: `bar cmp-${k} ${m.kind}`, 'data-method': m.name },
+          s('title', null, `${m.name}: ${lab} ${fmt(v, 4)} (rank ${m.rank})`))));
+      const lx = left + i * gw + gw / 2, ly = top + ph + 12;
+      svg.append(s('text', { x: lx, y: ly, class: 'lab', 'text-anchor': 'start', transform: `rotate(35 ${lx} ${ly})` }, (m.letter ? m.letter + ' ' : '') + m.name));
+    });
+    /* Reference lines: the unablated model and the random neurons. */
+    [['original', c.original], ['random', c.random]].forEach(([name, r]) => {
+      const ry = y(r.prob);
+      svg.append(s('line', { x1: left, x2: left + rows.length * gw, y1: ry, y2: ry, class: 'ref ' + name, 'data-ref': name }));
+      svg.append(s('text', { x: left + rows.length * gw + 4, y: ry + (name === 'random' && Math.abs(c.random.prob - c.original.prob) < 0.06 ? 12 : 0) + 4, class: 'lab ref-lab' }, `${name} p ${fmt(r.prob, 3)}`));
+    });
+    const legend = h('p', { class: 'note' }, h('span', { class: 'key cmp-prob' }), ' p(target) after zeroing  ', h('span', { class: 'key cmp-rr' }), ' MRR (1/rank)  ',
+      h('span', { class: 'key ref' }), ' dashed: p(target) of the original model (black) and with the random neurons zeroed (red)');
+    const table = h('table', { class: 'units', id: 'compare-table' },
+      h('thead', null, h('tr', null, ['', 'method', 'p(target)', 'log p', 'MRR', 'rank', 'model p', 'neurons zeroed'].map((x) => h('th', null, x)))),
+      h('tbody', null, rows.map((m) => h('tr', { 'data-method': m.name, class: m.kind },
+        h('td', null, m.letter || ''), h('td', null, m.name), h('td', { class: 'num' }, fmt(m.prob, 4)), h('td', { class: 'num' }, fmt(m.logprob, 3)),
+        h('td', { class: 'num' }, fmt(m.rr, 4)), h('td', { class: 'num' }, m.rank), h('td', { class: 'num' }, fmt(m.model_prob, 4)),
+        h('td', null, m.units ? h('code', { title: m.units.join(' ') }, m.units.slice(0, 5).join(' ') + (m.units.length > 5 ? ' …' : '')) : '–')))));
+    sec.append(h('p', { class: 'note' }, `The top ${c.k} FFN neurons by each of the ${c.methods.length} scores (METHOD.md §3.5) zeroed at every position, and ${c.k} random neurons (seed ${c.seed}); the target afterwards in the ${c.lens} lens. Lower = the score found more important neurons.`),
+      legend, h('div', { class: 'scroll' }, svg), table);
     return sec;
+  }
+
+  /* ---- Ablation (resid serve only) -------------------------------------- */
+
+  /* A button that zeroes `units` (ids in the resid ablate syntax) through
+   * /api/ablate and shows p(target) before -> after. Only in the served
+   * page: a report file has no server to ask. */
+  function ablateButton(units, id) {
+    if (!request) return null;
+    const out = h('span', { class: 'ablate-result', id: id + '-result', role: 'status' });
+    const btn = h('button', {
+      type: 'button', class: 'ablate', id, title: 'zero ' + units.join(', ') + ' (resid ablate, mode zero)',
+      onclick: async () => {
+        btn.disabled = true;
+        out.replaceChildren(h('span', { class: 'muted' }, 'computing…'));
+        try {
+          const a = await api('/api/ablate', Object.assign({}, request, { units, mode: 'zero' }));
+          out.dataset.before = a.before.prob;
+          out.dataset.after = a.after.prob;
+          out.replaceChildren('p(target) ', h('b', { class: 'before' }, fmt(a.before.prob, 4)), ' → ', h('b', { class: 'after' }, fmt(a.after.prob, 4)),
+            ` (${sgn(a.after.prob - a.before.prob, 4)}; rank ${a.before.rank} → ${a.after.rank}; paper lens; the model: ${fmt(a.before.model_prob, 4)} → ${fmt(a.after.model_prob, 4)})`);
+        } catch (e) {
+          out.replaceChildren(errBox(e));
+        } finally {
+          btn.disabled = false;
+        }
+      },
+    }, 'ablate (zero)');
+    return h('p', { class: 'ablate-row' }, btn, ' ', out);
   }
 
   /* ---- Rendering -------------------------------------------------------- */
@@ -355,6 +419,7 @@
       const body = { prompt: v('f-prompt'), lens: v('f-lens'), top: Number(v('f-top')) || 10 };
       if (v('f-target')) body.target = v('f-target');
       if (v('f-vs')) body.vs = v('f-vs');
+      if (document.getElementById('f-compare').checked) body.compare_scores = true;
       const t0 = performance.now();
       const btn = document.getElementById('f-go');
       btn.disabled = true;

@@ -1,7 +1,9 @@
 // report.test.cjs - the self-contained report of `resid explain --html` in
 // headless Chromium: opened from disk, it shows the target, the lens grid
 // ((2L+1) x the last 4 positions), the layer chart (2L bars), the head map (L x H cells);
-// clicking a head and a neuron opens their details; no console errors, no
+// clicking a head and a neuron opens their details (no ablate button: no
+// server); the scoring-method comparison is hidden without --compare-scores
+// and shows 8 methods + original + random with it; no console errors, no
 // network. Screenshots: browser-report*.png in the working directory.
 'use strict';
 const test = require('node:test');
@@ -63,6 +65,51 @@ test('report of stories260K opens from disk and is interactive', async () => {
     await page.click(`#attn-table tr[data-id="${a0.id}"]`);
     assert.match(await page.textContent('#neuron-detail h3'), new RegExp('Neuron ' + a0.id));
     await page.locator('#neurons').screenshot({ path: 'browser-report-neuron.png' });
+    // A report file has no server: no ablate button in the detail panels.
+    assert.strictEqual(await page.locator('button.ablate').count(), 0);
+    assert.deepStrictEqual(errors, []);
+  } finally {
+    await browser.close();
+  }
+});
+
+test('report with --compare-scores shows the scoring-method comparison', async () => {
+  const out = path.resolve('browser-report-compare.html');
+  const json = JSON.parse(cli(['explain', STORIES, '-p', PROMPT, '--compare-scores', '--json', '-']));
+  cli(['explain', STORIES, '-p', PROMPT, '--compare-scores', '--html', out], { stdio: ['ignore', 'ignore', 'pipe'] });
+  const c = json.score_compare;
+  assert.strictEqual(c.methods.length, 8);
+  const { browser, page, errors } = await launch();
+  try {
+    await page.goto('file://' + out);
+    await page.waitForSelector('#compare-chart');
+    assert.ok(await page.locator('#compare').isVisible(), 'comparison shown');
+    // 8 methods + original + random, in that order, with the JSON's values.
+    const rows = [c.original].concat(c.methods, [c.random]);
+    const names = ['original', 'lpi', 'logp-alone', 'prob-inc', 'norm', 'coef', 'rank', 'coef-norm', 'coef-rank', 'random'];
+    assert.deepStrictEqual(rows.map((r) => r.name), names);
+    const trs = page.locator('#compare-table tbody tr');
+    assert.strictEqual(await trs.count(), 10);
+    assert.deepStrictEqual(await trs.evaluateAll((rs) => rs.map((r) => r.dataset.method)), names);
+    for (let i = 0; i < 10; i++) {
+      const cells = await trs.nth(i).locator('td').allTextContents();
+      assert.strictEqual(cells[2], rows[i].prob.toFixed(4), names[i] + ' prob');
+      assert.strictEqual(cells[4], rows[i].rr.toFixed(4), names[i] + ' MRR');
+      assert.strictEqual(Number(cells[5]), rows[i].rank, names[i] + ' rank');
+    }
+    // The chart: a p(target) bar and an MRR bar per row, bar heights
+    // proportional to the values; the original and random reference lines.
+    assert.strictEqual(await page.locator('#compare-chart .bar.cmp-prob').count(), 10);
+    assert.strictEqual(await page.locator('#compare-chart .bar.cmp-rr').count(), 10);
+    assert.strictEqual(await page.locator('#compare-chart .bar.method').count(), 16);
+    const hts = await page.locator('#compare-chart .bar.cmp-rr').evaluateAll((bs) => bs.map((b) => Number(b.getAttribute('height'))));
+    const ratio = hts[0] / rows[0].rr;
+    rows.forEach((r, i) => assert.ok(Math.abs(hts[i] - Math.max(ratio * r.rr, 0.5)) < 1e-6, names[i] + ' MRR bar height'));
+    assert.deepStrictEqual(await page.locator('#compare-chart line.ref').evaluateAll((ls) => ls.map((l) => l.dataset.ref)), ['original', 'random']);
+    const ys = await page.locator('#compare-chart line.ref').evaluateAll((ls) => ls.map((l) => Number(l.getAttribute('y1'))));
+    const pys = await page.locator('#compare-chart .bar.cmp-prob').evaluateAll((bs) => bs.map((b) => Number(b.getAttribute('y'))));
+    assert.ok(Math.abs(ys[0] - pys[0]) < 1e-6 && Math.abs(ys[1] - pys[9]) < 1e-6, 'reference lines at the original and random p');
+    await page.locator('#compare').screenshot({ path: 'browser-report-compare.png' });
     assert.deepStrictEqual(errors, []);
   } finally {
     await browser.close();

@@ -1,8 +1,10 @@
 // serve.test.cjs - `resid serve` in headless Chromium: the page loads, a
 // prompt typed into the form is explained (spinner, then the views), the
 // DOM matches the CLI's JSON, a head without precomputed details is fetched
-// from /api/head, a neuron opens its details; no console errors, no
-// request leaves 127.0.0.1. Screenshot: browser-serve.png.
+// from /api/head, a neuron opens its details; the ablate buttons of a
+// neuron and a head show /api/ablate's p(target) before -> after; the
+// "compare scores" box adds the comparison panel; no console errors, no
+// request leaves 127.0.0.1. Screenshots: browser-serve*.png.
 'use strict';
 const test = require('node:test');
 const assert = require('node:assert');
@@ -58,6 +60,61 @@ test('resid serve: explain a typed prompt, open a head and a neuron', async () =
     await page.click(`#ffn-table tr[data-id="${n0.id}"]`);
     assert.match(await page.textContent('#neuron-detail h3'), new RegExp('Neuron ' + n0.id));
     assert.ok(await page.locator('#query-neurons tr').count() > 1);
+
+    // Ablate that neuron: the page shows /api/ablate's before -> after, and
+    // the same request sent from here gives the same numbers.
+    let body = null;
+    const ab = page.waitForResponse((r) => r.url().endsWith('/api/ablate'));
+    await page.click('#neuron-ablate');
+    const abr = await ab;
+    assert.strictEqual(abr.status(), 200);
+    const shown = await abr.json();
+    body = JSON.parse(abr.request().postData());
+    assert.deepStrictEqual(body.units, ['n:' + n0.id]);
+    assert.strictEqual(body.mode, 'zero');
+    await page.waitForSelector('#neuron-ablate-result .after');
+    const direct = await (await fetch(srv.url + 'api/ablate', { method: 'POST', body: JSON.stringify({ prompt: PROMPT, units: ['n:' + n0.id] }) })).json();
+    assert.deepStrictEqual(direct.before, shown.before);
+    assert.deepStrictEqual(direct.after, shown.after);
+    assert.deepStrictEqual(direct.units, ['n:' + n0.id]);
+    assert.strictEqual(direct.target.id, json.target.id);
+    const res = page.locator('#neuron-ablate-result');
+    assert.strictEqual(Number(await res.getAttribute('data-before')), direct.before.prob);
+    assert.strictEqual(Number(await res.getAttribute('data-after')), direct.after.prob);
+    assert.strictEqual(await res.locator('.before').textContent(), direct.before.prob.toFixed(4));
+    assert.strictEqual(await res.locator('.after').textContent(), direct.after.prob.toFixed(4));
+    assert.ok(direct.before.prob !== direct.after.prob, 'zeroing a top neuron changes p(target)');
+    // p(target) before is the report's (paper lens).
+    assert.ok(Math.abs(direct.before.prob - json.target.prob) < 1e-6);
+    await page.locator('#neurons').screenshot({ path: 'browser-serve-ablate.png' });
+
+    // And a head (the worst one, still open).
+    const hb = page.waitForResponse((r) => r.url().endsWith('/api/ablate'));
+    await page.click('#head-ablate');
+    const hshown = await (await hb).json();
+    await page.waitForSelector('#head-ablate-result .after');
+    assert.deepStrictEqual(hshown.units, ['h:' + worst.id]);
+    assert.strictEqual(await page.locator('#head-ablate-result .after').textContent(), hshown.after.prob.toFixed(4));
+
+    // An attention neuron: its id (L_H_N_J) goes as it is.
+    const a0 = json.attn_neurons[0];
+    await page.click(`#attn-table tr[data-id="${a0.id}"]`);
+    await page.waitForSelector('#neuron-ablate');
+    const nb = page.waitForResponse((r) => r.url().endsWith('/api/ablate'));
+    await page.click('#neuron-ablate');
+    const nshown = await (await nb).json();
+    assert.deepStrictEqual(nshown.units, [a0.id]);
+    await page.waitForSelector('#neuron-ablate-result .after');
+    assert.strictEqual(Number(await page.locator('#neuron-ablate-result').getAttribute('data-after')), nshown.after.prob);
+
+    // The "compare scores" box: the comparison panel, 8 methods + original + random.
+    assert.ok(await page.locator('#compare').isHidden());
+    await page.check('#f-compare');
+    await page.click('#f-go');
+    await page.waitForSelector('#compare-chart', { timeout: 60000 });
+    assert.strictEqual(await page.locator('#compare-table tbody tr').count(), 10);
+    assert.strictEqual(await page.locator('#compare-chart .bar.cmp-prob').count(), 10);
+    await page.uncheck('#f-compare');
 
     // A bad request shows the server's message, and the server stays up.
     await page.fill('#f-target', 'not one token at all');
