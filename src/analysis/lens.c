@@ -107,8 +107,13 @@ void rs_project_many(resid_explainer *e, const float *y, int n, float *c) {
  * The hot loops are optimised even in Debug builds (the test suite scores
  * hundreds of thousands of units through them).
  */
+#if defined(__clang__) /* clang has no per-function optimize attribute */
+#define RS_HOT
+#define RS_AVX2 __attribute__((target("avx2,fma")))
+#else
 #define RS_HOT __attribute__((optimize("O2")))
 #define RS_AVX2 __attribute__((optimize("O2"), target("avx2,fma")))
+#endif
 
 typedef float v8f __attribute__((vector_size(32)));
 typedef float v8f_u __attribute__((vector_size(32), aligned(4), may_alias));
