@@ -624,6 +624,30 @@ resid_status resid_project_unit(resid_explainer *e, const resid_unit *u, int32_t
                                 resid_token_value *top, resid_token_value *bottom,
                                 int32_t *k_out, resid_error *err);
 
+/* Batched projections (for many vectors at once; additive API).
+ *
+ * resid_lens_vector: y[D] = the model-space image of v under the lens, so
+ * that bs(v) = W_U·y (PAPER: γ_f ⊙ centre(v)/scale; EXACT adds β_f; LOGIT
+ * normalises v by its own statistics). resid_lens_apply(v) = W_U·y.
+ * resid_unit_lens_vector: the same for a unit through the explainer's map
+ * (resid_unit_bs(u) = W_U·y). */
+resid_status resid_lens_vector(const resid_model *m, resid_lens lens, double scale,
+                               const float *v, float *y, resid_error *err);
+resid_status resid_unit_lens_vector(resid_explainer *e, const resid_unit *u, float *y,
+                                    resid_error *err);
+
+/* Top-k and bottom-k tokens of W_U·y_i for n lens-prepared vectors
+ * y[n][D] (from resid_lens_vector / resid_unit_lens_vector; apply any sign
+ * before). The products are GEMMs over blocks of rows (scratch: one block
+ * × V floats), then a per-row selection as resid_top_bottom. Row i's lists
+ * go to top + i·k and bottom + i·k (either may be NULL); k is clamped to V
+ * and the clamped k returned through *k_out (may be NULL). Same lists as
+ * resid_project_vector row by row, within float rounding of the values. */
+resid_status resid_project_many_topk(const resid_model *m, const float *y, int64_t n,
+                                     int32_t k, resid_token_value *top,
+                                     resid_token_value *bottom, int32_t *k_out,
+                                     resid_error *err);
+
 /* How adding a unit's vector v to its context x (x_in[l][t*] or
  * x_mid[l][t*]) changes the distribution (METHOD.md §2.3), beside bs(v).
  * Probabilities are softmax of the explainer's lens values (PAPER or

@@ -297,6 +297,71 @@ resid_status resid_project_unit(resid_explainer *e, const resid_unit *u, int32_t
 }
 
 /* ---------------------------------------------------------------------- */
+/* Many vectors at once                                                   */
+/* ---------------------------------------------------------------------- */
+
+resid_status resid_lens_vector(const resid_model *m, resid_lens lens, double scale,
+                               const float *v, float *y, resid_error *err) {
+    if (!m || !v || !y) return rs_err(err, RESID_E_ARG, "lens: model, v and y are required");
+    if (!lens_ok(lens)) return rs_err(err, RESID_E_ARG, "lens: unknown lens %d", (int)lens);
+    lens_y(m, lens, scale, v, y);
+    return RESID_OK;
+}
+
+resid_status resid_unit_lens_vector(resid_explainer *e, const resid_unit *u, float *y,
+                                    resid_error *err) {
+    if (!e || !u || !y)
+        return rs_err(err, RESID_E_ARG, "unit lens: explainer, unit and y are required");
+    resid_status st = rs_units_prepare(e, u, 1, err);
+    if (st) return st;
+    float *v = malloc((size_t)e->D * sizeof(float));
+    if (!v) return rs_err(err, RESID_E_NOMEM, "unit lens: out of memory");
+    rs_unit_vector(e, u, v);
+    rs_lensmap(e, v, y);
+    free(v);
+    return RESID_OK;
+}
+
+/* Rows per unembedding GEMM of resid_project_many_topk (scratch: rows × V
+ * floats, 12.9 MB at V = 50257). */
+#define TOPK_ROWS 64
+
+resid_status resid_project_many_topk(const resid_model *m, const float *y, int64_t n,
+                                     int32_t k, resid_token_value *top,
+                                     resid_token_value *bottom, int32_t *k_out,
+                                     resid_error *err) {
+    if (!m || (!y && n > 0))
+        return rs_err(err, RESID_E_ARG, "projection: model and vectors are required");
+    if (n < 0) return rs_err(err, RESID_E_ARG, "projection: n = %lld is negative", (long long)n);
+    if (k < 0) return rs_err(err, RESID_E_ARG, "projection: k = %d is negative", k);
+    const int32_t V = m->hp.n_vocab, D = m->hp.d_model;
+    const int32_t kk = k < V ? k : V;
+    if (k_out) *k_out = kk;
+    if (n == 0 || kk == 0 || (!top && !bottom)) return RESID_OK;
+    size_t nv, ny, nk;
+    const int64_t rows = n < TOPK_ROWS ? n : TOPK_ROWS;
+    if (!rs_mul_size((size_t)rows, (size_t)V, &nv) || !rs_mul_size(nv, sizeof(float), &nv) ||
+        !rs_mul_size((size_t)n, (size_t)D, &ny) || !rs_mul_size((size_t)n, (size_t)k, &nk))
+        return rs_err(err, RESID_E_ARG, "projection: %lld vectors x k=%d overflow the size",
+                      (long long)n, k);
+    float *bs = malloc(nv);
+    if (!bs) return rs_err(err, RESID_E_NOMEM, "projection: out of memory (%lld rows x V=%d)",
+                           (long long)rows, V);
+    for (int64_t r0 = 0; r0 < n; r0 += rows) {
+        const int64_t nb = n - r0 < rows ? n - r0 : rows;
+        rs_matmul(m->w_out, y + (size_t)r0 * D, nb, bs, NULL);
+#pragma omp parallel for schedule(dynamic, 1) if (nb * (int64_t)V >= RS_PAR_MIN_WORK)
+        for (int64_t b = 0; b < nb; b++) {
+            const float *x = bs + (size_t)b * V;
+            const size_t o = (size_t)(r0 + b) * (size_t)k;
+            resid_top_bottom(x, V, kk, top ? top + o : NULL, bottom ? bottom + o : NULL);
+        }
+    }
+    free(bs);
+    return RESID_OK;
+}
+
+/* ---------------------------------------------------------------------- */
 /* Distribution change                                                    */
 /* ---------------------------------------------------------------------- */
 

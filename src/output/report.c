@@ -365,26 +365,83 @@ static resid_status compute(report *r, resid_error *err) {
 /* JSON                                                                      */
 /* ------------------------------------------------------------------------- */
 
-/* Top and bottom tokens of a unit. FFN and attention neurons: of the raw
+/* Token lists computed at once: at most this many (units × k) per batch. */
+#define TOKEN_LIST_BUDGET (1 << 20)
+
+/* A parameter row (FFN or attention neuron direction) and the unit using it. */
+typedef struct dir_key {
+    int32_t kind, layer;
+    int64_t row, i;
+} dir_key;
+
+static int cmp_dir_key(const void *pa, const void *pb) {
+    const dir_key *a = pa, *b = pb;
+    if (a->kind != b->kind) return a->kind < b->kind ? -1 : 1;
+    if (a->layer != b->layer) return a->layer < b->layer ? -1 : 1;
+    if (a->row != b->row) return a->row < b->row ? -1 : 1;
+    return (a->i > b->i) - (a->i < b->i);
+}
+
+/* Top and bottom tokens of the units s[0..n) with want[i] (want NULL: all)
+ * into top/bottom + i·k (k <= V). FFN and attention neurons: of the raw
  * parameter row (fc2_k, W_O row; coefficient not applied, as the notebooks
- * print them). Heads and head × positions: of the unit's vector itself. */
-static resid_status unit_tokens(const report *r, const resid_unit *u, int32_t k,
-                                resid_token_value *top, resid_token_value *bottom, int32_t *k_out,
-                                resid_error *err) {
-    const int32_t dh = r->info->d_head;
-    if (k == 0) {
-        *k_out = 0;
-        return RESID_OK;
+ * print them), projected once per distinct row. Heads and head × positions:
+ * of the unit's vector itself. One batched projection for all of them. */
+static resid_status unit_tokens(const report *r, const resid_score *s, const bool *want,
+                                int64_t n, int32_t k, resid_token_value *top,
+                                resid_token_value *bottom, resid_error *err) {
+    const int32_t D = r->info->d_model, dh = r->info->d_head;
+    if (k <= 0 || n <= 0) return RESID_OK;
+    size_t ny, nt;
+    if (!rs_mul_size((size_t)n, (size_t)D, &ny) || !rs_mul_size(ny, sizeof(float), &ny) ||
+        !rs_mul_size((size_t)n, (size_t)k, &nt) || !rs_mul_size(nt, sizeof *top, &nt))
+        return rs_err(err, RESID_E_NOMEM, "explain: token lists of %lld units overflow",
+                      (long long)n);
+    float *v = malloc((size_t)D * sizeof *v), *y = malloc(ny);
+    int64_t *slot = malloc((size_t)n * sizeof *slot);
+    dir_key *keys = malloc((size_t)n * sizeof *keys);
+    resid_token_value *dt = malloc(nt), *db = malloc(nt);
+    resid_status st = RESID_OK;
+    if (!v || !y || !slot || !keys || !dt || !db) {
+        st = rs_err(err, RESID_E_NOMEM, "explain: out of memory for token lists");
+        goto done;
     }
-    switch (u->kind) {
-    case RESID_UNIT_FFN_NEURON:
-        return resid_project_param(r->m, RESID_PARAM_FC2, u->layer, u->index, 1.0, 1.0, k, top,
-                                   bottom, k_out, err);
-    case RESID_UNIT_ATTN_NEURON:
-        return resid_project_param(r->m, RESID_PARAM_WO, u->layer, (int64_t)u->head * dh + u->index,
-                                   1.0, 1.0, k, top, bottom, k_out, err);
-    default: return resid_project_unit(r->ex, u, k, top, bottom, k_out, err);
+    int64_t nk = 0, nv = 0;
+    for (int64_t i = 0; i < n; i++) {
+        const resid_unit *u = &s[i].unit;
+        slot[i] = -1;
+        if (want && !want[i]) continue;
+        if (u->kind == RESID_UNIT_FFN_NEURON)
+            keys[nk++] = (dir_key){RESID_PARAM_FC2, u->layer, u->index, i};
+        else if (u->kind == RESID_UNIT_ATTN_NEURON)
+            keys[nk++] =
+                (dir_key){RESID_PARAM_WO, u->layer, (int64_t)u->head * dh + u->index, i};
     }
+    qsort(keys, (size_t)nk, sizeof *keys, cmp_dir_key);
+    for (int64_t j = 0; !st && j < nk; j++) {
+        const dir_key *a = &keys[j];
+        if (j == 0 || a->kind != a[-1].kind || a->layer != a[-1].layer || a->row != a[-1].row) {
+            st = resid_param_vector(r->m, (resid_param)a->kind, a->layer, a->row, v, err);
+            if (!st)
+                st = resid_lens_vector(r->m, RESID_LENS_PAPER, 1.0, v, y + (size_t)nv * D, err);
+            nv++;
+        }
+        slot[a->i] = nv - 1;
+    }
+    for (int64_t i = 0; !st && i < n; i++) {
+        if ((want && !want[i]) || slot[i] >= 0) continue;
+        st = resid_unit_lens_vector(r->ex, &s[i].unit, y + (size_t)nv * D, err);
+        slot[i] = nv++;
+    }
+    if (!st) st = resid_project_many_topk(r->m, y, nv, k, dt, db, NULL, err);
+    for (int64_t i = 0; !st && i < n; i++) {
+        if (slot[i] < 0) continue;
+        memcpy(top + (size_t)i * k, dt + (size_t)slot[i] * k, (size_t)k * sizeof *top);
+        memcpy(bottom + (size_t)i * k, db + (size_t)slot[i] * k, (size_t)k * sizeof *bottom);
+    }
+done:
+    free(v), free(y), free(slot), free(keys), free(dt), free(db);
+    return st;
 }
 
 static cJSON *json_token(const report *r, int32_t id) {
@@ -426,8 +483,7 @@ static void slot_name(int32_t j, char *buf, size_t n) {
 
 /* One entry of a unit list. */
 static bool add_unit(const report *r, cJSON *arr, int li, const resid_score *sc, bool tokens,
-                     resid_token_value *top, resid_token_value *bot, resid_status *st,
-                     resid_error *err) {
+                     const resid_token_value *top, const resid_token_value *bot) {
     const resid_unit *u = &sc->unit;
     const int32_t *ids = r->rq->tokens;
     char id[64];
@@ -459,12 +515,7 @@ static bool add_unit(const report *r, cJSON *arr, int li, const resid_score *sc,
          cJSON_AddNumberToObject(e, "bs_target", sc->bs_target);
     if (ok && r->contrast >= 0) ok = cJSON_AddNumberToObject(e, "contrast", sc->contrast) != NULL;
     if (ok && tokens) {
-        int32_t k = 0;
-        resid_status ts = unit_tokens(r, u, r->rq->n_unit_tokens, top, bot, &k, err);
-        if (ts != RESID_OK) {
-            *st = ts;
-            return false;
-        }
+        const int32_t k = r->rq->n_unit_tokens; /* <= V (checked in compute) */
         ok = add_tokens(r, e, "top_tokens", top, k) && add_tokens(r, e, "bottom_tokens", bot, k);
     }
     return ok;
@@ -545,8 +596,15 @@ static cJSON *build_json(const report *r, resid_status *st, resid_error *err) {
     *st = RESID_E_NOMEM;
     cJSON *root = cJSON_CreateObject();
     if (!root) return NULL;
-    resid_token_value *top = malloc((size_t)(rq->n_unit_tokens + 1) * sizeof *top);
-    resid_token_value *bot = malloc((size_t)(rq->n_unit_tokens + 1) * sizeof *bot);
+    /* token lists of up to `chunk` units of a list at a time */
+    const int32_t kt = rq->compact ? 0 : rq->n_unit_tokens;
+    const int64_t chunk = kt > 0 && TOKEN_LIST_BUDGET / kt > 0 ? TOKEN_LIST_BUDGET / kt : 1;
+    int64_t n_max = 1;
+    for (int li = 0; li < N_LISTS; li++)
+        if (r->lists[li].n > n_max) n_max = r->lists[li].n;
+    const size_t n_tok = (size_t)(n_max < chunk ? n_max : chunk) * (size_t)kt + 1;
+    resid_token_value *top = malloc(n_tok * sizeof *top);
+    resid_token_value *bot = malloc(n_tok * sizeof *bot);
     bool ok = top && bot;
     cJSON *mo = ok ? cJSON_AddObjectToObject(root, "model") : NULL;
     ok = mo && cJSON_AddStringToObject(mo, "name", info->name) &&
@@ -653,9 +711,20 @@ static cJSON *build_json(const report *r, resid_status *st, resid_error *err) {
                 want[order[i].i] = true;
             free(order);
         }
+        const bool any_tokens = kt > 0 && (li != LIST_HEADS || want);
         for (int64_t i = 0; ok && i < ul->n; i++) {
-            ok = add_unit(r, arr, li, &ul->s[i], li != LIST_HEADS || (want && want[i]), top, bot,
-                          st, err);
+            if (any_tokens && i % chunk == 0) {
+                const int64_t nc = ul->n - i < chunk ? ul->n - i : chunk;
+                resid_status ts = unit_tokens(r, ul->s + i, want ? want + i : NULL, nc, kt, top,
+                                              bot, err);
+                if (ts != RESID_OK) {
+                    *st = ts;
+                    ok = false;
+                }
+            }
+            const size_t o = (size_t)(i % chunk) * (size_t)kt;
+            ok = ok && add_unit(r, arr, li, &ul->s[i], li != LIST_HEADS || (want && want[i]),
+                                top + o, bot + o);
             if (!ok && *st != RESID_E_NOMEM) {
                 free(want);
                 free(top), free(bot);
