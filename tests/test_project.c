@@ -501,12 +501,162 @@ static void test_lens_grid(void **state) {
     }
 }
 
+/* ---------------------------------------------------------------------- */
+/* Batched top/bottom-k against the per-vector API                        */
+/* ---------------------------------------------------------------------- */
+
+/* b (batched) against a (per vector), k entries: values within tol at each
+ * rank; ids equal except where values tie within `tie` (then the id must
+ * appear in a at a tied value, or tie with a's last value at the cut).
+ * Returns the max value difference; counts the tie reorders. */
+static double same_list(const char *what, const resid_token_value *a,
+                        const resid_token_value *b, int k, double tol, double tie,
+                        int *n_reordered) {
+    double md = 0;
+    for (int r = 0; r < k; r++) {
+        md = fmax(md, fabs(a[r].value - b[r].value));
+        if (a[r].id == b[r].id) continue;
+        int rr = -1;
+        for (int j = 0; j < k; j++)
+            if (a[j].id == b[r].id) rr = j;
+        bool tied = rr >= 0 ? fabs(a[rr].value - b[r].value) <= tie
+                            : fabs(a[k - 1].value - b[r].value) <= tie;
+        if (!tied) {
+            print_error("%s rank %d: batched id %d (%.9g) vs per-vector id %d (%.9g)\n", what,
+                        r, b[r].id, b[r].value, a[r].id, a[r].value);
+            fail();
+        }
+        (*n_reordered)++;
+    }
+    if (md > tol) {
+        print_error("%s: maxdiff %.3e > tol %.1e\n", what, md, tol);
+        fail();
+    }
+    return md;
+}
+
+#define NB 70 /* > 64: two GEMM blocks */
+
+static void test_project_many(void **state) {
+    (void)state;
+    const int fis[] = {0, 1}; /* stories260K, tiny-gpt2-stories */
+    for (size_t q = 0; q < sizeof fis / sizeof fis[0]; q++) {
+        const fixture *f = &fixtures[fis[q]];
+        setup s = open_fixture(f, RESID_LENS_PAPER);
+        const rs_hparams *hp = &s.m->hp;
+        const int V = hp->n_vocab, D = hp->d_model, L = hp->n_layer;
+        float *v = malloc(sizeof(float) * (size_t)NB * D);
+        float *y = malloc(sizeof(float) * (size_t)NB * D);
+        double scale[NB];
+        resid_token_value *bt = malloc(sizeof *bt * (size_t)NB * K);
+        resid_token_value *bb = malloc(sizeof *bb * (size_t)NB * K);
+        resid_token_value top[K], bot[K];
+        resid_error err;
+        /* parameter rows (fc2, W_O) of every layer with both signs, one row
+         * twice, and pseudo-random vectors, at scales 1 and 2.5 */
+        uint32_t rng = 12345u;
+        for (int i = 0; i < NB; i++) {
+            float *vi = v + (size_t)i * D;
+            scale[i] = i % 3 ? 1.0 : 2.5;
+            if (i < 48) {
+                resid_param p = i % 2 ? RESID_PARAM_WO : RESID_PARAM_FC2;
+                const int64_t nr = p == RESID_PARAM_WO ? (int64_t)hp->n_head * hp->d_head
+                                                       : hp->d_ffn;
+                const int l = (i / 2) % L;
+                const int64_t row = ((int64_t)i * 7919) % nr;
+                assert_int_equal(resid_param_vector(s.m, p, l, row, vi, &err), RESID_OK);
+                if (i % 4 >= 2)
+                    for (int d = 0; d < D; d++) vi[d] = -vi[d];
+            } else if (i == 48) {
+                memcpy(vi, v, sizeof(float) * (size_t)D);
+                scale[i] = scale[0];
+            } else {
+                for (int d = 0; d < D; d++) {
+                    rng = rng * 1664525u + 1013904223u;
+                    vi[d] = (float)((rng >> 8) * (1.0 / 16777216.0) - 0.5);
+                }
+            }
+            assert_int_equal(resid_lens_vector(s.m, RESID_LENS_PAPER, scale[i], vi,
+                                               y + (size_t)i * D, &err),
+                             RESID_OK);
+        }
+        int32_t k = -1;
+        assert_int_equal(resid_project_many_topk(s.m, y, NB, K, bt, bb, &k, &err), RESID_OK);
+        assert_int_equal(k, K);
+        double worst = 0;
+        int n_reordered = 0;
+        for (int i = 0; i < NB; i++) {
+            assert_int_equal(resid_project_vector(s.m, v + (size_t)i * D, scale[i], K, top, bot,
+                                                  NULL, &err),
+                             RESID_OK);
+            const double mx = fmax(1, fmax(fabs(top[0].value), fabs(bot[0].value)));
+            char what[96];
+            snprintf(what, sizeof what, "%s vector %d", f->path, i);
+            worst = fmax(worst, same_list(what, top, bt + (size_t)i * K, K, 1e-5 * mx,
+                                          1e-6 * mx, &n_reordered));
+            worst = fmax(worst, same_list(what, bot, bb + (size_t)i * K, K, 1e-5 * mx,
+                                          1e-6 * mx, &n_reordered));
+        }
+        /* the duplicate row gives the same lists */
+        for (int r = 0; r < K; r++) assert_int_equal(bt[48 * K + r].id, bt[r].id);
+        printf("  many %-34s %d vectors: batched top/bottom-%d vs resid_project_vector "
+               "maxdiff %.2e, %d tie reorders\n",
+               f->path, NB, K, worst, n_reordered);
+
+        /* units through the explainer: resid_unit_lens_vector + batch vs
+         * resid_project_unit (the heads and head x positions of explain) */
+        resid_rank_opts ro = resid_rank_defaults(RESID_UNIT_HEAD_POS, 6);
+        resid_score *best;
+        int64_t nu;
+        assert_int_equal(resid_rank(s.e, &ro, &best, &nu, NULL, &err), RESID_OK);
+        assert_true(nu > 0 && nu <= NB);
+        for (int64_t i = 0; i < nu; i++)
+            assert_int_equal(resid_unit_lens_vector(s.e, &best[i].unit, y + (size_t)i * D, &err),
+                             RESID_OK);
+        assert_int_equal(resid_project_many_topk(s.m, y, nu, K, bt, bb, NULL, &err), RESID_OK);
+        double wu = 0;
+        for (int64_t i = 0; i < nu; i++) {
+            assert_int_equal(resid_project_unit(s.e, &best[i].unit, K, top, bot, NULL, &err),
+                             RESID_OK);
+            const double mx = fmax(1, fmax(fabs(top[0].value), fabs(bot[0].value)));
+            char what[96];
+            resid_unit_format(&best[i].unit, what, sizeof what);
+            wu = fmax(wu, same_list(what, top, bt + (size_t)i * K, K, 1e-5 * mx, 1e-6 * mx,
+                                    &n_reordered));
+            wu = fmax(wu, same_list(what, bot, bb + (size_t)i * K, K, 1e-5 * mx, 1e-6 * mx,
+                                    &n_reordered));
+        }
+        printf("  many %-34s %lld head x position units: vs resid_project_unit maxdiff %.2e\n",
+               f->path, (long long)nu, wu);
+        free(best);
+
+        /* k > V is clamped; bad input */
+        resid_token_value *big = malloc(sizeof *big * (size_t)(V + 3));
+        assert_int_equal(resid_project_many_topk(s.m, y, 1, V + 3, big, NULL, &k, &err),
+                         RESID_OK);
+        assert_int_equal(k, V);
+        for (int r = 1; r < V; r++) assert_true(big[r - 1].value >= big[r].value);
+        free(big);
+        assert_int_equal(resid_project_many_topk(s.m, y, NB, -1, bt, bb, NULL, &err),
+                         RESID_E_ARG);
+        assert_int_equal(resid_project_many_topk(s.m, y, -1, K, bt, bb, NULL, &err),
+                         RESID_E_ARG);
+        assert_int_equal(resid_project_many_topk(NULL, y, NB, K, bt, bb, NULL, &err),
+                         RESID_E_ARG);
+        assert_int_equal(resid_lens_vector(s.m, (resid_lens)9, 1, v, y, &err), RESID_E_ARG);
+        assert_int_equal(resid_project_many_topk(s.m, y, 0, K, bt, bb, &k, &err), RESID_OK);
+        free(v), free(y), free(bt), free(bb);
+        close_fixture(&s);
+    }
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_param_projection),
         cmocka_unit_test(test_unit_projection),
         cmocka_unit_test(test_dist_change),
         cmocka_unit_test(test_lens_grid),
+        cmocka_unit_test(test_project_many),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
