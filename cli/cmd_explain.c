@@ -427,8 +427,8 @@ static void print_compare(const text_ctx *r) {
         const cJSON *w = rows[i];
         const cJSON *letter = jget(w, "letter");
         printf("%-3s %-12s %9.4f %9.4f %7d %10.4f ",
-               cJSON_IsString(letter) ? letter->valuestring : "", jstr(w, "name"),
-               jnum(w, "prob"), jnum(w, "rr"), (int)jnum(w, "rank"), jnum(w, "model_prob"));
+               cJSON_IsString(letter) ? letter->valuestring : "", jstr(w, "name"), jnum(w, "prob"),
+               jnum(w, "rr"), (int)jnum(w, "rank"), jnum(w, "model_prob"));
         const cJSON *u;
         int j = 0;
         cJSON_ArrayForEach(u, jget(w, "units")) {

@@ -144,7 +144,8 @@ static void check_vs_ablate(const char *model, const char *prompt, const char *e
     md = fmax(md, same_stats("random", rnd, cJSON_GetArrayItem(rows, 9)));
     same_units("random", rnd, cJSON_GetArrayItem(rows, 9), k);
     /* The original row is the report's own target. */
-    const double pd = fabs(num(get(sc, "original"), "model_prob") - num(get(ex, "target"), "model_prob"));
+    const double pd =
+        fabs(num(get(sc, "original"), "model_prob") - num(get(ex, "target"), "model_prob"));
     print_message("  %s %s | %s: 10 rows x 8 stats + units vs ablate, maxdiff %.3g (tol 0); "
                   "original model_prob vs report, maxdiff %.3g (tol 1e-6)\n",
                   model, extra, abl, md, pd);
@@ -213,15 +214,21 @@ static void test_library_request(void **state) {
         want[1 + f] = &ref->method[f], got[1 + f] = cJSON_GetArrayItem(get(sc, "methods"), f);
     want[9] = &ref->random, got[9] = get(sc, "random");
     for (int i = 0; i < 10; i++) {
-        const double v[8] = {want[i]->prob,       want[i]->logprob,       want[i]->rank + 1.0,
-                             want[i]->rr,         want[i]->model_prob,    want[i]->model_logprob,
-                             want[i]->model_rank + 1.0, want[i]->model_rr};
+        const double v[8] = {want[i]->prob,
+                             want[i]->logprob,
+                             want[i]->rank + 1.0,
+                             want[i]->rr,
+                             want[i]->model_prob,
+                             want[i]->model_logprob,
+                             want[i]->model_rank + 1.0,
+                             want[i]->model_rr};
         for (int j = 0; j < 8; j++) {
             /* cJSON prints 15 significant digits when they read back
              * within DBL_EPSILON, so the JSON keeps ~1e-15 relative */
             const double d = fabs(num(got[i], stat_fields[j]) - v[j]);
-            if (!(d <= 1e-13 * fmax(1.0, fabs(v[j])))) fail_msg("row %d %s: %.17g vs %.17g", i, stat_fields[j],
-                                    num(got[i], stat_fields[j]), v[j]);
+            if (!(d <= 1e-13 * fmax(1.0, fabs(v[j]))))
+                fail_msg("row %d %s: %.17g vs %.17g", i, stat_fields[j],
+                         num(got[i], stat_fields[j]), v[j]);
             md = fmax(md, d);
         }
         if (i == 0) continue;
@@ -234,7 +241,9 @@ static void test_library_request(void **state) {
             assert_string_equal(cJSON_GetArrayItem(u, j)->valuestring, id);
         }
     }
-    print_message("  library request k=5 seed=7 vs resid_compare_scores: maxdiff %.3g (tol 1e-13 relative: JSON digits)\n", md);
+    print_message("  library request k=5 seed=7 vs resid_compare_scores: maxdiff %.3g (tol 1e-13 "
+                  "relative: JSON digits)\n",
+                  md);
     resid_score_compare_free(ref);
     cJSON_Delete(root);
 
@@ -267,10 +276,9 @@ static void test_text_table(void **state) {
     for (int i = 0; i < 10; i++) {
         char want[128];
         const cJSON *l = cJSON_GetObjectItemCaseSensitive(rows[i], "letter");
-        snprintf(want, sizeof want, "%-3s %-12s %9.4f %9.4f %7d %10.4f ",
-                 l ? l->valuestring : "", get(rows[i], "name")->valuestring,
-                 num(rows[i], "prob"), num(rows[i], "rr"), (int)num(rows[i], "rank"),
-                 num(rows[i], "model_prob"));
+        snprintf(want, sizeof want, "%-3s %-12s %9.4f %9.4f %7d %10.4f ", l ? l->valuestring : "",
+                 get(rows[i], "name")->valuestring, num(rows[i], "prob"), num(rows[i], "rr"),
+                 (int)num(rows[i], "rank"), num(rows[i], "model_prob"));
         if (!strstr(t, want)) fail_msg("text table lacks row \"%s\"", want);
     }
     print_message("  text table: 10 rows equal to the JSON at 4 decimals\n");
@@ -285,8 +293,10 @@ static void test_text_table(void **state) {
 
 int main(void) {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_vs_ablate_stories), cmocka_unit_test(test_vs_ablate_gpt2),
-        cmocka_unit_test(test_absent),            cmocka_unit_test(test_library_request),
+        cmocka_unit_test(test_vs_ablate_stories),
+        cmocka_unit_test(test_vs_ablate_gpt2),
+        cmocka_unit_test(test_absent),
+        cmocka_unit_test(test_library_request),
         cmocka_unit_test(test_text_table),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -192,7 +192,7 @@ typedef struct report {
     double *attn_contrast, *ffn_contrast; /* [L] or NULL */
     double logp_initial, logp_final;
     unit_list lists[N_LISTS];
-    resid_query_layers *q1; /* may be NULL (with q1_error) */
+    resid_query_layers *q1;   /* may be NULL (with q1_error) */
     resid_score_compare *cmp; /* rq->compare_scores, else NULL */
     char q1_error[512];
     resid_rank_key key;
@@ -579,8 +579,8 @@ static bool add_score_compare(const report *r, cJSON *root) {
         ok = e != NULL;
         if (ok) cJSON_AddItemToArray(ma, e);
     }
-    cJSON *rnd = ok ? compare_row("random", 0, c->units + (size_t)RESID_FSCORE_COUNT * c->k,
-                                  c->k, &c->random)
+    cJSON *rnd = ok ? compare_row("random", 0, c->units + (size_t)RESID_FSCORE_COUNT * c->k, c->k,
+                                  &c->random)
                     : NULL;
     ok = rnd != NULL;
     if (ok) cJSON_AddItemToObject(o, "random", rnd);
