@@ -84,7 +84,7 @@ btype=$(sed -n 's/^CMAKE_BUILD_TYPE:[A-Z]*=//p' "$build/CMakeCache.txt" 2>/dev/n
 [ "$btype" = "Release" ] || note "warning: $build is a '$btype' build; timings need Release"
 note "threads: $threads (OMP_NUM_THREADS, OPENBLAS_NUM_THREADS, torch.set_num_threads)"
 cmake --build "$build" -j "$(nproc 2>/dev/null || echo 2)" \
-  --target make_gpt2 make_llama2c bench_forward bench_generate resid >&2 ||
+  --target make_gpt2 make_llama2c bench_forward bench_generate resid_cli >&2 ||
   { fail "building the bench targets"; exit 1; }
 
 # ---- 1. forward with the full trace, 16 tokens, vs PyTorch ------------------
