@@ -11,6 +11,9 @@ while read -r pkg check; do
   case "$pkg" in ''|'#'*) continue ;; esac
   if [[ "$check" == cmd:* ]]; then
     command -v "${check#cmd:}" >/dev/null 2>&1 || missing+=("$pkg")
+  elif [[ "$check" == dpkg ]]; then
+    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" ||
+      missing+=("$pkg")
   elif ! command -v pkg-config >/dev/null 2>&1 || ! pkg-config --exists "$check"; then
     missing+=("$pkg")
   fi
