@@ -123,6 +123,14 @@ resid_status rs_json_parse(const char *buf, size_t n, const char *label, size_t 
         size_t at = stop && stop >= buf ? (size_t)(stop - buf) : 0;
         return rs_err(err, RESID_E_FORMAT, "%s: invalid JSON near byte %zu", label, at);
     }
+    /* Only white space may follow the value (cJSON stops after it). */
+    for (const char *p = stop ? stop : buf + n; p < buf + n; p++) {
+        if (*p != ' ' && *p != '\t' && *p != '\n' && *p != '\r' && *p != '\0') {
+            cJSON_Delete(j);
+            return rs_err(err, RESID_E_FORMAT, "%s: unexpected data after the JSON value at byte %zu",
+                          label, (size_t)(p - buf));
+        }
+    }
     *out = j;
     return RESID_OK;
 }
