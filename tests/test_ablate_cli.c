@@ -14,30 +14,11 @@
 
 static const char *const PROMPT = "Once upon a time, there was a little girl named";
 
-static char *sh_quote(const char *s) {
-    size_t n = 3;
-    for (const char *p = s; *p; p++)
-        n += *p == '\'' ? 4 : 1;
-    char *q = malloc(n), *o = q;
-    *o++ = '\'';
-    for (const char *p = s; *p; p++) {
-        if (*p == '\'') {
-            memcpy(o, "'\\''", 4);
-            o += 4;
-        } else {
-            *o++ = *p;
-        }
-    }
-    *o++ = '\'';
-    *o = 0;
-    return q;
-}
-
 /* Runs `resid ablate MODEL -p PROMPT ARGS`; stdout (+stderr when merge). */
 static char *run_ablate(const char *model_rel, const char *args, bool merge, int *status) {
-    char *exe = sh_quote(tu_cli());
+    char *exe = tu_sh_quote(tu_cli());
     char *path = tu_model_path(model_rel);
-    char *mq = sh_quote(path), *pq = sh_quote(PROMPT);
+    char *mq = tu_sh_quote(path), *pq = tu_sh_quote(PROMPT);
     size_t n = strlen(exe) + strlen(mq) + strlen(pq) + strlen(args) + 64;
     char *cmd = malloc(n);
     snprintf(cmd, n, "%s ablate %s -p %s %s %s", exe, mq, pq, args, merge ? "2>&1" : "2>/dev/null");
@@ -156,7 +137,7 @@ static void test_zero_and_random(void **state) {
         cJSON_Delete(a), cJSON_Delete(b);
         /* replace with the prompt itself is a no-op */
         char args[512];
-        char *pq = sh_quote(PROMPT);
+        char *pq = tu_sh_quote(PROMPT);
         snprintf(args, sizeof args, "--units a1,f0,n:0_3 --mode replace --clean %s --json", pq);
         free(pq);
         cJSON *rp = run_json(models[mi], args);

@@ -18,30 +18,10 @@
 /* Helpers                                                                   */
 /* ------------------------------------------------------------------------- */
 
-/* s in single quotes for sh, ' written as '\''. malloc'd. */
-static char *sh_quote(const char *s) {
-    size_t n = 3;
-    for (const char *p = s; *p; p++)
-        n += *p == '\'' ? 4 : 1;
-    char *q = malloc(n), *o = q;
-    *o++ = '\'';
-    for (const char *p = s; *p; p++) {
-        if (*p == '\'') {
-            memcpy(o, "'\\''", 4);
-            o += 4;
-        } else {
-            *o++ = *p;
-        }
-    }
-    *o++ = '\'';
-    *o = 0;
-    return q;
-}
-
 /* Runs `resid ARGS` (ARGS already shell-quoted); stdout only, or stdout and
  * stderr merged. Returns the output (malloc'd) and the exit status. */
 static char *run_cli(const char *args, bool merge_stderr, int *status) {
-    char *exe = sh_quote(tu_cli());
+    char *exe = tu_sh_quote(tu_cli());
     size_t n = strlen(exe) + strlen(args) + 32;
     char *cmd = malloc(n);
     snprintf(cmd, n, "%s %s %s", exe, args, merge_stderr ? "2>&1" : "2>/dev/null");
@@ -71,7 +51,7 @@ static cJSON *run_json(const char *args) {
 /* Quoted path of a fixture. */
 static char *model_arg(const char *rel) {
     char *p = tu_model_path(rel);
-    char *q = sh_quote(p);
+    char *q = tu_sh_quote(p);
     free(p);
     return q;
 }
@@ -273,7 +253,7 @@ static void test_tokenize_stories(void **state) {
     cJSON *fr = tu_load_json("quant/forward-ref.json");
     const cJSON *p = cJSON_GetArrayItem(cJSON_GetObjectItem(fr, "prompts"), 2);
     assert_string_equal(cJSON_GetObjectItem(p, "name")->valuestring, "story20");
-    char *text = sh_quote(cJSON_GetObjectItem(p, "text")->valuestring);
+    char *text = tu_sh_quote(cJSON_GetObjectItem(p, "text")->valuestring);
     args = fmt("tokenize %s -p %s --json", m, text);
     j = run_json(args);
     ids = token_ids(cJSON_GetObjectItem(j, "tokens"), &n);
@@ -339,7 +319,7 @@ static void test_tokenize_vocab_gguf(void **state) {
         char *nl = strchr(line, '\n');
         assert_non_null(nl);
         *nl = 0;
-        char *q = sh_quote(cases[c]);
+        char *q = tu_sh_quote(cases[c]);
         char *args = fmt("tokenize %s -p %s --json", m, q);
         cJSON *j = run_json(args);
         int n;
@@ -636,7 +616,7 @@ static void expect_error(const char *args, int status, const char *needle) {
 
 static void test_errors(void **state) {
     char *stories = tu_model_path("tinyllamas/stories260K.bin");
-    char *m = sh_quote(stories);
+    char *m = tu_sh_quote(stories);
     char *args;
 
     /* a missing file: exit 1, the message names the path */
@@ -647,7 +627,7 @@ static void test_errors(void **state) {
     size_t size;
     uint8_t *data = tu_read_file(stories, &size);
     char *trunc = tu_write_temp("trunc.bin", data, 1000);
-    char *tq = sh_quote(trunc);
+    char *tq = tu_sh_quote(trunc);
     args = fmt("info %s", tq);
     expect_error(args, 1, "truncated");
     free(args);

@@ -25,33 +25,13 @@
 /* Running the CLI                                                           */
 /* ------------------------------------------------------------------------- */
 
-/* s in single quotes for sh. malloc'd. */
-static char *sh_quote(const char *s) {
-    size_t n = 3;
-    for (const char *p = s; *p; p++)
-        n += *p == '\'' ? 4 : 1;
-    char *q = malloc(n), *o = q;
-    *o++ = '\'';
-    for (const char *p = s; *p; p++) {
-        if (*p == '\'') {
-            memcpy(o, "'\\''", 4);
-            o += 4;
-        } else {
-            *o++ = *p;
-        }
-    }
-    *o++ = '\'';
-    *o = 0;
-    return q;
-}
-
 /* `resid CMD MODEL ARGS` with the prompt (may be NULL) quoted. */
 static char *run_cli(const char *cmd, const char *model, const char *prompt, const char *args,
                      bool merge_stderr, int *status) {
-    char *exe = sh_quote(tu_cli());
+    char *exe = tu_sh_quote(tu_cli());
     char *path = tu_model_path(model);
-    char *mq = sh_quote(path);
-    char *pq = prompt ? sh_quote(prompt) : NULL;
+    char *mq = tu_sh_quote(path);
+    char *pq = prompt ? tu_sh_quote(prompt) : NULL;
     size_t n = strlen(exe) + strlen(mq) + (pq ? strlen(pq) : 0) + strlen(args) + 64;
     char *line = malloc(n);
     snprintf(line, n, "%s %s %s %s%s %s %s", exe, cmd, mq, pq ? "-p " : "", pq ? pq : "", args,

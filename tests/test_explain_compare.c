@@ -26,33 +26,13 @@ static const char *const methods[8] = {"lpi",  "logp-alone", "prob-inc",  "norm"
 static const char *const stat_fields[8] = {"prob",       "logprob",       "rank",       "rr",
                                            "model_prob", "model_logprob", "model_rank", "model_rr"};
 
-/* s in single quotes for sh. malloc'd. */
-static char *sh_quote(const char *s) {
-    size_t n = 3;
-    for (const char *p = s; *p; p++)
-        n += *p == '\'' ? 4 : 1;
-    char *q = malloc(n), *o = q;
-    *o++ = '\'';
-    for (const char *p = s; *p; p++) {
-        if (*p == '\'') {
-            memcpy(o, "'\\''", 4);
-            o += 4;
-        } else {
-            *o++ = *p;
-        }
-    }
-    *o++ = '\'';
-    *o = 0;
-    return q;
-}
-
 /* `resid CMD MODEL -p PROMPT ARGS` (stderr dropped); its stdout. */
 static char *run_cli(const char *cmd, const char *model, const char *prompt, const char *args,
                      int *status) {
-    char *exe = sh_quote(tu_cli());
+    char *exe = tu_sh_quote(tu_cli());
     char *path = tu_model_path(model);
-    char *mq = sh_quote(path);
-    char *pq = sh_quote(prompt);
+    char *mq = tu_sh_quote(path);
+    char *pq = tu_sh_quote(prompt);
     size_t n = strlen(exe) + strlen(mq) + strlen(pq) + strlen(args) + 64;
     char *line = malloc(n);
     snprintf(line, n, "%s %s %s -p %s %s 2>/dev/null", exe, cmd, mq, pq, args);

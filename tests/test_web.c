@@ -42,26 +42,10 @@
 #define GPT2S "tiny-gpt2-stories"
 #define P_RED "Once upon a time, there was a boy named Tim. Tim had a big red"
 
-static char *sh_quote(const char *s) {
-    char *q = malloc(strlen(s) * 4 + 3), *o = q;
-    *o++ = '\'';
-    for (const char *p = s; *p; p++) {
-        if (*p == '\'') {
-            memcpy(o, "'\\''", 4);
-            o += 4;
-        } else {
-            *o++ = *p;
-        }
-    }
-    *o++ = '\'';
-    *o = 0;
-    return q;
-}
-
 /* The CLI's explain JSON (the reference the extras are added to). */
 static cJSON *explain_json(const char *model, const char *args) {
-    char *exe = sh_quote(tu_cli()), *path = tu_model_path(model), *mq = sh_quote(path);
-    char *pq = sh_quote(P_RED);
+    char *exe = tu_sh_quote(tu_cli()), *path = tu_model_path(model), *mq = tu_sh_quote(path);
+    char *pq = tu_sh_quote(P_RED);
     size_t n = strlen(exe) + strlen(mq) + strlen(pq) + strlen(args) + 64;
     char *line = malloc(n);
     snprintf(line, n, "%s explain %s -p %s --json - %s 2>/dev/null", exe, mq, pq, args);

@@ -139,3 +139,22 @@ char *tu_run(const char *cmd, int *status) {
     *status = WIFEXITED(st) ? WEXITSTATUS(st) : -1;
     return out;
 }
+
+char *tu_sh_quote(const char *s) {
+    size_t n = 3;
+    for (const char *p = s; *p; p++) n += *p == '\'' ? 4 : 1;
+    char *q = malloc(n), *o = q;
+    assert_non_null(q);
+    *o++ = '\'';
+    for (const char *p = s; *p; p++) {
+        if (*p == '\'') {
+            memcpy(o, "'\\''", 4);
+            o += 4;
+        } else {
+            *o++ = *p;
+        }
+    }
+    *o++ = '\'';
+    *o = 0;
+    return q;
+}

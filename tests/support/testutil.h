@@ -36,6 +36,8 @@ void tu_assert_close(const char *what, const float *a, const float *b,
 char *tu_write_temp(const char *name, const void *data, size_t size);
 /* Reads a whole file; fails the test on error. */
 uint8_t *tu_read_file(const char *path, size_t *size);
+/* s in single quotes for sh, ' written as '\''. malloc'd. */
+char *tu_sh_quote(const char *s);
 /* Runs a shell command, captures stdout (malloc'd) and the exit status. */
 char *tu_run(const char *cmd, int *status);
 
