@@ -30,7 +30,10 @@ test-asan: deps
 	@cmake --build $(ASAN_BUILD) -j $(JOBS)
 	@cd $(ASAN_BUILD) && ASAN_OPTIONS=detect_leaks=1 ctest --output-on-failure -j $(JOBS)
 
-demo: build
+# The demo needs only the command-line tool, not the test binaries.
+demo: deps
+	@cmake -S . -B $(BUILD) -DCMAKE_BUILD_TYPE=Release >/dev/null
+	@cmake --build $(BUILD) -j $(JOBS) --target resid_cli
 	@scripts/demo.sh $(BUILD)/resid "$(DEMO_MODEL)" "$(DEMO_PROMPT)"
 
 bench: build
