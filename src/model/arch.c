@@ -258,9 +258,9 @@ static resid_status build(builder *b, resid_error *err) {
     m->tensors = calloc((size_t)b->cap_store, sizeof(rs_tensor *));
     m->roles = calloc((size_t)b->cap_store, sizeof(char *));
     m->layers = calloc((size_t)hp->n_layer, sizeof(rs_layer));
+    m->tensor_store = b->store; /* owned by m from here, also on failure */
     if (!b->store || !m->tensors || !m->roles || !m->layers)
         return rs_err(err, RESID_E_NOMEM, "%s: out of memory", b->file);
-    m->tensor_store = b->store;
 
     for (size_t i = 0; i < n_names; i++) {
         const role_name *rn = &names[i];
