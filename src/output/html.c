@@ -675,6 +675,8 @@ static resid_status neurons_json(rs_web_ctx *c, const resid_unit *units, int32_t
     const int32_t L = c->info->n_layer, D = c->info->d_model, N = c->info->d_ffn;
     const int32_t H = c->info->n_head, Hkv = c->info->n_kv_head, dh = c->info->d_head;
     const bool llama = c->info->arch == RESID_ARCH_LLAMA;
+    for (int32_t q = 0; q < n_units; q++)
+        outs[q] = NULL; /* every entry defined before any failure path frees them */
     query_job *jobs = calloc((size_t)n_units + 1, sizeof *jobs);
     float *v = malloc((size_t)D * sizeof *v);
     resid_status st = RESID_OK;
@@ -684,7 +686,6 @@ static resid_status neurons_json(rs_web_ctx *c, const resid_unit *units, int32_t
     }
     for (int32_t q = 0; q < n_units; q++) {
         const resid_unit *u = &units[q];
-        outs[q] = NULL;
         if (u->kind != RESID_UNIT_FFN_NEURON && u->kind != RESID_UNIT_ATTN_NEURON) {
             st = rs_err(err, RESID_E_ARG, "web: neuron details need an FFN or attention neuron");
             goto done;
