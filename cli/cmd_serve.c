@@ -20,7 +20,7 @@
  *                           fields of `resid ablate --json`)
  *
  * Limits: request body (--max-body), prompt tokens (--max-tokens), an MHD
- * thread pool of 4, at most 64 connections (8 per client address), a 30 s
+ * thread pool of 4, at most 64 connections (16 per client address), a 30 s
  * connection timeout, so a slow or stalled client cannot hold the others.
  * Computations are serialised by one mutex (the machine's cores already
  * run each one in parallel). Errors are JSON {"error": msg} with a 4xx/5xx
