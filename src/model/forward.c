@@ -69,15 +69,24 @@ static inline float silu(float x) {
     return x / (1.0f + expf(-x));
 }
 
-/* Rotates one head vector x[d_h] at position pos. INTERLEAVED pairs
+/* The rotation table of one position: cs[2i] = cos, cs[2i+1] = sin of
+ * pos·theta^(-2i/d_h), i < d_h/2, computed in double once per position and
+ * chunk (not per layer and head). */
+static void rope_table(float *cs, int dh, int pos, float theta) {
+    for (int i = 0; i < dh / 2; i++) {
+        double ang = pos * pow((double)theta, -2.0 * i / dh);
+        cs[2 * i] = (float)cos(ang);
+        cs[2 * i + 1] = (float)sin(ang);
+    }
+}
+
+/* Rotates one head vector x[d_h] with a position's table. INTERLEAVED pairs
  * (2i, 2i+1) as in llama2.c and GGUF; HALVES pairs (i, i + d_h/2) as in
  * Hugging Face's rotate_half. Both use frequency theta^(-2i/d_h). */
-static void rope_head(float *x, int dh, int pos, float theta, resid_rope style) {
+static void rope_head(float *x, int dh, const float *cs, resid_rope style) {
     int half = dh / 2;
     for (int i = 0; i < half; i++) {
-        double freq = pow((double)theta, -2.0 * i / dh);
-        double ang = pos * freq;
-        float c = (float)cos(ang), s = (float)sin(ang);
+        float c = cs[2 * i], s = cs[2 * i + 1];
         int a = style == RESID_ROPE_INTERLEAVED ? 2 * i : i;
         int b = style == RESID_ROPE_INTERLEAVED ? 2 * i + 1 : i + half;
         float x0 = x[a], x1 = x[b];
@@ -110,6 +119,7 @@ struct resid_session {
     float *up;   /* [rows][N] */
     float *gate; /* [rows][N] */
     float *f;    /* [rows][D] FFN output */
+    float *rope; /* [rows][d_h] RoPE cos/sin table of the chunk's positions */
     float *wo32; /* [D][H*d_h] dequantised W_O for head capture, if needed */
 };
 
@@ -123,7 +133,8 @@ static void session_free_scratch(resid_session *s) {
     free(s->up);
     free(s->gate);
     free(s->f);
-    s->x = s->h = s->qkv = s->att = s->mix = s->a = s->up = s->gate = s->f = NULL;
+    free(s->rope);
+    s->x = s->h = s->qkv = s->att = s->mix = s->a = s->up = s->gate = s->f = s->rope = NULL;
     s->rows = s->ctx = 0;
 }
 
@@ -203,7 +214,9 @@ static resid_status ensure_scratch(resid_session *s, int32_t rows, int32_t ctx, 
     s->up = malloc(r * N * sizeof(float));
     s->gate = malloc(r * N * sizeof(float));
     s->f = malloc(r * D * sizeof(float));
-    if (!s->x || !s->h || !s->qkv || !s->att || !s->mix || !s->a || !s->up || !s->gate || !s->f) {
+    s->rope = malloc(r * (size_t)hp->d_head * sizeof(float));
+    if (!s->x || !s->h || !s->qkv || !s->att || !s->mix || !s->a || !s->up || !s->gate || !s->f ||
+        !s->rope) {
         session_free_scratch(s);
         return rs_err(err, RESID_E_NOMEM, "out of memory for %d rows x %d positions", rows, ctx);
     }
@@ -399,6 +412,9 @@ static resid_status forward_chunk(resid_session *s, const int32_t *tokens, int32
         }
     }
 
+    if (hp->rope != RESID_ROPE_NONE)
+        for (int32_t i = 0; i < n; i++) rope_table(s->rope + (size_t)i * dh, dh, p0 + i, hp->rope_theta);
+
     for (int l = 0; l < L; l++) {
         const rs_layer *Lw = &m->layers[l];
         hook(s, RESID_HOOK_RESID_IN, l, n, D, s->x);
@@ -424,11 +440,11 @@ static resid_status forward_chunk(resid_session *s, const int32_t *tokens, int32
         float *q = s->qkv; /* [n][qd] */
         if (hp->rope != RESID_ROPE_NONE) {
             for (int32_t i = 0; i < n; i++) {
+                const float *cs = s->rope + (size_t)i * dh;
                 for (int h = 0; h < H; h++)
-                    rope_head(q + (size_t)i * qd + h * dh, dh, p0 + i, hp->rope_theta, hp->rope);
+                    rope_head(q + (size_t)i * qd + h * dh, dh, cs, hp->rope);
                 for (int h = 0; h < Hkv; h++)
-                    rope_head(kc + (size_t)(p0 + i) * kvd + h * dh, dh, p0 + i, hp->rope_theta,
-                              hp->rope);
+                    rope_head(kc + (size_t)(p0 + i) * kvd + h * dh, dh, cs, hp->rope);
             }
         }
         hook(s, RESID_HOOK_VALUES, l, n, kvd, vc + (size_t)p0 * kvd);
