@@ -19,32 +19,6 @@
 
 #ifndef RESID_MODELS_DEFAULT
 #define RESID_MODELS_DEFAULT "../shared/models"
-/* What opening a model goes on to touch: every tensor's first row, the
- * info table, and a 2-token forward pass (when the trace is small). */
-static inline void fz_exercise_model(resid_model *m) {
-    for (int32_t i = 0; i < m->n_tensors; i++) {
-        fz_touch_first_row(m->tensors[i]);
-        resid_tensor_info ti;
-        resid_error err;
-        if (resid_model_tensor(m, i, &ti, &err) != RESID_OK) abort();
-    }
-    const resid_model_info *in = resid_model_get_info(m);
-    if (in->n_vocab < 1) abort();
-    int32_t toks[2] = {0, in->n_vocab - 1};
-    int32_t T = in->n_ctx >= 2 ? 2 : 1;
-    resid_trace_opts to = resid_trace_defaults();
-    to.capture = RESID_CAP_ALL;
-    if (resid_trace_bytes(m, T, &to) > ((size_t)64 << 20)) return;
-    /* the forward pass costs about n_params * T; keep each input fast */
-    if (in->n_params > ((int64_t)8 << 20)) return;
-    resid_trace *tr = NULL;
-    resid_error err;
-    if (resid_forward(m, toks, T, &to, &tr, &err) == RESID_OK) {
-        fz_sink = tr->logits ? tr->logits[0] : 0;
-        resid_trace_free(tr);
-    }
-}
-
 #endif
 
 /* $RESID_MODELS/rel, malloc'd. */
