@@ -77,7 +77,29 @@ struct resid_explainer {
     float **wo_t;           /* [L] W_O transposed [H·d_h][D], lazily */
 
     int64_t n_proj; /* projections done (for stats) */
+
+    struct rs_tokcache *tok; /* token lists of exact projections, or NULL */
 };
+
+/* ---- tokcache.c ------------------------------------------------------ */
+
+/* The k top and bottom tokens of every unit projected exactly from now on
+ * (k <= 0: none; replaces an earlier cache). Vector units are keyed by
+ * themselves, FFN and attention neurons by their direction, with the values
+ * of the raw parameter row (lens scale 1). */
+typedef struct rs_tokcache rs_tokcache;
+resid_status rs_tokcache_enable(resid_explainer *e, int32_t k, resid_error *err);
+int32_t rs_tokcache_k(const resid_explainer *e); /* 0 when off */
+void rs_tokcache_free(rs_tokcache *c);
+/* Adds a unit's lists (k = rs_tokcache_k each); a full cache drops them. */
+void rs_tokcache_put(resid_explainer *e, const resid_unit *u, const resid_token_value *top,
+                     const resid_token_value *bottom);
+/* The first k <= rs_tokcache_k of a unit's lists; false if not cached. */
+bool rs_tokcache_get(const resid_explainer *e, const resid_unit *u, int32_t k,
+                     resid_token_value *top, resid_token_value *bottom);
+/* The cache's k extremes of a projection c[V], values times scale. */
+void rs_tokcache_extremes(const resid_explainer *e, const float *c, double scale,
+                          resid_token_value *top, resid_token_value *bottom);
 
 /* ---- lens.c ---------------------------------------------------------- */
 

@@ -439,8 +439,11 @@ static resid_status exact_vectors(resid_explainer *e, const resid_unit *const *u
     float *y = malloc((size_t)B * D * sizeof(float));
     float *c = malloc((size_t)B * V * sizeof(float));
     float *v = malloc((size_t)D * sizeof(float));
-    if (!y || !c || !v) {
-        free(y), free(c), free(v);
+    /* the exact projections double as the units' token lists */
+    const int32_t kt = canon ? rs_tokcache_k(e) : 0;
+    resid_token_value *tv = kt ? malloc((size_t)B * 2 * kt * sizeof *tv) : NULL;
+    if (!y || !c || !v || (kt && !tv)) {
+        free(y), free(c), free(v), free(tv);
         return rs_err(err, RESID_E_NOMEM, "scoring: out of memory");
     }
     for (int64_t i0 = 0; i0 < n; i0 += B) {
@@ -454,10 +457,16 @@ static resid_status exact_vectors(resid_explainer *e, const resid_unit *const *u
         else
             rs_project_many(e, y, nb, c);
 #pragma omp parallel for schedule(static) if ((int64_t)nb * V >= RS_PAR_MIN_WORK)
-        for (int r = 0; r < nb; r++)
+        for (int r = 0; r < nb; r++) {
             lpi[i0 + r] = rs_lpi_from(e, &e->ctx[rs_unit_ctx(u[i0 + r])], c + (size_t)r * V, 1.0f);
+            if (kt)
+                rs_tokcache_extremes(e, c + (size_t)r * V, 1.0, tv + (size_t)r * 2 * kt,
+                                     tv + ((size_t)r * 2 + 1) * kt);
+        }
+        for (int r = 0; kt && r < nb; r++)
+            rs_tokcache_put(e, u[i0 + r], tv + (size_t)r * 2 * kt, tv + ((size_t)r * 2 + 1) * kt);
     }
-    free(y), free(c), free(v);
+    free(y), free(c), free(v), free(tv);
     return RESID_OK;
 }
 
@@ -524,11 +533,13 @@ static resid_status exact_directional(resid_explainer *e, const resid_unit *cons
     float *c = malloc((size_t)B * V * sizeof(float));
     float *d = malloc((size_t)B * D * sizeof(float));
     int64_t *first = malloc((B + 1) * sizeof(int64_t));
+    const int32_t kt = canon ? rs_tokcache_k(e) : 0;
+    resid_token_value *tv = kt ? malloc((size_t)B * 2 * kt * sizeof *tv) : NULL;
     resid_unit_kind bk[RS_SCREEN_ROWS];
     int32_t bl[RS_SCREEN_ROWS];
     int64_t brow[RS_SCREEN_ROWS];
-    if (!refs || !y || !c || !d || !first) {
-        free(refs), free(y), free(c), free(d), free(first);
+    if (!refs || !y || !c || !d || !first || (kt && !tv)) {
+        free(refs), free(y), free(c), free(d), free(first), free(tv);
         return rs_err(err, RESID_E_NOMEM, "scoring: out of memory");
     }
     for (int64_t i = 0; i < n; i++) {
@@ -581,10 +592,17 @@ static resid_status exact_directional(resid_explainer *e, const resid_unit *cons
                 float a = (float)rs_unit_coef(e, uq, NULL);
                 lpi[refs[q].unit] = rs_lpi_from(e, &e->ctx[rs_unit_ctx(uq)], P, a);
             }
+            /* P is the row's paper lens at the explainer's scale s */
+            if (kt)
+                rs_tokcache_extremes(e, P, e->s, tv + (size_t)r * 2 * kt,
+                                     tv + ((size_t)r * 2 + 1) * kt);
         }
+        for (int r = 0; kt && r < nb; r++)
+            rs_tokcache_put(e, u[refs[first[r]].unit], tv + (size_t)r * 2 * kt,
+                            tv + ((size_t)r * 2 + 1) * kt);
         i = j;
     }
-    free(refs), free(y), free(c), free(d), free(first);
+    free(refs), free(y), free(c), free(d), free(first), free(tv);
     return RESID_OK;
 }
 

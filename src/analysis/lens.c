@@ -408,6 +408,7 @@ static resid_status check_trace(const resid_model *m, const resid_trace *tr,
 
 void resid_explainer_free(resid_explainer *e) {
     if (!e) return;
+    rs_tokcache_free(e->tok);
     free(e->wu_own);
     free(e->gamma);
     free(e->wu_beta);

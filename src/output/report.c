@@ -14,6 +14,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "analysis/analysis.h"
 #include "core/util.h"
 
 resid_explain_request resid_explain_request_defaults(void) {
@@ -244,6 +245,9 @@ static resid_status compute(report *r, resid_error *err) {
     eo.contrast = r->contrast;
     if ((st = resid_explainer_new(m, tr, &eo, &r->ex, err)) != RESID_OK) return st;
     const double s = resid_explainer_scale(r->ex);
+    /* The units' token lists come from their exact projections. */
+    if ((st = rs_tokcache_enable(r->ex, rq->compact ? 0 : rq->n_unit_tokens, err)) != RESID_OK)
+        return st;
 
     /* Probabilities in the lens, and the contrast's logit differences. */
     const float *x0 = tr->x_in + (size_t)(tr->n_cap - 1) * (size_t)D;
@@ -411,6 +415,10 @@ static resid_status unit_tokens(const report *r, const resid_score *s, const boo
         const resid_unit *u = &s[i].unit;
         slot[i] = -1;
         if (want && !want[i]) continue;
+        if (rs_tokcache_get(r->ex, u, k, top + (size_t)i * k, bottom + (size_t)i * k)) {
+            slot[i] = -2; /* done */
+            continue;
+        }
         if (u->kind == RESID_UNIT_FFN_NEURON)
             keys[nk++] = (dir_key){RESID_PARAM_FC2, u->layer, u->index, i};
         else if (u->kind == RESID_UNIT_ATTN_NEURON)
@@ -429,11 +437,11 @@ static resid_status unit_tokens(const report *r, const resid_score *s, const boo
         slot[a->i] = nv - 1;
     }
     for (int64_t i = 0; !st && i < n; i++) {
-        if ((want && !want[i]) || slot[i] >= 0) continue;
+        if ((want && !want[i]) || slot[i] != -1) continue;
         st = resid_unit_lens_vector(r->ex, &s[i].unit, y + (size_t)nv * D, err);
         slot[i] = nv++;
     }
-    if (!st) st = resid_project_many_topk(r->m, y, nv, k, dt, db, NULL, err);
+    if (!st && nv > 0) st = resid_project_many_topk(r->m, y, nv, k, dt, db, NULL, err);
     for (int64_t i = 0; !st && i < n; i++) {
         if (slot[i] < 0) continue;
         memcpy(top + (size_t)i * k, dt + (size_t)slot[i] * k, (size_t)k * sizeof *top);

@@ -1,0 +1,206 @@
+/*
+ * test_report_tokens.c - the token lists of the explain report.
+ *
+ * The report takes each ranked unit's top and bottom tokens from the
+ * projection its exact score already computed (src/analysis/tokcache.c).
+ * Here every list of every unit in the report is recomputed independently
+ * through the public API, from a fresh trace and explainer that never
+ * cached anything:
+ *   - FFN and attention neurons: the raw parameter row (resid_param_vector,
+ *     fc2 / W_O) projected at lens scale 1 (resid_project_vector);
+ *   - heads (head_tokens on) and head × positions: the unit's lens vector
+ *     (resid_unit_lens_vector) projected by resid_project_many_topk.
+ * Values agree to 1e-5 relative to the list's largest |value| (two float32
+ * projections of the same vector, computed in different orders), and ids
+ * agree wherever the neighbouring values are further apart than that.
+ * Run on a Llama (stories260K), a GPT-2 (tiny-gpt2-stories) and a quantised
+ * GGUF, in the paper and the exact lens, with a contrast token on one.
+ */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "testutil.h"
+
+#define STORIES "tinyllamas/stories260K.bin"
+#define GPT2S   "tiny-gpt2-stories"
+#define P_RED   "Once upon a time, there was a boy named Tim. Tim had a big red"
+#define KT      6
+
+static cJSON *get(const cJSON *o, const char *name) {
+    cJSON *v = cJSON_GetObjectItemCaseSensitive(o, name);
+    if (!v) fail_msg("missing field \"%s\"", name);
+    return v;
+}
+
+static double num(const cJSON *o, const char *name) {
+    cJSON *v = get(o, name);
+    if (!cJSON_IsNumber(v)) fail_msg("field \"%s\" is not a number", name);
+    return v->valuedouble;
+}
+
+/* One JSON list (array of {id, bs}) against ref[k]. */
+static int check_list(const char *what, const cJSON *arr, const resid_token_value *ref, int k) {
+    if (cJSON_GetArraySize(arr) != k)
+        fail_msg("%s: %d tokens, want %d", what, cJSON_GetArraySize(arr), k);
+    double scale = 0;
+    for (int i = 0; i < k; i++)
+        if (fabs(ref[i].value) > scale) scale = fabs(ref[i].value);
+    const double tol = 1e-5 * scale + 1e-12;
+    int checked = 0;
+    for (int i = 0; i < k; i++) {
+        const cJSON *t = cJSON_GetArrayItem(arr, i);
+        const double v = num(t, "bs");
+        if (!(fabs(v - ref[i].value) <= tol))
+            fail_msg("%s[%d]: bs %.9g, independent %.9g (tol %.3g)", what, i, v, ref[i].value,
+                     tol);
+        const bool tie = (i > 0 && fabs(ref[i].value - ref[i - 1].value) <= 2 * tol) ||
+                         (i + 1 < k && fabs(ref[i].value - ref[i + 1].value) <= 2 * tol);
+        if (!tie) {
+            if ((int)num(t, "id") != ref[i].id)
+                fail_msg("%s[%d]: id %d, independent %d", what, i, (int)num(t, "id"), ref[i].id);
+            checked++;
+        }
+    }
+    return checked;
+}
+
+static resid_unit unit_of(const char *list, const cJSON *u) {
+    resid_unit r = {RESID_UNIT_HEAD, (int32_t)num(u, "layer"), -1, -1, -1};
+    if (!strcmp(list, "heads")) {
+        r.head = (int32_t)num(u, "head");
+    } else if (!strcmp(list, "head_positions")) {
+        r.kind = RESID_UNIT_HEAD_POS;
+        r.head = (int32_t)num(u, "head");
+        r.pos = (int32_t)num(u, "pos");
+    } else if (!strcmp(list, "ffn_neurons")) {
+        r.kind = RESID_UNIT_FFN_NEURON;
+        r.index = (int32_t)num(u, "neuron");
+    } else {
+        r.kind = RESID_UNIT_ATTN_NEURON;
+        r.head = (int32_t)num(u, "head");
+        r.index = (int32_t)num(u, "dim");
+        r.pos = (int32_t)num(u, "pos");
+    }
+    return r;
+}
+
+static void check_model(const char *rel, resid_lens lens, const char *vs) {
+    resid_model *m = tu_open_model(rel);
+    const resid_model_info *info = resid_model_get_info(m);
+    const int D = info->d_model, dh = info->d_head;
+    const resid_tokenizer *tok = resid_model_tokenizer(m);
+    resid_encode_opts eo = resid_encode_defaults(tok);
+    int32_t *ids, n;
+    resid_error err;
+    assert_int_equal(resid_tokenize(tok, P_RED, -1, &eo, &ids, &n, &err), RESID_OK);
+    resid_explain_request rq = resid_explain_request_defaults();
+    rq.tokens = ids;
+    rq.n_tokens = n;
+    rq.top_k = 40;
+    rq.n_unit_tokens = KT;
+    rq.head_tokens = true;
+    rq.lens = lens;
+    if (vs) {
+        int32_t *cid, cn;
+        resid_encode_opts ce = resid_encode_defaults(tok);
+        ce.add_bos = false;
+        assert_int_equal(resid_tokenize(tok, vs, -1, &ce, &cid, &cn, &err), RESID_OK);
+        assert_int_equal(cn, 1);
+        rq.contrast = cid[0];
+        free(cid);
+    }
+    char *json;
+    if (resid_explain_json(m, &rq, &json, &err) != RESID_OK) fail_msg("%s: %s", rel, err.msg);
+    cJSON *root = cJSON_Parse(json);
+    free(json);
+    assert_non_null(root);
+
+    /* a fresh trace and explainer of the same prompt, target and lens */
+    resid_trace_opts to = resid_trace_defaults();
+    to.capture = RESID_EXPLAIN_CAPTURE;
+    resid_trace *tr;
+    assert_int_equal(resid_forward(m, ids, n, &to, &tr, &err), RESID_OK);
+    resid_explain_opts xo = resid_explain_defaults();
+    xo.lens = lens;
+    xo.target = (int32_t)num(get(root, "target"), "id");
+    xo.contrast = rq.contrast;
+    resid_explainer *ex;
+    assert_int_equal(resid_explainer_new(m, tr, &xo, &ex, &err), RESID_OK);
+
+    static const char *const lists[] = {"heads", "head_positions", "ffn_neurons",
+                                        "attn_neurons"};
+    float *v = malloc((size_t)D * sizeof *v);
+    resid_token_value top[KT], bot[KT];
+    int units = 0, ids_checked = 0, want_units = 0;
+    for (int li = 0; li < 4; li++) {
+        const int size = cJSON_GetArraySize(get(root, lists[li]));
+        want_units += li == 0 && size > 40 ? 40 : size; /* heads: the top 40 by score */
+        const cJSON *u;
+        cJSON_ArrayForEach(u, get(root, lists[li])) {
+            if (!cJSON_GetObjectItemCaseSensitive(u, "top_tokens")) continue;
+            resid_unit un = unit_of(lists[li], u);
+            int32_t k = 0;
+            if (un.kind == RESID_UNIT_FFN_NEURON || un.kind == RESID_UNIT_ATTN_NEURON) {
+                const resid_param p = un.kind == RESID_UNIT_FFN_NEURON ? RESID_PARAM_FC2
+                                                                       : RESID_PARAM_WO;
+                const int64_t row = un.kind == RESID_UNIT_FFN_NEURON
+                                        ? un.index
+                                        : (int64_t)un.head * dh + un.index;
+                assert_int_equal(resid_param_vector(m, p, un.layer, row, v, &err), RESID_OK);
+                assert_int_equal(resid_project_vector(m, v, 1.0, KT, top, bot, &k, &err),
+                                 RESID_OK);
+            } else {
+                assert_int_equal(resid_unit_lens_vector(ex, &un, v, &err), RESID_OK);
+                assert_int_equal(resid_project_many_topk(m, v, 1, KT, top, bot, &k, &err),
+                                 RESID_OK);
+            }
+            assert_int_equal(k, KT);
+            char what[96];
+            snprintf(what, sizeof what, "%s %s %s.top", rel, lists[li], cJSON_GetStringValue(get(u, "id")));
+            ids_checked += check_list(what, get(u, "top_tokens"), top, KT);
+            snprintf(what, sizeof what, "%s %s %s.bottom", rel, lists[li], cJSON_GetStringValue(get(u, "id")));
+            ids_checked += check_list(what, get(u, "bottom_tokens"), bot, KT);
+            units++;
+        }
+    }
+    /* every unit listed had its tokens */
+    assert_int_equal(units, want_units);
+    assert_true(units >= 40);
+    assert_true(ids_checked > units * KT); /* not all ties */
+    printf("# %s (%s%s%s): %d units, %d token ids compared\n", rel, resid_lens_name(lens),
+           vs ? ", vs " : "", vs ? vs : "", units, ids_checked);
+    free(v);
+    resid_explainer_free(ex);
+    resid_trace_free(tr);
+    cJSON_Delete(root);
+    free(ids);
+    resid_model_free(m);
+}
+
+static void test_stories(void **state) {
+    (void)state;
+    check_model(STORIES, RESID_LENS_PAPER, NULL);
+    check_model(STORIES, RESID_LENS_PAPER, "he"); /* SPM: "▁he", one token */
+}
+
+static void test_gpt2(void **state) {
+    (void)state;
+    check_model(GPT2S, RESID_LENS_PAPER, NULL);
+    check_model(GPT2S, RESID_LENS_EXACT, " green");
+}
+
+static void test_quantised(void **state) {
+    (void)state;
+    check_model("quant/tiny-llama-256.q4_k_m.gguf", RESID_LENS_PAPER, NULL);
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_stories),
+        cmocka_unit_test(test_gpt2),
+        cmocka_unit_test(test_quantised),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
