@@ -5,7 +5,10 @@
  * kind, every fixture model; the library's exhaustive path against the
  * test's own sort; other keys; and a constructed tie (zeroed FFN
  * coefficients give exactly equal scores, which must keep the enumeration
- * order). Prints how many exact scorings the certified path needed.
+ * order). The reference scores always come from a separate explainer, so
+ * the ranking explainer's memo of exact LPIs cannot make them agree; one
+ * test checks that memo. Prints how many exact scorings the certified path
+ * needed.
  *
  * Cost: every exact score of a 50257-token model is a full vocabulary
  * projection, so the two GPT-2 fixtures run one prompt and skip the clamped
@@ -146,11 +149,14 @@ static void test_certified_equals_exhaustive(void **state) {
         const int n_prompts = big ? 1 : 2;
         for (int pi = 0; pi < n_prompts; pi++) {
             resid_trace *tr = forward(m, fixtures[fi].ids[pi], fixtures[fi].n[pi]);
-            resid_explainer *e = explainer(m, tr, -1);
+            /* The reference scores come from an explainer of their own: the
+             * ranking explainer remembers the LPIs it has scored, and must
+             * match scores it never saw, computed in other batches. */
+            resid_explainer *e = explainer(m, tr, -1), *eref = explainer(m, tr, -1);
             for (int k = 0; k < RESID_UNIT_KIND_COUNT; k++) {
                 resid_score *all;
                 int64_t n;
-                assert_int_equal(resid_score_all(e, (resid_unit_kind)k, &all, &n, NULL), 0);
+                assert_int_equal(resid_score_all(eref, (resid_unit_kind)k, &all, &n, NULL), 0);
                 for (int bottom = 0; bottom < 2; bottom++) {
                     int64_t *ord = reference_order(all, n, RESID_KEY_LPI, bottom);
                     resid_rank_opts o = resid_rank_defaults((resid_unit_kind)k, 10);
@@ -170,6 +176,7 @@ static void test_certified_equals_exhaustive(void **state) {
                 free(all);
             }
             resid_explainer_free(e);
+            resid_explainer_free(eref);
             resid_trace_free(tr);
         }
         printf("  %-34s exact scorings / units (%d rankings x %d prompt(s)):\n",
@@ -188,7 +195,7 @@ static void test_other_keys(void **state) {
     for (int fi = 0; fi < N_FIXTURES; fi++) {
         resid_model *m = tu_open_model(fixtures[fi].path);
         resid_trace *tr = forward(m, fixtures[fi].ids[0], fixtures[fi].n[0]);
-        resid_explainer *e = explainer(m, tr, 3);
+        resid_explainer *e = explainer(m, tr, 3), *eref = explainer(m, tr, 3);
         const resid_unit_kind kinds[] = {RESID_UNIT_FFN_NEURON, RESID_UNIT_ATTN_NEURON,
                                          RESID_UNIT_HEAD_POS};
         const resid_rank_key keys[] = {RESID_KEY_PROB_INC, RESID_KEY_LOGIT, RESID_KEY_CONTRAST};
@@ -196,7 +203,7 @@ static void test_other_keys(void **state) {
         for (size_t ki = 0; ki < 3; ki++) {
             resid_score *all;
             int64_t n;
-            assert_int_equal(resid_score_all(e, kinds[ki], &all, &n, NULL), 0);
+            assert_int_equal(resid_score_all(eref, kinds[ki], &all, &n, NULL), 0);
             for (size_t kk = 0; kk < 3; kk++) {
                 for (int bottom = 0; bottom < 2; bottom++) {
                     int64_t *ord = reference_order(all, n, keys[kk], bottom);
@@ -215,7 +222,7 @@ static void test_other_keys(void **state) {
         o.layer = L - 1;
         resid_score *all;
         int64_t n;
-        assert_int_equal(resid_score_all(e, RESID_UNIT_FFN_NEURON, &all, &n, NULL), 0);
+        assert_int_equal(resid_score_all(eref, RESID_UNIT_FFN_NEURON, &all, &n, NULL), 0);
         int64_t N = n / L;
         int64_t *ord = reference_order(all + (L - 1) * N, N, RESID_KEY_LPI, 0);
         check_rank(e, &o, all + (L - 1) * N, ord, N, &t, fixtures[fi].path);
@@ -231,6 +238,7 @@ static void test_other_keys(void **state) {
         printf("  %-34s other keys: %lld exact scorings for %lld units\n", fixtures[fi].path,
                (long long)t.exact, (long long)t.units);
         resid_explainer_free(e);
+        resid_explainer_free(eref);
         resid_trace_free(tr);
         resid_model_free(m);
     }
@@ -252,10 +260,10 @@ static void test_ties(void **state) {
         float *mrow = tr->ffn_coef + (size_t)(tr->n_cap - 1) * N;
         for (int k = 0; k < N; k += 2) mrow[k] = 0.0f;
         tr->ffn_coef[((size_t)tr->n_cap + tr->n_cap - 1) * N + 1] = 0.0f;
-        resid_explainer *e = explainer(m, tr, -1);
+        resid_explainer *e = explainer(m, tr, -1), *eref = explainer(m, tr, -1);
         resid_score *all;
         int64_t n;
-        assert_int_equal(resid_score_all(e, RESID_UNIT_FFN_NEURON, &all, &n, NULL), 0);
+        assert_int_equal(resid_score_all(eref, RESID_UNIT_FFN_NEURON, &all, &n, NULL), 0);
         assert_true(all[0].lpi == all[2 * (N / 4)].lpi); /* a real tie */
         tally t = {0, 0, 0};
         for (int bottom = 0; bottom < 2; bottom++) {
@@ -276,14 +284,58 @@ static void test_ties(void **state) {
         }
         free(all);
         resid_explainer_free(e);
+        resid_explainer_free(eref);
         resid_trace_free(tr);
         resid_model_free(m);
     }
 }
 
+/* An explainer remembers the exact LPIs it has scored: ranking again (a
+ * smaller K, as the query analysis does after the report's lists) projects
+ * nothing and returns the same bits, which a fresh explainer reproduces. */
+static void test_memo(void **state) {
+    (void)state;
+    const fixture *f = &fixtures[3]; /* tiny-gpt2-stories: V = 50257 */
+    resid_model *m = tu_open_model(f->path);
+    resid_trace *tr = forward(m, f->ids[0], f->n[0]);
+    resid_explainer *e = explainer(m, tr, -1), *fresh = explainer(m, tr, -1);
+    const resid_unit_kind kinds[] = {RESID_UNIT_FFN_NEURON, RESID_UNIT_ATTN_NEURON,
+                                     RESID_UNIT_HEAD_POS};
+    for (size_t ki = 0; ki < 3; ki++) {
+        resid_score *a, *b, *c;
+        int64_t na, nb, nc;
+        resid_rank_stats sa, sb, sc;
+        resid_rank_opts o = resid_rank_defaults(kinds[ki], 40);
+        assert_int_equal(resid_rank(e, &o, &a, &na, &sa, NULL), RESID_OK);
+        assert_true(sa.n_projections > 0);
+        o.k = 25;
+        assert_int_equal(resid_rank(e, &o, &b, &nb, &sb, NULL), RESID_OK);
+        assert_int_equal(sb.n_projections, 0);
+        assert_int_equal(nb, 25);
+        assert_int_equal(resid_rank(fresh, &o, &c, &nc, &sc, NULL), RESID_OK);
+        assert_true(sc.n_projections > 0);
+        assert_int_equal(nc, 25);
+        for (int64_t i = 0; i < 25; i++) {
+            assert_memory_equal(&a[i].unit, &b[i].unit, sizeof a[i].unit);
+            assert_memory_equal(&a[i].unit, &c[i].unit, sizeof a[i].unit);
+            assert_memory_equal(&a[i].lpi, &b[i].lpi, sizeof(double));
+            assert_memory_equal(&a[i].lpi, &c[i].lpi, sizeof(double));
+        }
+        printf("  %s: top-40 %lld projections, then top-25 %lld (fresh explainer: %lld)\n",
+               resid_unit_kind_name(kinds[ki]), (long long)sa.n_projections,
+               (long long)sb.n_projections, (long long)sc.n_projections);
+        free(a), free(b), free(c);
+    }
+    resid_explainer_free(e);
+    resid_explainer_free(fresh);
+    resid_trace_free(tr);
+    resid_model_free(m);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_ties),
+        cmocka_unit_test(test_memo),
         cmocka_unit_test(test_other_keys),
         cmocka_unit_test(test_certified_equals_exhaustive),
     };

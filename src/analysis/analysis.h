@@ -79,6 +79,7 @@ struct resid_explainer {
     int64_t n_proj; /* projections done (for stats) */
 
     struct rs_tokcache *tok; /* token lists of exact projections, or NULL */
+    struct rs_lpimemo *memo; /* exact LPIs scored so far, or NULL */
 };
 
 /* ---- tokcache.c ------------------------------------------------------ */
@@ -101,6 +102,13 @@ bool rs_tokcache_get(const resid_explainer *e, const resid_unit *u, int32_t k,
 void rs_tokcache_extremes(const resid_explainer *e, const float *c, double scale,
                           resid_token_value *top, resid_token_value *bottom);
 
+/* The exact (canonical) LPI of every unit scored so far: rs_exact_lpi with
+ * canon consults and fills it. A full memo drops entries silently. */
+typedef struct rs_lpimemo rs_lpimemo;
+void rs_lpimemo_free(rs_lpimemo *c);
+void rs_lpimemo_put(resid_explainer *e, const resid_unit *u, double lpi);
+bool rs_lpimemo_get(const resid_explainer *e, const resid_unit *u, double *lpi);
+
 /* ---- lens.c ---------------------------------------------------------- */
 
 /* y[D] = γ ⊙ centre(v) / s. */
@@ -115,6 +123,10 @@ void rs_project_many(resid_explainer *e, const float *y, int n, float *c);
  * alone (a fixed operation order, independent of n, tiles and threads): the
  * definition of an exact score. c[n][V]. */
 void rs_project_canon(resid_explainer *e, const float *y, int n, float *c);
+/* For tests: true selects the generic canonical kernels (and lse), false
+ * the CPU's best again. Returns whether the AVX2 kernels are now in use.
+ * Not to be called while anything is being scored. */
+bool rs_canon_use_generic(bool generic);
 /* log Σ_t p_t·exp(κ c_t) for the context, double accumulation, through a
  * fixed, vectorised exp (deterministic within a process). cmax is ignored
  * (kept for the signature). */

@@ -625,6 +625,7 @@ resid_status rs_exact_lpi(resid_explainer *e, const resid_unit *const *u, int64_
     }
     int64_t nv = 0, nd = 0;
     for (int64_t i = 0; i < n; i++) {
+        if (canon && rs_lpimemo_get(e, u[i], &lpi[i])) continue; /* scored before */
         if (rs_unit_is_directional(u[i]->kind))
             dir[nd] = u[i], di[nd++] = i;
         else
@@ -634,6 +635,10 @@ resid_status rs_exact_lpi(resid_explainer *e, const resid_unit *const *u, int64_
     if (nd && (st = exact_directional(e, dir, nd, ld, canon, err))) goto done;
     for (int64_t i = 0; i < nv; i++) lpi[vi[i]] = lv[i];
     for (int64_t i = 0; i < nd; i++) lpi[di[i]] = ld[i];
+    if (canon) {
+        for (int64_t i = 0; i < nv; i++) rs_lpimemo_put(e, vec[i], lv[i]);
+        for (int64_t i = 0; i < nd; i++) rs_lpimemo_put(e, dir[i], ld[i]);
+    }
 done:
     free(vec), free(dir), free(vi), free(di), free(lv), free(ld);
     return st;

@@ -137,10 +137,16 @@ static bool use_avx2(void) {
     return v == 1;
 }
 
-/* Tokens per block: a block of W_U rows stays in L1 while every row of y
- * passes over it (a multiple of 6 and of 2, the micro-kernels' token
- * counts). */
-#define CANON_TOKEN_BLOCK 12
+bool rs_canon_use_generic(bool generic) {
+    __atomic_store_n(&g_avx2, generic ? 0 : -1, __ATOMIC_RELAXED);
+    return use_avx2();
+}
+
+/* Tokens per block: the block's W_U rows (4·D floats, 12 KB for GPT-2)
+ * stay in L1 while every row of y streams past them from L2, so each W_U
+ * row is read from memory once per call (a multiple of 4 and of 2, the
+ * micro-kernels' token counts). */
+#define CANON_TOKEN_BLOCK 4
 
 /* ---- generic vectors ---- */
 
@@ -200,64 +206,78 @@ RS_HOT static void canon_block_generic(const float *y, int n, const float *wu, i
 #if defined(__x86_64__) || defined(__i386__)
 #include <immintrin.h>
 
-/* The fixed reduction tree of the 8 lanes, then the scalar tail. */
-RS_AVX2 __attribute__((always_inline)) static inline float hsum8_tail(__m256 acc, const float *a, const float *b, int d0,
-                                       int D) {
-    float l[8];
-    _mm256_storeu_ps(l, acc);
-    float s = reduce8(l);
-    for (int d = d0; d < D; d++) s += a[d] * b[d];
-    return s;
+/* reduce8 of four accumulators at once: lane j of the result is reduce8 of
+ * the j-th argument, bit for bit. hadd adds neighbours within each 128-bit
+ * half, so two rounds leave (x0+x1)+(x2+x3) in the low half and
+ * (x4+x5)+(x6+x7) in the high half, and the final add joins them. */
+RS_AVX2 __attribute__((always_inline)) static inline __m128 reduce8x4(__m256 a, __m256 b,
+                                                                     __m256 c, __m256 d) {
+    __m256 h = _mm256_hadd_ps(_mm256_hadd_ps(a, b), _mm256_hadd_ps(c, d));
+    return _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
 }
 
-RS_AVX2 static float dot_canon_avx2(const float *a, const float *b, int D) {
-    __m256 acc = _mm256_setzero_ps();
-    int d = 0;
-    for (; d + 8 <= D; d += 8) acc = _mm256_fmadd_ps(_mm256_loadu_ps(a + d), _mm256_loadu_ps(b + d), acc);
-    return hsum8_tail(acc, a, b, d, D);
+/*
+ * c[q][k] = y_q·w_k for R <= 3 rows of y (stride D) and T <= 4 tokens of
+ * W_U (stride D), c with row stride V. R and T are constants after
+ * inlining: the R·T accumulators, R rows and one W vector fill the 16 ymm
+ * registers at 3 x 4 (7 loads per 12 FMAs). Each accumulator does the
+ * operations of dot_canon in its order, with the lane update
+ * acc = fma(y, w, acc): 8 lanes over d, reduce8, then the scalar tail.
+ */
+RS_AVX2 __attribute__((always_inline)) static inline void
+canon_tile_avx2(const float *y, const float *w, int D, int V, float *c, const int R, const int T) {
+    const int D8 = D / 8 * 8;
+    __m256 acc[3][4];
+#pragma GCC unroll 3
+    for (int q = 0; q < R; q++)
+#pragma GCC unroll 4
+        for (int k = 0; k < T; k++) acc[q][k] = _mm256_setzero_ps();
+    for (int d = 0; d < D8; d += 8) {
+        __m256 z[3];
+#pragma GCC unroll 3
+        for (int q = 0; q < R; q++) z[q] = _mm256_loadu_ps(y + (size_t)q * D + d);
+#pragma GCC unroll 4
+        for (int k = 0; k < T; k++) {
+            const __m256 x = _mm256_loadu_ps(w + (size_t)k * D + d);
+#pragma GCC unroll 3
+            for (int q = 0; q < R; q++) acc[q][k] = _mm256_fmadd_ps(z[q], x, acc[q][k]);
+        }
+    }
+#pragma GCC unroll 3
+    for (int q = 0; q < R; q++) {
+        float *cq = c + (size_t)q * V;
+        if (T == 4) {
+            _mm_storeu_ps(cq, reduce8x4(acc[q][0], acc[q][1], acc[q][2], acc[q][3]));
+        } else {
+            float l[4];
+            _mm_storeu_ps(l, reduce8x4(acc[q][0], acc[q][T > 1], acc[q][T > 2 ? 2 : 0], acc[q][0]));
+            for (int k = 0; k < T; k++) cq[k] = l[k];
+        }
+        for (int k = 0; D8 < D && k < T; k++) {
+            float s = cq[k];
+            for (int d = D8; d < D; d++) s += y[(size_t)q * D + d] * w[(size_t)k * D + d];
+            cq[k] = s;
+        }
+    }
 }
 
 RS_AVX2 static void canon_block_avx2(const float *y, int n, const float *wu, int D, int V,
                                      int t0, int t1, float *c) {
-    const int D8 = D / 8 * 8;
-    int r = 0;
-    /* 2 rows x 6 tokens: twelve accumulators in registers, each doing the
-     * same operations as dot_canon_avx2 (8 loads per 12 FMAs) */
-    for (; r + 2 <= n; r += 2) {
-        const float *y0 = y + (size_t)r * D, *y1 = y0 + D;
-        int t = t0;
-        for (; t + 6 <= t1; t += 6) {
-            const float *w = wu + (size_t)t * D;
-            __m256 a00 = _mm256_setzero_ps(), a01 = a00, a02 = a00, a03 = a00, a04 = a00,
-                   a05 = a00, a10 = a00, a11 = a00, a12 = a00, a13 = a00, a14 = a00, a15 = a00;
-            for (int d = 0; d < D8; d += 8) {
-                __m256 z0 = _mm256_loadu_ps(y0 + d), z1 = _mm256_loadu_ps(y1 + d), x;
-#define RS_STEP(k)                                                                         \
-    x = _mm256_loadu_ps(w + (size_t)(k) * D + d);                                          \
-    a0##k = _mm256_fmadd_ps(z0, x, a0##k), a1##k = _mm256_fmadd_ps(z1, x, a1##k);
-                RS_STEP(0) RS_STEP(1) RS_STEP(2) RS_STEP(3) RS_STEP(4) RS_STEP(5)
-#undef RS_STEP
-            }
-            float *c0 = c + (size_t)r * V + t, *c1 = c0 + V;
-            c0[0] = hsum8_tail(a00, y0, w, D8, D), c1[0] = hsum8_tail(a10, y1, w, D8, D);
-            c0[1] = hsum8_tail(a01, y0, w + D, D8, D), c1[1] = hsum8_tail(a11, y1, w + D, D8, D);
-            c0[2] = hsum8_tail(a02, y0, w + 2 * D, D8, D);
-            c1[2] = hsum8_tail(a12, y1, w + 2 * D, D8, D);
-            c0[3] = hsum8_tail(a03, y0, w + 3 * D, D8, D);
-            c1[3] = hsum8_tail(a13, y1, w + 3 * D, D8, D);
-            c0[4] = hsum8_tail(a04, y0, w + 4 * D, D8, D);
-            c1[4] = hsum8_tail(a14, y1, w + 4 * D, D8, D);
-            c0[5] = hsum8_tail(a05, y0, w + 5 * D, D8, D);
-            c1[5] = hsum8_tail(a15, y1, w + 5 * D, D8, D);
-        }
-        for (; t < t1; t++)
-            for (int q = 0; q < 2; q++)
-                c[(size_t)(r + q) * V + t] =
-                    dot_canon_avx2(y + (size_t)(r + q) * D, wu + (size_t)t * D, D);
+    int t = t0;
+    /* 4 tokens at a time, every row passing over them 3 at a time */
+    for (; t + 4 <= t1; t += 4) {
+        const float *w = wu + (size_t)t * D;
+        int r = 0;
+        for (; r + 3 <= n; r += 3) canon_tile_avx2(y + (size_t)r * D, w, D, V, c + (size_t)r * V + t, 3, 4);
+        if (n - r == 2) canon_tile_avx2(y + (size_t)r * D, w, D, V, c + (size_t)r * V + t, 2, 4);
+        if (n - r == 1) canon_tile_avx2(y + (size_t)r * D, w, D, V, c + (size_t)r * V + t, 1, 4);
     }
-    for (; r < n; r++)
-        for (int t = t0; t < t1; t++)
-            c[(size_t)r * V + t] = dot_canon_avx2(y + (size_t)r * D, wu + (size_t)t * D, D);
+    for (; t < t1; t++) {
+        const float *w = wu + (size_t)t * D;
+        int r = 0;
+        for (; r + 3 <= n; r += 3) canon_tile_avx2(y + (size_t)r * D, w, D, V, c + (size_t)r * V + t, 3, 1);
+        for (; r < n; r++) canon_tile_avx2(y + (size_t)r * D, w, D, V, c + (size_t)r * V + t, 1, 1);
+    }
 }
 
 /* exp(x) for x <= 0 (Cephes expf: Cody–Waite reduction, degree-5
@@ -409,6 +429,7 @@ static resid_status check_trace(const resid_model *m, const resid_trace *tr,
 void resid_explainer_free(resid_explainer *e) {
     if (!e) return;
     rs_tokcache_free(e->tok);
+    rs_lpimemo_free(e->memo);
     free(e->wu_own);
     free(e->gamma);
     free(e->wu_beta);

@@ -11,6 +11,12 @@
  * neuron) is keyed by its direction (pos = -1), shared by every source
  * position, and its values are those of the raw parameter row (scale 1),
  * the convention of resid_param_vector + resid_lens_vector.
+ *
+ * The same file keeps the exact LPI of every unit scored through the
+ * canonical projection (rs_lpimemo_*): an explainer's target, lens and
+ * contexts never change, so a unit ranked twice (the report's lists, then
+ * the query analysis's own top-N_v) is projected once. The memo returns the
+ * very double the canonical path computed, so nothing changes but time.
  */
 #include <stdlib.h>
 #include <string.h>
@@ -138,4 +144,75 @@ void rs_tokcache_extremes(const resid_explainer *e, const float *c, double scale
     resid_top_bottom(c, e->V, k, top, bottom);
     if (scale != 1.0)
         for (int32_t i = 0; i < k; i++) top[i].value *= scale, bottom[i].value *= scale;
+}
+
+/* ---------------------------------------------------------------------- */
+/* Exact LPIs                                                             */
+/* ---------------------------------------------------------------------- */
+
+struct rs_lpimemo {
+    int64_t n, cap;
+    resid_unit *keys; /* [cap] */
+    double *lpi;      /* [cap] */
+    int64_t *index;   /* [nidx], entry or -1 */
+    int64_t nidx;
+};
+
+static int64_t memo_find(const rs_lpimemo *c, const resid_unit *key, int64_t *slot) {
+    const uint64_t mask = (uint64_t)c->nidx - 1;
+    for (uint64_t i = key_hash(key) & mask;; i = (i + 1) & mask) {
+        int64_t at = c->index[i];
+        if (at < 0 || same_key(&c->keys[at], key)) {
+            *slot = (int64_t)i;
+            return at;
+        }
+    }
+}
+
+static bool memo_grow(rs_lpimemo *c) {
+    int64_t cap = c->cap ? 2 * c->cap : 1024, nidx = 4 * cap;
+    resid_unit *keys = realloc(c->keys, (size_t)cap * sizeof *keys);
+    if (keys) c->keys = keys;
+    double *lpi = keys ? realloc(c->lpi, (size_t)cap * sizeof *lpi) : NULL;
+    if (lpi) c->lpi = lpi;
+    int64_t *index = lpi ? malloc((size_t)nidx * sizeof *index) : NULL;
+    if (!index) return false;
+    free(c->index);
+    c->index = index;
+    c->nidx = nidx;
+    c->cap = cap;
+    for (int64_t i = 0; i < nidx; i++) index[i] = -1;
+    for (int64_t e = 0; e < c->n; e++) {
+        int64_t slot;
+        memo_find(c, &c->keys[e], &slot);
+        index[slot] = e;
+    }
+    return true;
+}
+
+void rs_lpimemo_free(rs_lpimemo *c) {
+    if (!c) return;
+    free(c->keys), free(c->lpi), free(c->index);
+    free(c);
+}
+
+void rs_lpimemo_put(resid_explainer *e, const resid_unit *u, double lpi) {
+    if (!e->memo && !(e->memo = calloc(1, sizeof *e->memo))) return;
+    rs_lpimemo *c = e->memo;
+    int64_t slot;
+    if (c->nidx > 0 && memo_find(c, u, &slot) >= 0) return;
+    if (c->n == c->cap && !memo_grow(c)) return; /* a memo: a miss is recomputed */
+    memo_find(c, u, &slot);
+    c->keys[c->n] = *u;
+    c->lpi[c->n] = lpi;
+    c->index[slot] = c->n++;
+}
+
+bool rs_lpimemo_get(const resid_explainer *e, const resid_unit *u, double *lpi) {
+    const rs_lpimemo *c = e->memo;
+    if (!c || c->n == 0) return false;
+    int64_t slot, at = memo_find(c, u, &slot);
+    if (at < 0) return false;
+    *lpi = c->lpi[at];
+    return true;
 }
