@@ -235,10 +235,16 @@ canon_tile_avx2(const float *y, const float *w, int D, int V, float *c, const in
     for (int d = 0; d < D8; d += 8) {
         __m256 z[3];
 #pragma GCC unroll 3
-        for (int q = 0; q < R; q++) z[q] = _mm256_loadu_ps(y + (size_t)q * D + d);
+        for (int q = 0; q < R; q++) {
+            z[q] = _mm256_loadu_ps(y + (size_t)q * D + d);
+            __asm__("" : "+x"(z[q])); /* (see x below) */
+        }
 #pragma GCC unroll 4
         for (int k = 0; k < T; k++) {
-            const __m256 x = _mm256_loadu_ps(w + (size_t)k * D + d);
+            __m256 x = _mm256_loadu_ps(w + (size_t)k * D + d);
+            /* keep x and z in registers: tuned for Zen, GCC otherwise
+             * folds the loads into the FMAs (15 loads per 12 FMAs) */
+            __asm__("" : "+x"(x));
 #pragma GCC unroll 3
             for (int q = 0; q < R; q++) acc[q][k] = _mm256_fmadd_ps(z[q], x, acc[q][k]);
         }
@@ -529,19 +535,21 @@ resid_status resid_explainer_new(const resid_model *m, const resid_trace *tr,
     if (m->out_norm_b) {
         e->wu_beta = malloc((size_t)V * sizeof(double));
         if (!e->wu_beta) goto nomem;
-        for (int t = 0; t < V; t++) {
-            double acc = 0;
-            const float *row = e->wu + (size_t)t * D;
-            for (int d = 0; d < D; d++) acc += (double)row[d] * m->out_norm_b[d];
-            e->wu_beta[t] = acc;
-        }
     }
     {
+        /* One pass over W_U: the largest row norm and W_U·β_f. */
+        const float *beta = m->out_norm_b;
+        double *wb = e->wu_beta;
         double mx = 0;
+#pragma omp parallel for schedule(static) reduction(max : mx) if ((int64_t)V * D >= RS_PAR_MIN_WORK)
         for (int t = 0; t < V; t++) {
             const float *row = e->wu + (size_t)t * D;
-            double ss = 0;
+            double ss = 0, acc = 0;
             for (int d = 0; d < D; d++) ss += (double)row[d] * row[d];
+            if (beta) {
+                for (int d = 0; d < D; d++) acc += (double)row[d] * beta[d];
+                wb[t] = acc;
+            }
             if (ss > mx) mx = ss;
         }
         /* a hair above the true value so the bounds stay valid */
@@ -578,13 +586,17 @@ resid_status resid_explainer_new(const resid_model *m, const resid_trace *tr,
     e->target = o.target;
     for (int ci = 0; ci < nctx; ci++) {
         rs_context *cx = &e->ctx[ci];
-        float *bc = b + (size_t)ci * V;
         cx->logp = malloc((size_t)V * sizeof(float));
         cx->g = malloc((size_t)D * sizeof(float));
         if (!cx->logp || !cx->g) {
             free(y), free(b), free(q), free(pq);
             goto nomem;
         }
+    }
+#pragma omp parallel for schedule(dynamic) if ((int64_t)nctx * V >= RS_PAR_MIN_WORK)
+    for (int ci = 0; ci < nctx; ci++) {
+        rs_context *cx = &e->ctx[ci];
+        float *bc = b + (size_t)ci * V;
         double mx = -INFINITY;
         for (int t = 0; t < V; t++) {
             double z = bc[t] + (add_beta ? e->wu_beta[t] : 0);
