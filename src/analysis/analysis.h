@@ -30,6 +30,14 @@
 /* Rows per BLAS GEMM when screening (exhaustive ranking): c is
  * RS_SCREEN_ROWS × V floats. */
 #define RS_SCREEN_ROWS 128
+/* Rows per canonical projection in exact scoring (rs_project_canon streams
+ * W_U once per call, so fewer, larger calls are faster; c is
+ * RS_CANON_ROWS × V floats). At most RS_SCREEN_ROWS. */
+#define RS_CANON_ROWS 128
+/* The certified ranking scores the first K candidates (which any ranking
+ * must score) in one batch of up to this many rows, then RS_PROJ_ROWS at a
+ * time while the bounds decide. */
+#define RS_FILL_ROWS 512
 /* Below this many floats of work a loop runs on one thread. */
 #define RS_PAR_MIN_WORK (1 << 18)
 

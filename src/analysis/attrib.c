@@ -432,10 +432,10 @@ static resid_status prepare(resid_explainer *e, const resid_unit *u, int64_t n,
     return RESID_OK;
 }
 
-/* LPIs of vector units, RS_PROJ_ROWS at a time. */
+/* LPIs of vector units, RS_CANON_ROWS at a time. */
 static resid_status exact_vectors(resid_explainer *e, const resid_unit *const *u, int64_t n,
                                   double *lpi, bool canon, resid_error *err) {
-    const int D = e->D, V = e->V, B = canon ? RS_PROJ_ROWS : RS_SCREEN_ROWS;
+    const int D = e->D, V = e->V, B = canon ? RS_CANON_ROWS : RS_SCREEN_ROWS;
     float *y = malloc((size_t)B * D * sizeof(float));
     float *c = malloc((size_t)B * V * sizeof(float));
     float *v = malloc((size_t)D * sizeof(float));
@@ -522,12 +522,13 @@ static int cmp_dir_ref(const void *a, const void *b) {
 }
 
 /* LPIs of directional units: each distinct direction is projected once,
- * RS_PROJ_ROWS directions per GEMM, and records its max/min. */
+ * RS_CANON_ROWS directions per projection, and records its max/min. */
 static resid_status exact_directional(resid_explainer *e, const resid_unit *const *u,
                                       int64_t n, double *lpi, bool canon, resid_error *err) {
     const int D = e->D, V = e->V;
     const int64_t maxrow = (int64_t)e->N > (int64_t)e->H * e->dh ? e->N : (int64_t)e->H * e->dh;
-    const int B = canon ? RS_PROJ_ROWS : RS_SCREEN_ROWS;
+    _Static_assert(RS_CANON_ROWS <= RS_SCREEN_ROWS, "batch arrays below hold RS_SCREEN_ROWS");
+    const int B = canon ? RS_CANON_ROWS : RS_SCREEN_ROWS;
     dir_ref *refs = malloc((size_t)n * sizeof *refs);
     float *y = malloc((size_t)B * D * sizeof(float));
     float *c = malloc((size_t)B * V * sizeof(float));
@@ -551,7 +552,7 @@ static resid_status exact_directional(resid_explainer *e, const resid_unit *cons
     qsort(refs, (size_t)n, sizeof *refs, cmp_dir_ref);
     int64_t i = 0;
     while (i < n) {
-        /* gather up to RS_PROJ_ROWS distinct directions starting at refs[i] */
+        /* gather up to B distinct directions starting at refs[i] */
         int nb = 0;
         int64_t j = i;
         while (j < n && nb < B) {

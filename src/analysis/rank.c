@@ -204,7 +204,7 @@ static resid_status certified(rank_job *j, heap *h, resid_error *err) {
     const int64_t n = j->n;
     const resid_rank_key key = j->o->key;
     kv *ord = malloc((size_t)n * sizeof *ord);
-    int64_t *batch = malloc((size_t)RS_PROJ_ROWS * (j->e->T + 1) * sizeof *batch);
+    int64_t *batch = malloc((size_t)RS_FILL_ROWS * (j->e->T + 1) * sizeof *batch);
     float *vb = malloc((size_t)e->D * sizeof(float)), *yb = malloc((size_t)e->D * sizeof(float));
     char *queued = calloc((size_t)(n ? n : 1), 1); /* scored or in the batch */
     if (!ord || !batch || !vb || !yb || !queued) {
@@ -227,10 +227,17 @@ static resid_status certified(rank_job *j, heap *h, resid_error *err) {
     const bool dirl = rs_unit_is_directional(j->o->kind);
     resid_status st = RESID_OK;
     int64_t pos = 0;
+    /* units per row: an attention neuron's direction carries all T positions */
+    const int64_t per_row = j->o->kind == RESID_UNIT_ATTN_NEURON ? e->T : 1;
     while (pos < n) {
         int64_t m = 0;
         int rows = 0;
-        while (pos < n && rows < RS_PROJ_ROWS) {
+        /* Until the heap is full every candidate in bound order is scored
+         * whatever the bounds say: take those rows in one batch. */
+        int64_t lim = (h->cap - h->n + per_row - 1) / per_row;
+        if (lim > RS_FILL_ROWS) lim = RS_FILL_ROWS;
+        if (lim < RS_PROJ_ROWS) lim = RS_PROJ_ROWS;
+        while (pos < n && rows < lim) {
             kv x = ord[pos];
             if (h->n == h->cap && x.v < h->a[0].v) break;
             pos++;
