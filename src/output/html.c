@@ -439,60 +439,73 @@ static bool head_fill(const rs_web_ctx *c, cJSON *root, int32_t layer, int32_t h
     return ok;
 }
 
-/* The position breakdowns and tokens of nd heads (enumeration indices
- * idx[]) in one pass: every head and head x position vector projected by
- * one GEMM (project_rows), the LPIs from it. The heads' own scores are the
- * report's (its exact values, from `heads`). outs[nd]. */
+/* Details of heads idx[0..nd): the head itself (the report's scores), each
+ * of its head × positions scored exactly (the canonical path: the values
+ * the report's head_positions list shows, and free for the units it has
+ * already scored), and the head's top and bottom tokens (from the
+ * explainer's token cache when the report projected it). */
 static resid_status heads_batch(rs_web_ctx *c, const cJSON *heads, const int32_t *idx,
                                 int32_t nd, int32_t K, cJSON **outs, resid_error *err) {
     resid_explainer *e = c->ex;
-    const int32_t H = c->info->n_head, T = c->n, D = e->D, V = e->V;
+    const int32_t H = c->info->n_head, T = c->n, D = e->D;
     const int64_t per = (int64_t)T + 1, n = (int64_t)nd * per;
     if (K < 0) K = 0;
+    if (K > e->V) K = e->V;
     resid_unit *u = malloc(((size_t)n + 1) * sizeof *u);
+    const resid_unit **hp = malloc(((size_t)n + 1) * sizeof *hp);
     resid_score *sc = malloc(((size_t)n + 1) * sizeof *sc);
     double *lpi = malloc(((size_t)n + 1) * sizeof *lpi);
     resid_token_value *tops = malloc(((size_t)nd * K + 1) * sizeof *tops);
     resid_token_value *bots = malloc(((size_t)nd * K + 1) * sizeof *bots);
-    int32_t *ks = calloc((size_t)nd + 1, sizeof *ks);
-    const int64_t nb = proj_rows_fit(c, n);
-    float *y = malloc(((size_t)nb + 1) * D * sizeof *y), *v = malloc((size_t)D * sizeof *v);
-    float *z = malloc(((size_t)nb + 1) * V * sizeof *z);
+    int32_t *miss = malloc(((size_t)nd + 1) * sizeof *miss);
+    float *y = malloc(((size_t)nd + 1) * D * sizeof *y);
+    resid_token_value *mt = malloc(((size_t)nd * K + 1) * sizeof *mt);
+    resid_token_value *mb = malloc(((size_t)nd * K + 1) * sizeof *mb);
     resid_status st = RESID_OK;
-    if (!u || !sc || !lpi || !tops || !bots || !ks || !y || !v || !z) {
+    if (!u || !hp || !sc || !lpi || !tops || !bots || !miss || !y || !mt || !mb) {
         st = rs_err(err, RESID_E_NOMEM, "web: out of memory for the head details");
         goto done;
     }
+    int64_t nhp = 0;
     for (int32_t q = 0; q < nd; q++) {
         const int32_t l = idx[q] / H, h = idx[q] % H;
         u[q * per] = (resid_unit){RESID_UNIT_HEAD, l, h, -1, -1};
-        for (int32_t j = 0; j < T; j++)
+        for (int32_t j = 0; j < T; j++) {
             u[q * per + 1 + j] = (resid_unit){RESID_UNIT_HEAD_POS, l, h, -1, j};
+            hp[nhp++] = &u[q * per + 1 + j];
+        }
     }
     if ((st = rs_units_prepare(e, u, n, err)) != RESID_OK) goto done;
-    for (int64_t r0 = 0; r0 < n; r0 += nb) {
-        const int64_t m = n - r0 < nb ? n - r0 : nb;
-        for (int64_t i = 0; i < m; i++) {
-            rs_unit_vector(e, &u[r0 + i], v);
-            rs_lensmap(e, v, y + (size_t)i * D);
+    /* head × positions: exact scores in the order hp lists them */
+    double *lhp = lpi + nd;
+    if ((st = rs_exact_lpi(e, hp, nhp, lhp, true, err)) != RESID_OK) goto done;
+    for (int64_t i = 0, q = 0; q < nd; q++)
+        for (int32_t j = 0; j < T; j++) lpi[q * per + 1 + j] = lhp[i++];
+    /* the heads' tokens: cached, else projected here */
+    int32_t nm = 0;
+    for (int32_t q = 0; q < nd && K > 0; q++)
+        if (!rs_tokcache_get(e, &u[q * per], K, tops + (size_t)q * K, bots + (size_t)q * K)) {
+            if ((st = resid_unit_lens_vector(e, &u[q * per], y + (size_t)nm * D, err)) != RESID_OK)
+                goto done;
+            miss[nm++] = q;
         }
-        project_rows(c, y, m, z);
-#pragma omp parallel for schedule(static) if (m * (int64_t)V >= RS_PAR_MIN_WORK)
-        for (int64_t i = 0; i < m; i++) {
-            const int64_t r = r0 + i;
-            const float *zr = z + (size_t)i * V;
-            lpi[r] = rs_lpi_from(e, &e->ctx[rs_unit_ctx(&u[r])], zr, 1.0f);
-            if (r % per == 0 && K > 0) {
-                const int64_t q = r / per;
-                ks[q] = resid_top_bottom(zr, V, K, tops + (size_t)q * K, bots + (size_t)q * K);
-            }
+    if (nm > 0) {
+        if ((st = resid_project_many_topk(c->m, y, nm, K, mt, mb, NULL, err)) != RESID_OK)
+            goto done;
+        for (int32_t i = 0; i < nm; i++) {
+            memcpy(tops + (size_t)miss[i] * K, mt + (size_t)i * K, (size_t)K * sizeof *mt);
+            memcpy(bots + (size_t)miss[i] * K, mb + (size_t)i * K, (size_t)K * sizeof *mb);
         }
     }
     for (int64_t r = 0; r < n; r++) {
-        rs_score_linear(e, &u[r], &sc[r]);
-        rs_score_finish(e, &sc[r], lpi[r]);
-        if (r % per) continue;
+        if (r % per) {
+            rs_score_linear(e, &u[r], &sc[r]);
+            rs_score_finish(e, &sc[r], lpi[r]);
+            continue;
+        }
         /* the head itself: the report's exact score */
+        rs_score_linear(e, &u[r], &sc[r]);
+        sc[r].lpi = sc[r].prob_inc = NAN;
         const cJSON *hj = cJSON_GetArrayItem(heads, idx[r / per]);
         const cJSON *f;
         if ((f = cJSON_GetObjectItemCaseSensitive(hj, "lpi")) && cJSON_IsNumber(f))
@@ -503,11 +516,16 @@ static resid_status heads_batch(rs_web_ctx *c, const cJSON *heads, const int32_t
             sc[r].bs_target = f->valuedouble;
         if ((f = cJSON_GetObjectItemCaseSensitive(hj, "contrast")) && cJSON_IsNumber(f))
             sc[r].contrast = f->valuedouble;
+        if (isnan(sc[r].lpi)) { /* no report entry (cannot happen): score it */
+            const resid_unit *pu = &u[r];
+            if ((st = rs_exact_lpi(e, &pu, 1, &lpi[r], true, err)) != RESID_OK) goto done;
+            rs_score_finish(e, &sc[r], lpi[r]);
+        }
     }
     for (int32_t q = 0; q < nd; q++) {
         outs[q] = cJSON_CreateObject();
         if (!outs[q] || !head_fill(c, outs[q], idx[q] / H, idx[q] % H, sc + q * per,
-                                   tops + (size_t)q * K, bots + (size_t)q * K, ks[q])) {
+                                   tops + (size_t)q * K, bots + (size_t)q * K, K)) {
             st = rs_err(err, RESID_E_NOMEM, "web: out of memory for the head details");
             for (int32_t i = 0; i <= q; i++) {
                 cJSON_Delete(outs[i]);
@@ -517,7 +535,8 @@ static resid_status heads_batch(rs_web_ctx *c, const cJSON *heads, const int32_t
         }
     }
 done:
-    free(u), free(sc), free(lpi), free(tops), free(bots), free(ks), free(y), free(v), free(z);
+    free(u), free(hp), free(sc), free(lpi), free(tops), free(bots), free(miss), free(y);
+    free(mt), free(mb);
     return st;
 }
 
