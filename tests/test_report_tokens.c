@@ -15,12 +15,16 @@
  * agree wherever the neighbouring values are further apart than that.
  * Run on a Llama (stories260K), a GPT-2 (tiny-gpt2-stories) and a quantised
  * GGUF, in the paper and the exact lens, with a contrast token on one.
+ * Also: the cache's one-pass selection equals resid_top_bottom exactly
+ * (ids, order, values) on random vectors full of ties, for small and large
+ * V and k.
  */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "analysis/analysis.h"
 #include "testutil.h"
 
 #define STORIES "tinyllamas/stories260K.bin"
@@ -179,6 +183,45 @@ static void check_model(const char *rel, resid_lens lens, const char *vs) {
     resid_model_free(m);
 }
 
+/* rs_tokcache_extremes vs resid_top_bottom, bit for bit. */
+static void test_selection(void **state) {
+    (void)state;
+    uint64_t seed = 12345;
+    const int32_t Vs[] = {1, 2, 3, 7, 10, 64, 1000, 50257};
+    const int32_t ks[] = {1, 2, 5, 10, 40};
+    int cases = 0;
+    for (size_t vi = 0; vi < sizeof Vs / sizeof Vs[0]; vi++)
+        for (size_t ki = 0; ki < sizeof ks / sizeof ks[0]; ki++)
+            for (int levels = 3; levels <= 3000; levels *= 10) { /* few levels: many ties */
+                const int32_t V = Vs[vi], k = ks[ki] < V ? ks[ki] : V;
+                float *x = malloc((size_t)V * sizeof *x);
+                for (int32_t t = 0; t < V; t++) {
+                    seed = seed * 6364136223846793005ull + 1442695040888963407ull;
+                    x[t] = (float)((int)((seed >> 33) % (uint64_t)levels) - levels / 2) * 0.25f;
+                }
+                resid_explainer e;
+                memset(&e, 0, sizeof e);
+                e.V = V;
+                resid_error err;
+                assert_int_equal(rs_tokcache_enable(&e, k, &err), RESID_OK);
+                resid_token_value a[40], b[40], ra[40], rb[40];
+                rs_tokcache_extremes(&e, x, 1.0, a, b);
+                assert_int_equal(resid_top_bottom(x, V, k, ra, rb), k);
+                for (int32_t i = 0; i < k; i++) {
+                    if (a[i].id != ra[i].id || a[i].value != ra[i].value || b[i].id != rb[i].id ||
+                        b[i].value != rb[i].value)
+                        fail_msg("V=%d k=%d levels=%d #%d: top %d/%g vs %d/%g, bottom %d/%g vs "
+                                 "%d/%g",
+                                 V, k, levels, i, a[i].id, a[i].value, ra[i].id, ra[i].value,
+                                 b[i].id, b[i].value, rb[i].id, rb[i].value);
+                }
+                rs_tokcache_free(e.tok);
+                free(x);
+                cases++;
+            }
+    printf("# %d selections equal to resid_top_bottom\n", cases);
+}
+
 static void test_stories(void **state) {
     (void)state;
     check_model(STORIES, RESID_LENS_PAPER, NULL);
@@ -198,6 +241,7 @@ static void test_quantised(void **state) {
 
 int main(void) {
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_selection),
         cmocka_unit_test(test_stories),
         cmocka_unit_test(test_gpt2),
         cmocka_unit_test(test_quantised),

@@ -138,10 +138,42 @@ bool rs_tokcache_get(const resid_explainer *e, const resid_unit *u, int32_t k,
     return true;
 }
 
+/* Inserts (id, v) into a[0..*n) (capacity k), kept best first: by value
+ * (descending for the top list, ascending for the bottom), then by id. Ids
+ * arrive in increasing order, so a value equal to a kept one goes after it. */
+static inline void keep(resid_token_value *a, int32_t *n, int32_t k, int32_t id, float v,
+                        bool lowest) {
+    int32_t i = *n < k ? (*n)++ : k - 1;
+    while (i > 0 && (lowest ? a[i - 1].value > v : a[i - 1].value < v)) {
+        a[i] = a[i - 1];
+        i--;
+    }
+    a[i] = (resid_token_value){id, v};
+}
+
 void rs_tokcache_extremes(const resid_explainer *e, const float *c, double scale,
                           resid_token_value *top, resid_token_value *bottom) {
-    const int32_t k = e->tok->k;
-    resid_top_bottom(c, e->V, k, top, bottom);
+    /* The k largest and smallest of c[V] in one pass, in the order (and
+     * with the ties) of resid_top_bottom: after the first k entries only
+     * values beyond the current k-th are inserted, which is rare. */
+    const int32_t k = e->tok->k, V = e->V;
+    int32_t nt = 0, nb = 0, t = 0;
+    for (; t < V && nt < k; t++) {
+        keep(top, &nt, k, t, c[t], false);
+        keep(bottom, &nb, k, t, c[t], true);
+    }
+    float hi = (float)top[k - 1].value, lo = (float)bottom[k - 1].value;
+    for (; t < V; t++) {
+        const float x = c[t];
+        if (x > hi) {
+            keep(top, &nt, k, t, x, false);
+            hi = (float)top[k - 1].value;
+        }
+        if (x < lo) { /* both, when V < 2k */
+            keep(bottom, &nb, k, t, x, true);
+            lo = (float)bottom[k - 1].value;
+        }
+    }
     if (scale != 1.0)
         for (int32_t i = 0; i < k; i++) top[i].value *= scale, bottom[i].value *= scale;
 }
