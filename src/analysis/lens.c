@@ -566,12 +566,21 @@ resid_status resid_explainer_new(const resid_model *m, const resid_trace *tr,
 #pragma omp parallel for schedule(static) reduction(max : mx) if ((int64_t)V * D >= RS_PAR_MIN_WORK)
         for (int t = 0; t < V; t++) {
             const float *row = e->wu + (size_t)t * D;
-            double ss = 0, acc = 0;
-            for (int d = 0; d < D; d++) ss += (double)row[d] * row[d];
-            if (beta) {
-                for (int d = 0; d < D; d++) acc += (double)row[d] * beta[d];
-                wb[t] = acc;
+            /* four independent double sums: the adds pipeline */
+            double s4[4] = {0, 0, 0, 0}, b4[4] = {0, 0, 0, 0};
+            int d = 0;
+            for (; d + 4 <= D; d += 4)
+                for (int q = 0; q < 4; q++) {
+                    const double x = row[d + q];
+                    s4[q] += x * x;
+                    if (beta) b4[q] += x * beta[d + q];
+                }
+            double ss = (s4[0] + s4[1]) + (s4[2] + s4[3]), acc = (b4[0] + b4[1]) + (b4[2] + b4[3]);
+            for (; d < D; d++) {
+                ss += (double)row[d] * row[d];
+                if (beta) acc += (double)row[d] * beta[d];
             }
+            if (beta) wb[t] = acc;
             if (ss > mx) mx = ss;
         }
         /* a hair above the true value so the bounds stay valid */
