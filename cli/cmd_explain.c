@@ -16,6 +16,7 @@
 #include <string.h>
 
 #include "common.h"
+#include "core/util.h"
 #include "output/html.h"
 #include "output/report.h"
 
@@ -168,19 +169,6 @@ static const char *jstr(const cJSON *o, const char *k) {
     return cJSON_IsString(v) ? v->valuestring : "?";
 }
 
-/* Descending by the ranking key; ties keep enumeration order (qsort is not
- * stable, so the enumeration index breaks ties). */
-typedef struct keyed {
-    double key;
-    int64_t i;
-} keyed;
-
-static int cmp_keyed(const void *pa, const void *pb) {
-    const keyed *a = pa, *b = pb;
-    if (a->key != b->key) return a->key > b->key ? -1 : 1;
-    return (a->i > b->i) - (a->i < b->i);
-}
-
 /* ------------------------------------------------------------------------- */
 /* Text report                                                               */
 /* ------------------------------------------------------------------------- */
@@ -296,7 +284,7 @@ static int print_text(const text_ctx *r) {
 
     const cJSON *heads = jget(root, "heads");
     const int n_heads = cJSON_GetArraySize(heads);
-    keyed *order = malloc((size_t)(n_heads + 1) * sizeof *order);
+    rs_keyed *order = malloc((size_t)(n_heads + 1) * sizeof *order);
     if (!order) return cli_error("out of memory");
     for (int li = 0; li < N_LISTS; li++) {
         const cJSON *arr = jget(root, lists[li].name);
@@ -318,8 +306,8 @@ static int print_text(const text_ctx *r) {
         /* Heads come in enumeration order: sort a permutation. */
         const int n = cJSON_GetArraySize(arr);
         for (int i = 0; i < n && li == 0; i++)
-            order[i] = (keyed){jnum(cJSON_GetArrayItem(arr, i), score), i};
-        if (li == 0) qsort(order, (size_t)n, sizeof *order, cmp_keyed);
+            order[i] = (rs_keyed){jnum(cJSON_GetArrayItem(arr, i), score), i};
+        if (li == 0) rs_keyed_sort(order, (size_t)n);
 
         switch (kind) {
         case RESID_UNIT_HEAD: printf("%4s %-9s", "rank", "head"); break;
@@ -380,13 +368,13 @@ static int print_text(const text_ctx *r) {
            "key%s\n",
            gate ? " (SwiGLU: up key and gate key separately)" : " (gamma_2 * fc1_k)");
     const int n_slots = cJSON_GetArraySize(ql);
-    keyed *qo = malloc((size_t)(n_slots + 1) * sizeof *qo);
+    rs_keyed *qo = malloc((size_t)(n_slots + 1) * sizeof *qo);
     if (!qo) return cli_error("out of memory");
     for (int j = 0; j < n_slots; j++) {
         const cJSON *e = cJSON_GetArrayItem(ql, j);
-        qo[j] = (keyed){gate ? jnum(e, "up_share") + jnum(e, "gate_share") : jnum(e, "share"), j};
+        qo[j] = (rs_keyed){gate ? jnum(e, "up_share") + jnum(e, "gate_share") : jnum(e, "share"), j};
     }
-    qsort(qo, (size_t)n_slots, sizeof *qo, cmp_keyed);
+    rs_keyed_sort(qo, (size_t)n_slots);
     if (gate)
         printf("%5s %10s %10s\n", "slot", "up_share", "gate_share");
     else

@@ -70,6 +70,16 @@ size_t resid_alloc_cap(void) { return alloc_cap ? alloc_cap : phys_mem(); }
 
 size_t rs_alloc_cap(void) { return resid_alloc_cap(); }
 
+int rs_keyed_cmp(const void *pa, const void *pb) {
+    const rs_keyed *a = pa, *b = pb;
+    if (a->key != b->key) return a->key > b->key ? -1 : 1;
+    return (a->i > b->i) - (a->i < b->i);
+}
+
+void rs_keyed_sort(rs_keyed *a, size_t n) {
+    if (n > 1) qsort(a, n, sizeof *a, rs_keyed_cmp);
+}
+
 resid_status rs_check_alloc(size_t bytes, const char *label, const char *what,
                             resid_error *err) {
     size_t cap = rs_alloc_cap();

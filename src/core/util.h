@@ -48,6 +48,17 @@ int rs_utf8_seq_len(const uint8_t *s, size_t n);
 /* Returns -1 when valid, else the byte offset of the first invalid byte. */
 int64_t rs_utf8_validate(const char *s, size_t n);
 
+/* A value and its enumeration index; rs_keyed_sort orders by value
+ * descending, ties by index ascending (qsort is not stable, the index
+ * makes it so): the order of every ranked list resid prints. */
+typedef struct rs_keyed {
+    double key;
+    int64_t i;
+} rs_keyed;
+void rs_keyed_sort(rs_keyed *a, size_t n);
+/* Its comparator: < 0 when *a goes first. */
+int rs_keyed_cmp(const void *a, const void *b);
+
 /* The allocation cap (resid_set_alloc_cap; default: physical memory).
  * rs_check_alloc returns RESID_OK when `bytes` is within it, else
  * RESID_E_NOMEM with "<label>: <what> needs N bytes, over the cap". Use it

@@ -677,17 +677,6 @@ static resid_status query_contrib(rs_web_ctx *c, query_job *jobs, int32_t n_jobs
     return RESID_OK;
 }
 
-typedef struct ranked {
-    double key;
-    int64_t i;
-} ranked;
-
-static int cmp_ranked(const void *pa, const void *pb) {
-    const ranked *a = pa, *b = pb;
-    if (a->key != b->key) return a->key > b->key ? -1 : 1;
-    return (a->i > b->i) - (a->i < b->i);
-}
-
 /* Builds the neurons' JSON (keys, query layers, query neurons). */
 static resid_status neurons_json(rs_web_ctx *c, const resid_unit *units, int32_t n_units,
                                  const rs_web_opts *o, cJSON **outs, resid_error *err) {
@@ -777,7 +766,7 @@ static resid_status neurons_json(rs_web_ctx *c, const resid_unit *units, int32_t
             goto done;
         }
         if (n == 0) continue;
-        ranked *r = malloc((size_t)n * sizeof *r);
+        rs_keyed *r = malloc((size_t)n * sizeof *r);
         if (!r) {
             st = rs_err(err, RESID_E_NOMEM, "web: out of memory");
             goto done;
@@ -786,10 +775,10 @@ static resid_status neurons_json(rs_web_ctx *c, const resid_unit *units, int32_t
         /* the best kq in order in r[0..kq) (insertion: n is large, kq small) */
         int64_t nr = 0;
         for (int64_t i = 0; i < n; i++) {
-            const ranked x = {fabs(jb->contrib[i]), i};
-            if (nr == kq && cmp_ranked(&x, &r[nr - 1]) >= 0) continue;
+            const rs_keyed x = {fabs(jb->contrib[i]), i};
+            if (nr == kq && rs_keyed_cmp(&x, &r[nr - 1]) >= 0) continue;
             int64_t j = nr < kq ? nr++ : nr - 1;
-            for (; j > 0 && cmp_ranked(&x, &r[j - 1]) < 0; j--)
+            for (; j > 0 && rs_keyed_cmp(&x, &r[j - 1]) < 0; j--)
                 r[j] = r[j - 1];
             r[j] = x;
         }
@@ -861,14 +850,14 @@ resid_status rs_web_extras(rs_web_ctx *c, cJSON *report, const rs_web_opts *o, r
      * report's score (contrast with --vs, else LPI). */
     const cJSON *heads = cJSON_GetObjectItemCaseSensitive(report, "heads");
     const int32_t nh = L * H;
-    ranked *r = malloc((size_t)nh * sizeof *r);
+    rs_keyed *r = malloc((size_t)nh * sizeof *r);
     if (!r) return rs_err(err, RESID_E_NOMEM, "web: out of memory");
     const bool by_contrast = c->contrast >= 0;
     for (int32_t i = 0; i < nh; i++) {
         const cJSON *h = cJSON_GetArrayItem(heads, i);
-        r[i] = (ranked){h ? num(h, by_contrast ? "contrast" : "lpi", 0) : 0, i};
+        r[i] = (rs_keyed){h ? num(h, by_contrast ? "contrast" : "lpi", 0) : 0, i};
     }
-    qsort(r, (size_t)nh, sizeof *r, cmp_ranked);
+    rs_keyed_sort(r, (size_t)nh);
     bool *detail = calloc((size_t)nh, sizeof *detail);
     cJSON *hd = cJSON_AddArrayToObject(report, "head_details");
     if (!detail || !hd) {

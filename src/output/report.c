@@ -469,19 +469,6 @@ static bool add_tokens(const report *r, cJSON *obj, const char *name, const resi
     return true;
 }
 
-/* Descending by the ranking key; ties keep enumeration order (qsort is not
- * stable, so the enumeration index breaks ties). */
-typedef struct keyed {
-    double key;
-    int64_t i;
-} keyed;
-
-static int cmp_keyed(const void *pa, const void *pb) {
-    const keyed *a = pa, *b = pb;
-    if (a->key != b->key) return a->key > b->key ? -1 : 1;
-    return (a->i > b->i) - (a->i < b->i);
-}
-
 static void slot_name(int32_t j, char *buf, size_t n) {
     if (j == 0)
         snprintf(buf, n, "emb");
@@ -709,12 +696,12 @@ static cJSON *build_json(const report *r, resid_status *st, resid_error *err) {
         bool *want = NULL;
         if (li == LIST_HEADS && rq->head_tokens && !rq->compact) {
             want = calloc((size_t)ul->n + 1, sizeof *want);
-            keyed *order = malloc(((size_t)ul->n + 1) * sizeof *order);
+            rs_keyed *order = malloc(((size_t)ul->n + 1) * sizeof *order);
             ok = want && order;
             for (int64_t i = 0; ok && i < ul->n; i++)
                 order[i] =
-                    (keyed){r->key == RESID_KEY_CONTRAST ? ul->s[i].contrast : ul->s[i].lpi, i};
-            if (ok) qsort(order, (size_t)ul->n, sizeof *order, cmp_keyed);
+                    (rs_keyed){r->key == RESID_KEY_CONTRAST ? ul->s[i].contrast : ul->s[i].lpi, i};
+            if (ok) rs_keyed_sort(order, (size_t)ul->n);
             for (int64_t i = 0; ok && i < ul->st.k; i++)
                 want[order[i].i] = true;
             free(order);
