@@ -43,12 +43,6 @@ static cJSON *run_json(const char *model_rel, const char *args) {
     return j;
 }
 
-static double num(const cJSON *o, const char *k) {
-    const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, k);
-    assert_true(cJSON_IsNumber(v));
-    return v->valuedouble;
-}
-
 static const cJSON *obj(const cJSON *o, const char *k) {
     const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, k);
     assert_non_null(v);
@@ -57,13 +51,15 @@ static const cJSON *obj(const cJSON *o, const char *k) {
 
 /* The CLI's stats object vs the library's (rank printed 1-based). */
 static void check_stats(const char *what, const cJSON *j, const resid_target_stats *s) {
-    double d = fmax(fabs(num(j, "prob") - s->prob), fabs(num(j, "model_prob") - s->model_prob));
-    d = fmax(d, fabs(num(j, "logprob") - s->logprob));
-    d = fmax(d, fabs(num(j, "model_logprob") - s->model_logprob));
-    if (d > 1e-12 || (int)num(j, "rank") != s->rank + 1 ||
-        (int)num(j, "model_rank") != s->model_rank + 1 || fabs(num(j, "rr") - s->rr) > 1e-15) {
+    double d = fmax(fabs(tu_json_num(j, "prob") - s->prob),
+                    fabs(tu_json_num(j, "model_prob") - s->model_prob));
+    d = fmax(d, fabs(tu_json_num(j, "logprob") - s->logprob));
+    d = fmax(d, fabs(tu_json_num(j, "model_logprob") - s->model_logprob));
+    if (d > 1e-12 || (int)tu_json_num(j, "rank") != s->rank + 1 ||
+        (int)tu_json_num(j, "model_rank") != s->model_rank + 1 ||
+        fabs(tu_json_num(j, "rr") - s->rr) > 1e-15) {
         print_error("%s: CLI vs library differ (maxdiff %g, rank %d vs %d)\n", what, d,
-                    (int)num(j, "rank"), s->rank + 1);
+                    (int)tu_json_num(j, "rank"), s->rank + 1);
         fail();
     }
     printf("  %-36s CLI vs library maxdiff %.3g (tol 1e-12)\n", what, d);
@@ -103,7 +99,7 @@ static void test_zero_and_random(void **state) {
         assert_int_equal(
             resid_intervention_run(m, NULL, ids, n, -1, &before, &target, NULL, NULL, &err),
             RESID_OK);
-        assert_int_equal((int)num(obj(j, "target"), "id"), target);
+        assert_int_equal((int)tu_json_num(obj(j, "target"), "id"), target);
         resid_intervention *iv;
         assert_int_equal(resid_intervention_new(m, &iv, &err), RESID_OK);
         for (int i = 0; i < 7; i++)
@@ -133,7 +129,7 @@ static void test_zero_and_random(void **state) {
         /* --kind makes a bare L_X an FFN neuron; same result as n: */
         cJSON *a = run_json(models[mi], "--units 1_5 --kind neuron --json");
         cJSON *b = run_json(models[mi], "--units n:1_5 --json");
-        assert_true(num(obj(a, "after"), "prob") == num(obj(b, "after"), "prob"));
+        assert_true(tu_json_num(obj(a, "after"), "prob") == tu_json_num(obj(b, "after"), "prob"));
         cJSON_Delete(a), cJSON_Delete(b);
         /* replace with the prompt itself is a no-op */
         char args[512];
@@ -141,7 +137,8 @@ static void test_zero_and_random(void **state) {
         snprintf(args, sizeof args, "--units a1,f0,n:0_3 --mode replace --clean %s --json", pq);
         free(pq);
         cJSON *rp = run_json(models[mi], args);
-        assert_true(num(obj(rp, "after"), "model_prob") == num(obj(rp, "before"), "model_prob"));
+        assert_true(tu_json_num(obj(rp, "after"), "model_prob") ==
+                    tu_json_num(obj(rp, "before"), "model_prob"));
         cJSON_Delete(rp);
         free(ids);
         resid_model_free(m);
@@ -190,7 +187,8 @@ static void test_compare_and_additivity(void **state) {
     resid_additivity *a;
     assert_int_equal(resid_additivity_new(ex, 2, 0, &a, &err), RESID_OK);
     const cJSON *p0 = cJSON_GetArrayItem(obj(j, "prompts"), 0);
-    double d = fabs(num(p0, "r_lpi") - a->r_lpi) + fabs(num(p0, "slope_lpi") - a->slope_lpi);
+    double d = fabs(tu_json_num(p0, "r_lpi") - a->r_lpi) +
+               fabs(tu_json_num(p0, "slope_lpi") - a->slope_lpi);
     printf("  additivity layer 2: r_lpi %.4f (CLI vs library diff %.3g)\n", a->r_lpi, d);
     assert_true(d < 1e-12);
     assert_true(fabs(a->r_lpi) <= 1);

@@ -59,28 +59,8 @@ static cJSON *explain_json(const char *model, const char *prompt, const char *ar
     return j;
 }
 
-static cJSON *get(const cJSON *o, const char *name) {
-    cJSON *v = cJSON_GetObjectItemCaseSensitive(o, name);
-    if (!v) {
-        char *s = cJSON_PrintUnformatted(o);
-        print_error("missing field \"%s\" in %.300s\n", name, s ? s : "?");
-        free(s);
-        fail();
-    }
-    return v;
-}
-
-static double num(const cJSON *o, const char *name) {
-    cJSON *v = get(o, name);
-    if (!cJSON_IsNumber(v)) {
-        print_error("field \"%s\" is not a number\n", name);
-        fail();
-    }
-    return v->valuedouble;
-}
-
 static const char *str(const cJSON *o, const char *name) {
-    cJSON *v = get(o, name);
+    cJSON *v = tu_json_get(o, name);
     if (!cJSON_IsString(v)) {
         print_error("field \"%s\" is not a string\n", name);
         fail();
@@ -188,7 +168,7 @@ static void check_sorted(const cJSON *arr, const char *key, const char *what) {
     int i = 0;
     const cJSON *e;
     cJSON_ArrayForEach(e, arr) {
-        double v = num(e, key);
+        double v = tu_json_num(e, key);
         if (v > prev) fail_msg("%s not sorted by %s at %d: %.9g after %.9g", what, key, i, v, prev);
         prev = v;
         i++;
@@ -196,14 +176,14 @@ static void check_sorted(const cJSON *arr, const char *key, const char *what) {
 }
 
 static void check_tokens_list(const cJSON *e, const char *name, int n_tokens) {
-    const cJSON *t = get(e, name);
+    const cJSON *t = tu_json_get(e, name);
     assert_true(cJSON_IsArray(t));
     assert_int_equal(cJSON_GetArraySize(t), n_tokens);
     const cJSON *x;
     cJSON_ArrayForEach(x, t) {
-        num(x, "id");
+        tu_json_num(x, "id");
         str(x, "text");
-        num(x, "bs");
+        tu_json_num(x, "bs");
     }
 }
 
@@ -214,89 +194,91 @@ static void check_schema(const cJSON *j, const char *model_rel, int top) {
     const bool gated = info->arch == RESID_ARCH_LLAMA;
     resid_model_free(m);
 
-    const cJSON *toks = get(j, "tokens"), *t;
+    const cJSON *toks = tu_json_get(j, "tokens"), *t;
     assert_true(cJSON_IsArray(toks) && cJSON_GetArraySize(toks) > 0);
     const int T = cJSON_GetArraySize(toks);
     cJSON_ArrayForEach(t, toks) {
-        num(t, "id");
+        tu_json_num(t, "id");
         str(t, "text");
     }
-    const cJSON *tg = get(j, "target");
-    num(tg, "id");
+    const cJSON *tg = tu_json_get(j, "target");
+    tu_json_num(tg, "id");
     str(tg, "text");
-    double p = num(tg, "prob"), mp = num(tg, "model_prob");
+    double p = tu_json_num(tg, "prob"), mp = tu_json_num(tg, "model_prob");
     assert_true(p > 0 && p <= 1 && mp > 0 && mp <= 1);
     str(j, "lens");
 
-    const cJSON *layers = get(j, "layers");
+    const cJSON *layers = tu_json_get(j, "layers");
     assert_int_equal(cJSON_GetArraySize(layers), L);
     int l = 0;
     cJSON_ArrayForEach(t, layers) {
-        assert_int_equal((int)num(t, "layer"), l);
-        num(t, "attn_lpi");
-        num(t, "ffn_lpi");
+        assert_int_equal((int)tu_json_num(t, "layer"), l);
+        tu_json_num(t, "attn_lpi");
+        tu_json_num(t, "ffn_lpi");
         l++;
     }
-    const cJSON *heads = get(j, "heads");
+    const cJSON *heads = tu_json_get(j, "heads");
     assert_int_equal(cJSON_GetArraySize(heads), L * H);
     int i = 0;
     cJSON_ArrayForEach(t, heads) { /* all heads, enumeration order */
-        assert_int_equal((int)num(t, "layer"), i / H);
-        assert_int_equal((int)num(t, "head"), i % H);
+        assert_int_equal((int)tu_json_num(t, "layer"), i / H);
+        assert_int_equal((int)tu_json_num(t, "head"), i % H);
         char id[32];
         snprintf(id, sizeof id, "%d_%d", i / H, i % H);
         assert_string_equal(str(t, "id"), id);
-        num(t, "lpi");
-        num(t, "bs_target");
-        num(t, "prob_inc");
+        tu_json_num(t, "lpi");
+        tu_json_num(t, "bs_target");
+        tu_json_num(t, "prob_inc");
         i++;
     }
-    const cJSON *hp = get(j, "head_positions");
+    const cJSON *hp = tu_json_get(j, "head_positions");
     assert_int_equal(cJSON_GetArraySize(hp), top < L * H * T ? top : L * H * T);
     cJSON_ArrayForEach(t, hp) {
-        int tl = (int)num(t, "layer"), th = (int)num(t, "head"), tp = (int)num(t, "pos");
+        int tl = (int)tu_json_num(t, "layer"), th = (int)tu_json_num(t, "head"),
+            tp = (int)tu_json_num(t, "pos");
         char id[48];
         snprintf(id, sizeof id, "%d_%d_%d", tl, th, tp);
         assert_string_equal(str(t, "id"), id);
         assert_true(tl >= 0 && tl < L && th >= 0 && th < H && tp >= 0 && tp < T);
-        num(t, "lpi");
-        num(t, "bs_target");
-        num(t, "prob_inc");
-        str(get(t, "source"), "text");
+        tu_json_num(t, "lpi");
+        tu_json_num(t, "bs_target");
+        tu_json_num(t, "prob_inc");
+        str(tu_json_get(t, "source"), "text");
     }
     check_sorted(hp, "lpi", "head_positions");
-    const cJSON *fn = get(j, "ffn_neurons");
+    const cJSON *fn = tu_json_get(j, "ffn_neurons");
     assert_int_equal(cJSON_GetArraySize(fn), top < L * N ? top : L * N);
     cJSON_ArrayForEach(t, fn) {
-        int tl = (int)num(t, "layer"), k = (int)num(t, "neuron");
+        int tl = (int)tu_json_num(t, "layer"), k = (int)tu_json_num(t, "neuron");
         char id[48];
         snprintf(id, sizeof id, "%d_%d", tl, k);
         assert_string_equal(str(t, "id"), id);
         assert_true(tl >= 0 && tl < L && k >= 0 && k < N);
-        num(t, "coef");
-        num(t, "lpi");
-        num(t, "bs_target");
-        num(t, "prob_inc");
+        tu_json_num(t, "coef");
+        tu_json_num(t, "lpi");
+        tu_json_num(t, "bs_target");
+        tu_json_num(t, "prob_inc");
         check_tokens_list(t, "top_tokens", 5);
         check_tokens_list(t, "bottom_tokens", 5);
     }
     check_sorted(fn, "lpi", "ffn_neurons");
-    const cJSON *an = get(j, "attn_neurons");
+    const cJSON *an = tu_json_get(j, "attn_neurons");
     assert_int_equal(cJSON_GetArraySize(an), top);
     cJSON_ArrayForEach(t, an) {
         char id[64];
-        snprintf(id, sizeof id, "%d_%d_%d_%d", (int)num(t, "layer"), (int)num(t, "head"),
-                 (int)num(t, "dim"), (int)num(t, "pos"));
+        snprintf(id, sizeof id, "%d_%d_%d_%d", (int)tu_json_num(t, "layer"),
+                 (int)tu_json_num(t, "head"), (int)tu_json_num(t, "dim"),
+                 (int)tu_json_num(t, "pos"));
         assert_string_equal(str(t, "id"), id);
-        num(t, "lpi");
-        num(t, "coef");
-        num(t, "bs_target");
-        num(t, "prob_inc");
+        tu_json_num(t, "lpi");
+        tu_json_num(t, "coef");
+        tu_json_num(t, "bs_target");
+        tu_json_num(t, "prob_inc");
         check_tokens_list(t, "top_tokens", 5);
     }
     check_sorted(an, "lpi", "attn_neurons");
 
-    const cJSON *ql = get(j, "query_layers");
+    const cJSON *ql = tu_json_get(j, "query_layers");
     assert_int_equal(cJSON_GetArraySize(ql), 2 * L + 1);
     i = 0;
     double qsum = 0;
@@ -308,27 +290,27 @@ static void check_schema(const cJSON *j, const char *model_rel, int top) {
             snprintf(lab, sizeof lab, "%c%d", i % 2 ? 'a' : 'f', (i - 1) / 2);
         assert_string_equal(str(t, "slot"), lab);
         if (gated) {
-            num(t, "gate_share");
-            qsum += num(t, "up_share");
+            tu_json_num(t, "gate_share");
+            qsum += tu_json_num(t, "up_share");
         } else {
-            qsum += num(t, "share");
+            qsum += tu_json_num(t, "share");
         }
         i++;
     }
     /* §8 item 10: the shares of each key add up to the neurons' LPIs. */
     assert_close_d("sum of query shares vs sum of value-neuron LPIs", qsum,
-                   num(get(j, "query"), "lpi_sum"), 1e-4 * (1 + fabs(qsum)));
+                   tu_json_num(tu_json_get(j, "query"), "lpi_sum"), 1e-4 * (1 + fabs(qsum)));
 
-    const cJSON *rk = get(j, "ranking");
+    const cJSON *rk = tu_json_get(j, "ranking");
     const char *kinds[] = {"heads", "head_positions", "ffn_neurons", "attn_neurons"};
     for (int q = 0; q < 4; q++) {
-        const cJSON *r = get(rk, kinds[q]);
+        const cJSON *r = tu_json_get(rk, kinds[q]);
         const char *meth = str(r, "method");
         assert_true(!strcmp(meth, "certified") || !strcmp(meth, "exhaustive"));
-        assert_true(num(r, "units_scored_exactly") <= num(r, "units_total"));
+        assert_true(tu_json_num(r, "units_scored_exactly") <= tu_json_num(r, "units_total"));
     }
-    assert_int_equal((int)num(get(rk, "heads"), "units_total"), L * H);
-    assert_int_equal((int)num(get(rk, "ffn_neurons"), "units_total"), L * N);
+    assert_int_equal((int)tu_json_num(tu_json_get(rk, "heads"), "units_total"), L * H);
+    assert_int_equal((int)tu_json_num(tu_json_get(rk, "ffn_neurons"), "units_total"), L * N);
 }
 
 /* The layer LPIs add up to log p(w|x_L) − log p(w|x_in[0]) (§8 item 5),
@@ -337,15 +319,17 @@ static void check_telescoping(const cJSON *j, const char *model, const char *pro
     ref r;
     ref_init(&r, model, prompt);
     const int V = r.m->hp.n_vocab;
-    const int w = (int)num(get(j, "target"), "id");
+    const int w = (int)tu_json_num(tu_json_get(j, "target"), "id");
     double sum = 0;
     const cJSON *e;
-    cJSON_ArrayForEach(e, get(j, "layers")) sum += num(e, "attn_lpi") + num(e, "ffn_lpi");
+    cJSON_ArrayForEach(e, tu_json_get(j, "layers")) sum +=
+        tu_json_num(e, "attn_lpi") + tu_json_num(e, "ffn_lpi");
     double want = log_softmax(r.bsL, V, w) - log_softmax(r.bs0, V, w);
     assert_close_d("sum of layer LPIs vs log p(w|x_L) - log p(w|x_in[0])", sum, want, 1e-4);
     assert_close_d("layer_totals.telescoped vs reference",
-                   num(get(j, "layer_totals"), "telescoped"), want, 1e-4);
-    assert_close_d("target.model_prob vs reference", num(get(j, "target"), "model_prob"),
+                   tu_json_num(tu_json_get(j, "layer_totals"), "telescoped"), want, 1e-4);
+    assert_close_d("target.model_prob vs reference",
+                   tu_json_num(tu_json_get(j, "target"), "model_prob"),
                    exp(log_softmax(r.logitsL, V, w)), 1e-5);
     ref_free(&r);
 }
@@ -356,8 +340,9 @@ static void test_schema_stories(void **state) {
     check_schema(j, STORIES, 10);
     check_telescoping(j, STORIES, P_RED);
     /* Llama: the paper lens is the model's distribution (§8 item 6). */
-    assert_close_d("stories260K target.prob vs model_prob", num(get(j, "target"), "prob"),
-                   num(get(j, "target"), "model_prob"), 1e-5);
+    assert_close_d("stories260K target.prob vs model_prob",
+                   tu_json_num(tu_json_get(j, "target"), "prob"),
+                   tu_json_num(tu_json_get(j, "target"), "model_prob"), 1e-5);
     cJSON_Delete(j);
 }
 
@@ -366,7 +351,7 @@ static void test_schema_gpt2(void **state) {
     cJSON *j = explain_json(GPT2S, P_TIM, "");
     check_schema(j, GPT2S, 10);
     check_telescoping(j, GPT2S, P_TIM);
-    assert_string_equal(str(get(j, "target"), "text"), " Tim");
+    assert_string_equal(str(tu_json_get(j, "target"), "text"), " Tim");
     cJSON_Delete(j);
 }
 
@@ -375,7 +360,7 @@ static void test_schema_gpt2(void **state) {
 /* ------------------------------------------------------------------------- */
 
 static void same_units(const cJSON *a, const cJSON *b, const char *list) {
-    const cJSON *x = get(a, list), *y = get(b, list);
+    const cJSON *x = tu_json_get(a, list), *y = tu_json_get(b, list);
     assert_int_equal(cJSON_GetArraySize(x), cJSON_GetArraySize(y));
     int n = cJSON_GetArraySize(x), bad = 0;
     double worst = 0;
@@ -387,7 +372,7 @@ static void same_units(const cJSON *a, const cJSON *b, const char *list) {
                             str(v, "id"));
             bad++;
         }
-        double d = fabs(num(u, "lpi") - num(v, "lpi"));
+        double d = fabs(tu_json_num(u, "lpi") - tu_json_num(v, "lpi"));
         if (d > worst) worst = d;
     }
     print_message("  %s: %d units, %d id mismatches, lpi maxdiff %.3g\n", list, n, bad, worst);
@@ -401,7 +386,8 @@ static void certified_vs_exhaustive(const char *model, const char *prompt, const
     cJSON *a = explain_json(model, prompt, args);
     snprintf(args, sizeof args, "--top 25 --tokens 0 --exhaustive %s", extra);
     cJSON *b = explain_json(model, prompt, args);
-    assert_string_equal(str(get(get(b, "ranking"), "ffn_neurons"), "method"), "exhaustive");
+    assert_string_equal(str(tu_json_get(tu_json_get(b, "ranking"), "ffn_neurons"), "method"),
+                        "exhaustive");
     same_units(a, b, "heads");
     same_units(a, b, "head_positions");
     same_units(a, b, "ffn_neurons");
@@ -428,14 +414,14 @@ static void test_target_text(void **state) {
     (void)state;
     /* " Tim" is one token on both models: SentencePiece's own leading space */
     cJSON *j = explain_json(STORIES, P_RED, "--target ' Tim' --top 1 --tokens 0");
-    assert_int_equal((int)num(get(j, "target"), "id"), 326);
-    assert_string_equal(str(get(j, "target"), "text"), " Tim");
+    assert_int_equal((int)tu_json_num(tu_json_get(j, "target"), "id"), 326);
+    assert_string_equal(str(tu_json_get(j, "target"), "text"), " Tim");
     cJSON_Delete(j);
     j = explain_json(GPT2S, P_RED, "--target ' Tim' --top 1 --tokens 0");
-    assert_int_equal((int)num(get(j, "target"), "id"), 5045);
+    assert_int_equal((int)tu_json_num(tu_json_get(j, "target"), "id"), 5045);
     cJSON_Delete(j);
     j = explain_json(GPT2S, P_RED, "--target-id 3091 --top 1 --tokens 0");
-    assert_string_equal(str(get(j, "target"), "text"), " box");
+    assert_string_equal(str(tu_json_get(j, "target"), "text"), " box");
     cJSON_Delete(j);
 
     int st;
@@ -463,11 +449,11 @@ static void test_target_text(void **state) {
 static void test_top_clamped(void **state) {
     (void)state;
     cJSON *j = explain_json(STORIES, P_RED, "--top 1000000 --tokens 1");
-    const cJSON *r = get(get(j, "ranking"), "ffn_neurons");
-    assert_true(cJSON_IsTrue(get(r, "clamped")));
-    assert_int_equal((int)num(r, "k"), 5 * 172);
-    assert_int_equal(cJSON_GetArraySize(get(j, "ffn_neurons")), 5 * 172);
-    check_sorted(get(j, "ffn_neurons"), "lpi", "ffn_neurons (all)");
+    const cJSON *r = tu_json_get(tu_json_get(j, "ranking"), "ffn_neurons");
+    assert_true(cJSON_IsTrue(tu_json_get(r, "clamped")));
+    assert_int_equal((int)tu_json_num(r, "k"), 5 * 172);
+    assert_int_equal(cJSON_GetArraySize(tu_json_get(j, "ffn_neurons")), 5 * 172);
+    check_sorted(tu_json_get(j, "ffn_neurons"), "lpi", "ffn_neurons (all)");
     /* all FFN neurons plus the biases (none in Llama) make up the FFN layers */
     cJSON_Delete(j);
     int st;
@@ -485,21 +471,22 @@ static void check_contrast(const char *model, const char *prompt, const char *ar
     cJSON *j = explain_json(model, prompt, args);
     ref r;
     ref_init(&r, model, prompt);
-    const int w = (int)num(get(j, "target"), "id");
-    const cJSON *c = get(j, "contrast");
-    const int cid = (int)num(c, "id");
+    const int w = (int)tu_json_num(tu_json_get(j, "target"), "id");
+    const cJSON *c = tu_json_get(j, "contrast");
+    const int cid = (int)tu_json_num(c, "id");
     double sum = 0;
     const cJSON *e;
-    cJSON_ArrayForEach(e, get(j, "layers")) sum += num(e, "attn_contrast") + num(e, "ffn_contrast");
+    cJSON_ArrayForEach(e, tu_json_get(j, "layers")) sum +=
+        tu_json_num(e, "attn_contrast") + tu_json_num(e, "ffn_contrast");
     double want = (r.bsL[w] - r.bsL[cid]) - (r.bs0[w] - r.bs0[cid]);
     assert_close_d("sum of layer contrasts vs reference", sum, want, 1e-4);
-    assert_close_d("contrast.total vs reference", num(c, "total"), want, 1e-4);
-    assert_close_d("contrast.model_prob vs reference", num(c, "model_prob"),
+    assert_close_d("contrast.total vs reference", tu_json_num(c, "total"), want, 1e-4);
+    assert_close_d("contrast.model_prob vs reference", tu_json_num(c, "model_prob"),
                    exp(log_softmax(r.logitsL, r.m->hp.n_vocab, cid)), 1e-5);
     /* the lists are ranked by the contrast score */
-    check_sorted(get(j, "ffn_neurons"), "contrast", "ffn_neurons by contrast");
-    check_sorted(get(j, "head_positions"), "contrast", "head_positions by contrast");
-    assert_string_equal(str(get(j, "ranking"), "key"), "contrast");
+    check_sorted(tu_json_get(j, "ffn_neurons"), "contrast", "ffn_neurons by contrast");
+    check_sorted(tu_json_get(j, "head_positions"), "contrast", "head_positions by contrast");
+    assert_string_equal(str(tu_json_get(j, "ranking"), "key"), "contrast");
     ref_free(&r);
     cJSON_Delete(j);
 }
@@ -514,15 +501,17 @@ static void test_lens(void **state) {
     (void)state;
     cJSON *j = explain_json(GPT2S, P_TIM, "--lens exact --top 3 --tokens 0");
     assert_string_equal(str(j, "lens"), "exact");
-    assert_close_d("GPT-2 exact lens: target.prob vs model_prob", num(get(j, "target"), "prob"),
-                   num(get(j, "target"), "model_prob"), 1e-5);
+    assert_close_d("GPT-2 exact lens: target.prob vs model_prob",
+                   tu_json_num(tu_json_get(j, "target"), "prob"),
+                   tu_json_num(tu_json_get(j, "target"), "model_prob"), 1e-5);
     /* the exact lens still telescopes, to its own end points */
     double sum = 0;
     const cJSON *e;
-    cJSON_ArrayForEach(e, get(j, "layers")) sum += num(e, "attn_lpi") + num(e, "ffn_lpi");
+    cJSON_ArrayForEach(e, tu_json_get(j, "layers")) sum +=
+        tu_json_num(e, "attn_lpi") + tu_json_num(e, "ffn_lpi");
     assert_close_d("exact lens: layer sum vs telescoped", sum,
-                   log(num(get(j, "target"), "prob")) -
-                       log(num(cJSON_GetArrayItem(get(j, "layers"), 0), "p_in")),
+                   log(tu_json_num(tu_json_get(j, "target"), "prob")) -
+                       log(tu_json_num(cJSON_GetArrayItem(tu_json_get(j, "layers"), 0), "p_in")),
                    1e-4);
     cJSON_Delete(j);
 
@@ -530,15 +519,18 @@ static void test_lens(void **state) {
     cJSON *a = explain_json(GPT2S, P_TIM, "--lens logit-lens --top 5 --tokens 0");
     cJSON *b = explain_json(GPT2S, P_TIM, "--top 5 --tokens 0");
     /* GPT-2 paper lens: the final-norm bias is dropped, so p differs */
-    assert_true(fabs(num(get(b, "target"), "prob") - num(get(b, "target"), "model_prob")) > 1e-3);
+    assert_true(fabs(tu_json_num(tu_json_get(b, "target"), "prob") -
+                     tu_json_num(tu_json_get(b, "target"), "model_prob")) > 1e-3);
     assert_string_equal(str(a, "lens"), "logit-lens");
     assert_string_equal(str(a, "unit_lens"), "paper");
-    assert_close_d("logit lens: target.prob vs model_prob", num(get(a, "target"), "prob"),
-                   num(get(a, "target"), "model_prob"), 1e-5);
+    assert_close_d("logit lens: target.prob vs model_prob",
+                   tu_json_num(tu_json_get(a, "target"), "prob"),
+                   tu_json_num(tu_json_get(a, "target"), "model_prob"), 1e-5);
     sum = 0;
-    cJSON_ArrayForEach(e, get(a, "layers")) sum += num(e, "attn_lpi") + num(e, "ffn_lpi");
+    cJSON_ArrayForEach(e, tu_json_get(a, "layers")) sum +=
+        tu_json_num(e, "attn_lpi") + tu_json_num(e, "ffn_lpi");
     assert_close_d("logit lens: layer sum vs telescoped", sum,
-                   num(get(a, "layer_totals"), "telescoped"), 1e-4);
+                   tu_json_num(tu_json_get(a, "layer_totals"), "telescoped"), 1e-4);
     same_units(a, b, "ffn_neurons");
     same_units(a, b, "head_positions");
     cJSON_Delete(a);
@@ -560,7 +552,7 @@ static void test_text_and_file(void **state) {
     uint8_t *data = tu_read_file(path, &n);
     cJSON *j = cJSON_ParseWithLength((const char *)data, n);
     assert_non_null(j);
-    assert_int_equal(cJSON_GetArraySize(get(j, "ffn_neurons")), 3);
+    assert_int_equal(cJSON_GetArraySize(tu_json_get(j, "ffn_neurons")), 3);
     cJSON_Delete(j);
     free(data);
     free(out);
@@ -584,9 +576,9 @@ static void test_neuron(void **state) {
     cJSON *j = cJSON_Parse(out);
     assert_non_null(j);
     assert_string_equal(str(j, "id"), "2_421");
-    assert_int_equal(cJSON_GetArraySize(get(j, "top_tokens")), 4);
-    assert_int_equal(cJSON_GetArraySize(get(j, "bottom_tokens")), 4);
-    check_sorted(get(j, "top_tokens"), "bs", "neuron top tokens");
+    assert_int_equal(cJSON_GetArraySize(tu_json_get(j, "top_tokens")), 4);
+    assert_int_equal(cJSON_GetArraySize(tu_json_get(j, "bottom_tokens")), 4);
+    check_sorted(tu_json_get(j, "top_tokens"), "bs", "neuron top tokens");
     /* the fc1 key norm, recomputed from the weights */
     resid_model *m = tu_open_model(GPT2S);
     const int D = m->hp.d_model;
@@ -596,10 +588,10 @@ static void test_neuron(void **state) {
     double ss = 0;
     for (int d = 0; d < D; d++)
         ss += (double)w[d] * w[d];
-    assert_close_d("fc1 norm", num(get(j, "key"), "fc1_norm"), sqrt(ss), 1e-5);
+    assert_close_d("fc1 norm", tu_json_num(tu_json_get(j, "key"), "fc1_norm"), sqrt(ss), 1e-5);
     /* the direct-path coefficient of the top input token, recomputed */
-    const cJSON *it = cJSON_GetArrayItem(get(j, "input_top_tokens"), 0);
-    const int t = (int)num(it, "id");
+    const cJSON *it = cJSON_GetArrayItem(tu_json_get(j, "input_top_tokens"), 0);
+    const int t = (int)tu_json_num(it, "id");
     float *e = malloc((size_t)D * sizeof *e);
     rs_tensor_rows(m->tok_embd, t, 1, e);
     const rs_layer *ly = &m->layers[2];
@@ -613,7 +605,8 @@ static void test_neuron(void **state) {
     for (int d = 0; d < D; d++)
         pre += ((e[d] - mean) / sig * ly->ffn_norm_w[d] + ly->ffn_norm_b[d]) * w[d];
     double gelu = 0.5 * pre * (1 + tanh(sqrt(2 / M_PI) * (pre + 0.044715 * pre * pre * pre)));
-    assert_close_d("direct-path coefficient of the top input token", num(it, "coef"), gelu, 1e-4);
+    assert_close_d("direct-path coefficient of the top input token", tu_json_num(it, "coef"), gelu,
+                   1e-4);
     free(w), free(e);
     resid_model_free(m);
     cJSON_Delete(j);

@@ -51,24 +51,12 @@ static cJSON *run_json(const char *cmd, const char *model, const char *prompt, c
     return j;
 }
 
-static cJSON *get(const cJSON *o, const char *name) {
-    cJSON *v = cJSON_GetObjectItemCaseSensitive(o, name);
-    if (!v) fail_msg("missing field \"%s\"", name);
-    return v;
-}
-
-static double num(const cJSON *o, const char *name) {
-    cJSON *v = get(o, name);
-    if (!cJSON_IsNumber(v)) fail_msg("field \"%s\" is not a number", name);
-    return v->valuedouble;
-}
-
 /* Every statistic of row a equals row b exactly; returns the largest
  * difference seen (0). */
 static double same_stats(const char *what, const cJSON *a, const cJSON *b) {
     double md = 0;
     for (int i = 0; i < 8; i++) {
-        double x = num(a, stat_fields[i]), y = num(b, stat_fields[i]);
+        double x = tu_json_num(a, stat_fields[i]), y = tu_json_num(b, stat_fields[i]);
         double d = fabs(x - y);
         if (!(x == y)) fail_msg("%s.%s: %.17g vs %.17g", what, stat_fields[i], x, y);
         if (d > md) md = d;
@@ -77,7 +65,7 @@ static double same_stats(const char *what, const cJSON *a, const cJSON *b) {
 }
 
 static void same_units(const char *what, const cJSON *a, const cJSON *b, int k) {
-    const cJSON *ua = get(a, "units"), *ub = get(b, "units");
+    const cJSON *ua = tu_json_get(a, "units"), *ub = tu_json_get(b, "units");
     assert_int_equal(cJSON_GetArraySize(ua), k);
     assert_int_equal(cJSON_GetArraySize(ub), k);
     for (int i = 0; i < k; i++) {
@@ -96,36 +84,38 @@ static void check_vs_ablate(const char *model, const char *prompt, const char *e
     snprintf(a2, sizeof a2, "--compare-scores --json %s", abl);
     cJSON *ex = run_json("explain", model, prompt, a1);
     cJSON *ab = run_json("ablate", model, prompt, a2);
-    const cJSON *sc = get(ex, "score_compare");
-    const cJSON *p0 = cJSON_GetArrayItem(get(ab, "prompts"), 0);
-    const cJSON *rows = get(p0, "rows");
-    const int k = (int)num(ab, "k");
+    const cJSON *sc = tu_json_get(ex, "score_compare");
+    const cJSON *p0 = cJSON_GetArrayItem(tu_json_get(ab, "prompts"), 0);
+    const cJSON *rows = tu_json_get(p0, "rows");
+    const int k = (int)tu_json_num(ab, "k");
     assert_int_equal(cJSON_GetArraySize(rows), 10);
-    assert_int_equal((int)num(sc, "k"), k);
-    assert_int_equal((int)num(sc, "seed"), (int)num(ab, "seed"));
-    assert_int_equal((int)num(sc, "target"), (int)num(get(p0, "target"), "id"));
-    assert_int_equal((int)num(sc, "target"), (int)num(get(ex, "target"), "id"));
-    assert_string_equal(get(sc, "lens")->valuestring, "paper");
-    double md = same_stats("original", get(sc, "original"), cJSON_GetArrayItem(rows, 0));
-    assert_string_equal(get(get(sc, "original"), "name")->valuestring, "original");
-    const cJSON *ms = get(sc, "methods");
+    assert_int_equal((int)tu_json_num(sc, "k"), k);
+    assert_int_equal((int)tu_json_num(sc, "seed"), (int)tu_json_num(ab, "seed"));
+    assert_int_equal((int)tu_json_num(sc, "target"),
+                     (int)tu_json_num(tu_json_get(p0, "target"), "id"));
+    assert_int_equal((int)tu_json_num(sc, "target"),
+                     (int)tu_json_num(tu_json_get(ex, "target"), "id"));
+    assert_string_equal(tu_json_get(sc, "lens")->valuestring, "paper");
+    double md = same_stats("original", tu_json_get(sc, "original"), cJSON_GetArrayItem(rows, 0));
+    assert_string_equal(tu_json_get(tu_json_get(sc, "original"), "name")->valuestring, "original");
+    const cJSON *ms = tu_json_get(sc, "methods");
     assert_int_equal(cJSON_GetArraySize(ms), 8);
     for (int f = 0; f < 8; f++) {
         const cJSON *m = cJSON_GetArrayItem(ms, f), *r = cJSON_GetArrayItem(rows, f + 1);
-        assert_string_equal(get(m, "name")->valuestring, methods[f]);
-        assert_string_equal(get(r, "method")->valuestring, methods[f]);
+        assert_string_equal(tu_json_get(m, "name")->valuestring, methods[f]);
+        assert_string_equal(tu_json_get(r, "method")->valuestring, methods[f]);
         const char l[2] = {(char)('a' + f), 0};
-        assert_string_equal(get(m, "letter")->valuestring, l);
+        assert_string_equal(tu_json_get(m, "letter")->valuestring, l);
         md = fmax(md, same_stats(methods[f], m, r));
         same_units(methods[f], m, r, k);
     }
-    const cJSON *rnd = get(sc, "random");
-    assert_string_equal(get(rnd, "name")->valuestring, "random");
+    const cJSON *rnd = tu_json_get(sc, "random");
+    assert_string_equal(tu_json_get(rnd, "name")->valuestring, "random");
     md = fmax(md, same_stats("random", rnd, cJSON_GetArrayItem(rows, 9)));
     same_units("random", rnd, cJSON_GetArrayItem(rows, 9), k);
     /* The original row is the report's own target. */
-    const double pd =
-        fabs(num(get(sc, "original"), "model_prob") - num(get(ex, "target"), "model_prob"));
+    const double pd = fabs(tu_json_num(tu_json_get(sc, "original"), "model_prob") -
+                           tu_json_num(tu_json_get(ex, "target"), "model_prob"));
     print_message("  %s %s | %s: 10 rows x 8 stats + units vs ablate, maxdiff %.3g (tol 0); "
                   "original model_prob vs report, maxdiff %.3g (tol 1e-6)\n",
                   model, extra, abl, md, pd);
@@ -180,19 +170,20 @@ static void test_library_request(void **state) {
     assert_int_equal(resid_explain_json(m, &rq, &json, &err), RESID_OK);
     cJSON *root = cJSON_Parse(json);
     free(json);
-    const cJSON *sc = get(root, "score_compare");
+    const cJSON *sc = tu_json_get(root, "score_compare");
     resid_score_compare *ref;
-    const int32_t target = (int32_t)num(get(root, "target"), "id");
+    const int32_t target = (int32_t)tu_json_num(tu_json_get(root, "target"), "id");
     assert_int_equal(resid_compare_scores(m, ids, n, target, 5, 7, &ref, &err), RESID_OK);
-    assert_int_equal((int)num(sc, "k"), 5);
-    assert_int_equal((int)num(sc, "seed"), 7);
+    assert_int_equal((int)tu_json_num(sc, "k"), 5);
+    assert_int_equal((int)tu_json_num(sc, "seed"), 7);
     double md = 0;
     const resid_target_stats *want[10];
     const cJSON *got[10];
-    want[0] = &ref->original, got[0] = get(sc, "original");
+    want[0] = &ref->original, got[0] = tu_json_get(sc, "original");
     for (int f = 0; f < 8; f++)
-        want[1 + f] = &ref->method[f], got[1 + f] = cJSON_GetArrayItem(get(sc, "methods"), f);
-    want[9] = &ref->random, got[9] = get(sc, "random");
+        want[1 + f] = &ref->method[f],
+                 got[1 + f] = cJSON_GetArrayItem(tu_json_get(sc, "methods"), f);
+    want[9] = &ref->random, got[9] = tu_json_get(sc, "random");
     for (int i = 0; i < 10; i++) {
         const double v[8] = {want[i]->prob,
                              want[i]->logprob,
@@ -205,14 +196,14 @@ static void test_library_request(void **state) {
         for (int j = 0; j < 8; j++) {
             /* cJSON prints 15 significant digits when they read back
              * within DBL_EPSILON, so the JSON keeps ~1e-15 relative */
-            const double d = fabs(num(got[i], stat_fields[j]) - v[j]);
+            const double d = fabs(tu_json_num(got[i], stat_fields[j]) - v[j]);
             if (!(d <= 1e-13 * fmax(1.0, fabs(v[j]))))
                 fail_msg("row %d %s: %.17g vs %.17g", i, stat_fields[j],
-                         num(got[i], stat_fields[j]), v[j]);
+                         tu_json_num(got[i], stat_fields[j]), v[j]);
             md = fmax(md, d);
         }
         if (i == 0) continue;
-        const cJSON *u = get(got[i], "units");
+        const cJSON *u = tu_json_get(got[i], "units");
         assert_int_equal(cJSON_GetArraySize(u), 5);
         for (int j = 0; j < 5; j++) {
             const resid_unit *w = &ref->units[(size_t)(i - 1) * 5 + j];
@@ -247,18 +238,19 @@ static void test_text_table(void **state) {
     assert_int_equal(st, 0);
     const char *t = strstr(txt, "Scoring methods compared");
     assert_non_null(t);
-    const cJSON *sc = get(ex, "score_compare");
+    const cJSON *sc = tu_json_get(ex, "score_compare");
     const cJSON *rows[10];
-    rows[0] = get(sc, "original");
+    rows[0] = tu_json_get(sc, "original");
     for (int f = 0; f < 8; f++)
-        rows[1 + f] = cJSON_GetArrayItem(get(sc, "methods"), f);
-    rows[9] = get(sc, "random");
+        rows[1 + f] = cJSON_GetArrayItem(tu_json_get(sc, "methods"), f);
+    rows[9] = tu_json_get(sc, "random");
     for (int i = 0; i < 10; i++) {
         char want[128];
         const cJSON *l = cJSON_GetObjectItemCaseSensitive(rows[i], "letter");
         snprintf(want, sizeof want, "%-3s %-12s %9.4f %9.4f %7d %10.4f ", l ? l->valuestring : "",
-                 get(rows[i], "name")->valuestring, num(rows[i], "prob"), num(rows[i], "rr"),
-                 (int)num(rows[i], "rank"), num(rows[i], "model_prob"));
+                 tu_json_get(rows[i], "name")->valuestring, tu_json_num(rows[i], "prob"),
+                 tu_json_num(rows[i], "rr"), (int)tu_json_num(rows[i], "rank"),
+                 tu_json_num(rows[i], "model_prob"));
         if (!strstr(t, want)) fail_msg("text table lacks row \"%s\"", want);
     }
     print_message("  text table: 10 rows equal to the JSON at 4 decimals\n");

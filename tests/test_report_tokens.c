@@ -32,18 +32,6 @@
 #define P_RED   "Once upon a time, there was a boy named Tim. Tim had a big red"
 #define KT      6
 
-static cJSON *get(const cJSON *o, const char *name) {
-    cJSON *v = cJSON_GetObjectItemCaseSensitive(o, name);
-    if (!v) fail_msg("missing field \"%s\"", name);
-    return v;
-}
-
-static double num(const cJSON *o, const char *name) {
-    cJSON *v = get(o, name);
-    if (!cJSON_IsNumber(v)) fail_msg("field \"%s\" is not a number", name);
-    return v->valuedouble;
-}
-
 /* One JSON list (array of {id, bs}) against ref[k]. */
 static int check_list(const char *what, const cJSON *arr, const resid_token_value *ref, int k) {
     if (cJSON_GetArraySize(arr) != k)
@@ -55,15 +43,16 @@ static int check_list(const char *what, const cJSON *arr, const resid_token_valu
     int checked = 0;
     for (int i = 0; i < k; i++) {
         const cJSON *t = cJSON_GetArrayItem(arr, i);
-        const double v = num(t, "bs");
+        const double v = tu_json_num(t, "bs");
         if (!(fabs(v - ref[i].value) <= tol))
             fail_msg("%s[%d]: bs %.9g, independent %.9g (tol %.3g)", what, i, v, ref[i].value,
                      tol);
         const bool tie = (i > 0 && fabs(ref[i].value - ref[i - 1].value) <= 2 * tol) ||
                          (i + 1 < k && fabs(ref[i].value - ref[i + 1].value) <= 2 * tol);
         if (!tie) {
-            if ((int)num(t, "id") != ref[i].id)
-                fail_msg("%s[%d]: id %d, independent %d", what, i, (int)num(t, "id"), ref[i].id);
+            if ((int)tu_json_num(t, "id") != ref[i].id)
+                fail_msg("%s[%d]: id %d, independent %d", what, i, (int)tu_json_num(t, "id"),
+                         ref[i].id);
             checked++;
         }
     }
@@ -71,21 +60,21 @@ static int check_list(const char *what, const cJSON *arr, const resid_token_valu
 }
 
 static resid_unit unit_of(const char *list, const cJSON *u) {
-    resid_unit r = {RESID_UNIT_HEAD, (int32_t)num(u, "layer"), -1, -1, -1};
+    resid_unit r = {RESID_UNIT_HEAD, (int32_t)tu_json_num(u, "layer"), -1, -1, -1};
     if (!strcmp(list, "heads")) {
-        r.head = (int32_t)num(u, "head");
+        r.head = (int32_t)tu_json_num(u, "head");
     } else if (!strcmp(list, "head_positions")) {
         r.kind = RESID_UNIT_HEAD_POS;
-        r.head = (int32_t)num(u, "head");
-        r.pos = (int32_t)num(u, "pos");
+        r.head = (int32_t)tu_json_num(u, "head");
+        r.pos = (int32_t)tu_json_num(u, "pos");
     } else if (!strcmp(list, "ffn_neurons")) {
         r.kind = RESID_UNIT_FFN_NEURON;
-        r.index = (int32_t)num(u, "neuron");
+        r.index = (int32_t)tu_json_num(u, "neuron");
     } else {
         r.kind = RESID_UNIT_ATTN_NEURON;
-        r.head = (int32_t)num(u, "head");
-        r.index = (int32_t)num(u, "dim");
-        r.pos = (int32_t)num(u, "pos");
+        r.head = (int32_t)tu_json_num(u, "head");
+        r.index = (int32_t)tu_json_num(u, "dim");
+        r.pos = (int32_t)tu_json_num(u, "pos");
     }
     return r;
 }
@@ -128,7 +117,7 @@ static void check_model(const char *rel, resid_lens lens, const char *vs) {
     assert_int_equal(resid_forward(m, ids, n, &to, &tr, &err), RESID_OK);
     resid_explain_opts xo = resid_explain_defaults();
     xo.lens = lens;
-    xo.target = (int32_t)num(get(root, "target"), "id");
+    xo.target = (int32_t)tu_json_num(tu_json_get(root, "target"), "id");
     xo.contrast = rq.contrast;
     resid_explainer *ex;
     assert_int_equal(resid_explainer_new(m, tr, &xo, &ex, &err), RESID_OK);
@@ -139,10 +128,10 @@ static void check_model(const char *rel, resid_lens lens, const char *vs) {
     resid_token_value top[KT], bot[KT];
     int units = 0, ids_checked = 0, want_units = 0;
     for (int li = 0; li < 4; li++) {
-        const int size = cJSON_GetArraySize(get(root, lists[li]));
+        const int size = cJSON_GetArraySize(tu_json_get(root, lists[li]));
         want_units += li == 0 && size > 40 ? 40 : size; /* heads: the top 40 by score */
         const cJSON *u;
-        cJSON_ArrayForEach(u, get(root, lists[li])) {
+        cJSON_ArrayForEach(u, tu_json_get(root, lists[li])) {
             if (!cJSON_GetObjectItemCaseSensitive(u, "top_tokens")) continue;
             resid_unit un = unit_of(lists[li], u);
             int32_t k = 0;
@@ -162,10 +151,12 @@ static void check_model(const char *rel, resid_lens lens, const char *vs) {
             }
             assert_int_equal(k, KT);
             char what[96];
-            snprintf(what, sizeof what, "%s %s %s.top", rel, lists[li], cJSON_GetStringValue(get(u, "id")));
-            ids_checked += check_list(what, get(u, "top_tokens"), top, KT);
-            snprintf(what, sizeof what, "%s %s %s.bottom", rel, lists[li], cJSON_GetStringValue(get(u, "id")));
-            ids_checked += check_list(what, get(u, "bottom_tokens"), bot, KT);
+            snprintf(what, sizeof what, "%s %s %s.top", rel, lists[li],
+                     cJSON_GetStringValue(tu_json_get(u, "id")));
+            ids_checked += check_list(what, tu_json_get(u, "top_tokens"), top, KT);
+            snprintf(what, sizeof what, "%s %s %s.bottom", rel, lists[li],
+                     cJSON_GetStringValue(tu_json_get(u, "id")));
+            ids_checked += check_list(what, tu_json_get(u, "bottom_tokens"), bot, KT);
             units++;
         }
     }

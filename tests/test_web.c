@@ -61,15 +61,6 @@ static cJSON *explain_json(const char *model, const char *args) {
     return j;
 }
 
-static double num(const cJSON *o, const char *k) {
-    const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, k);
-    if (!cJSON_IsNumber(v)) {
-        print_error("field %s missing or not a number\n", k);
-        fail();
-    }
-    return v->valuedouble;
-}
-
 static int count(const char *hay, const char *needle) {
     int c = 0;
     for (const char *p = hay; (p = strstr(p, needle)); p++)
@@ -161,12 +152,13 @@ static void check_report(const char *model, const char *args, const char *out_na
     const cJSON *rows = cJSON_GetObjectItem(g, "rows");
     assert_int_equal(cJSON_GetArraySize(rows), 2 * L + 1);
     const cJSON *row;
-    cJSON_ArrayForEach(row, rows) assert_int_equal(
-        cJSON_GetArraySize(cJSON_GetObjectItem(row, "cells")), T - (int)num(g, "pos_first"));
+    cJSON_ArrayForEach(row, rows)
+        assert_int_equal(cJSON_GetArraySize(cJSON_GetObjectItem(row, "cells")),
+                         T - (int)tu_json_num(g, "pos_first"));
     const cJSON *last = cJSON_GetArrayItem(rows, 2 * L);
     const cJSON *cells = cJSON_GetObjectItem(last, "cells");
-    double p_grid = num(cJSON_GetArrayItem(cells, cJSON_GetArraySize(cells) - 1), "p");
-    double p_rep = num(cJSON_GetObjectItem(rep, "target"), "prob");
+    double p_grid = tu_json_num(cJSON_GetArrayItem(cells, cJSON_GetArraySize(cells) - 1), "p");
+    double p_rep = tu_json_num(cJSON_GetObjectItem(rep, "target"), "prob");
     printf("# %s %s: lens grid p(target) at x_L t* %.8f vs report %.8f (maxdiff %.2e)\n", model,
            args, p_grid, p_rep, fabs(p_grid - p_rep));
     assert_true(fabs(p_grid - p_rep) <= 1e-5);
@@ -187,9 +179,10 @@ static void check_report(const char *model, const char *args, const char *out_na
         const cJSON *pos = cJSON_GetObjectItem(e, "positions");
         if (!pos) continue;
         n_detail++;
-        assert_true(fabs(num(e, key) - num(cJSON_GetArrayItem(heads, i), key)) <= 1e-9);
-        double bs = 0, ref = num(e, "bs_target");
-        cJSON_ArrayForEach(x, pos) bs += num(x, "bs_target");
+        assert_true(fabs(tu_json_num(e, key) - tu_json_num(cJSON_GetArrayItem(heads, i), key)) <=
+                    1e-9);
+        double bs = 0, ref = tu_json_num(e, "bs_target");
+        cJSON_ArrayForEach(x, pos) bs += tu_json_num(x, "bs_target");
         double rel = fabs(bs - ref) / fmax(1e-6, fabs(ref));
         if (rel > worst_lin) worst_lin = rel;
         assert_true(rel <= 1e-4);
@@ -206,7 +199,8 @@ static void check_report(const char *model, const char *args, const char *out_na
     to.positions = RESID_POS_ALL;
     int32_t *ids = malloc((size_t)T * sizeof *ids);
     for (int32_t t = 0; t < T; t++)
-        ids[t] = (int32_t)num(cJSON_GetArrayItem(cJSON_GetObjectItem(rep, "tokens"), t), "id");
+        ids[t] =
+            (int32_t)tu_json_num(cJSON_GetArrayItem(cJSON_GetObjectItem(rep, "tokens"), t), "id");
     resid_trace *tr;
     assert_int_equal(resid_forward(m, ids, T, &to, &tr, &err), RESID_OK);
     const cJSON *nd = cJSON_GetObjectItem(rep, "neuron_details");
@@ -221,8 +215,8 @@ static void check_report(const char *model, const char *args, const char *out_na
             const char *id = cJSON_GetObjectItem(u, "id")->valuestring;
             const cJSON *d = cJSON_GetObjectItem(nd, id);
             assert_non_null(d);
-            const int32_t l = (int32_t)num(u, "layer");
-            const int32_t pos = (int32_t)num(d, "pos");
+            const int32_t l = (int32_t)tu_json_num(u, "layer");
+            const int32_t pos = (int32_t)tu_json_num(d, "pos");
             const cJSON *k0 = cJSON_GetArrayItem(cJSON_GetObjectItem(d, "keys"), 0);
             const cJSON *slots = cJSON_GetObjectItem(k0, "slots");
             assert_int_equal(cJSON_GetArraySize(slots), li == 0 ? 2 * l + 2 : 2 * l + 1);
@@ -231,16 +225,17 @@ static void check_report(const char *model, const char *args, const char *out_na
             int32_t index;
             if (li == 0) {
                 assert_int_equal(pos, T - 1);
-                assert_int_equal(resid_param_vector(m, RESID_PARAM_FC1, l, (int32_t)num(u, "neuron"),
-                                                    v, &err),
+                assert_int_equal(resid_param_vector(m, RESID_PARAM_FC1, l,
+                                                    (int32_t)tu_json_num(u, "neuron"), v, &err),
                                  RESID_OK);
                 gamma = m->layers[l].ffn_norm_w;
                 sk = RESID_SUBKEY_UP;
-                index = (int32_t)num(u, "neuron");
+                index = (int32_t)tu_json_num(u, "neuron");
             } else {
-                const int32_t h = (int32_t)num(u, "head"), n = (int32_t)num(u, "dim");
+                const int32_t h = (int32_t)tu_json_num(u, "head"),
+                              n = (int32_t)tu_json_num(u, "dim");
                 const int32_t hkv = h / (H / info->n_kv_head);
-                assert_int_equal(pos, (int32_t)num(u, "pos"));
+                assert_int_equal(pos, (int32_t)tu_json_num(u, "pos"));
                 assert_int_equal(resid_param_vector(m, RESID_PARAM_WV, l,
                                                     (int64_t)hkv * info->d_head + n, v, &err),
                                  RESID_OK);
@@ -257,9 +252,10 @@ static void check_report(const char *model, const char *args, const char *out_na
             const cJSON *q = cJSON_GetObjectItem(d, "query_neurons"), *e;
             double floor_abs = INFINITY;
             cJSON_ArrayForEach(e, q) {
-                int32_t il = (int32_t)num(e, "layer"), ik = (int32_t)num(e, "neuron");
+                int32_t il = (int32_t)tu_json_num(e, "layer"),
+                        ik = (int32_t)tu_json_num(e, "neuron");
                 assert_true(il < l);
-                double diff = fabs(num(e, "contribution") - ref[(size_t)il * N + ik]);
+                double diff = fabs(tu_json_num(e, "contribution") - ref[(size_t)il * N + ik]);
                 double rel = diff / fmax(1e-3, fabs(ref[(size_t)il * N + ik]));
                 if (rel > worst) worst = rel;
                 assert_true(rel <= 1e-4);
@@ -374,7 +370,7 @@ static void check_session(const char *model, int32_t contrast, resid_lens lens) 
     rs_web_ctx *c;
     assert_int_equal(rs_web_ctx_from_session(m, s, &c, &err), RESID_OK);
     resid_lens_grid *g;
-    const int32_t target = (int32_t)num(cJSON_GetObjectItem(rep, "target"), "id");
+    const int32_t target = (int32_t)tu_json_num(cJSON_GetObjectItem(rep, "target"), "id");
     assert_int_equal(resid_lens_grid_new(m, rs_explain_session_trace(s), lens, target, &g, &err),
                      RESID_OK);
     for (int cols = 0; cols <= 3; cols += 3) {
@@ -383,7 +379,7 @@ static void check_session(const char *model, int32_t contrast, resid_lens lens) 
         cJSON *gj;
         assert_int_equal(rs_web_lens_grid(c, lens, &o, &gj, &err), RESID_OK);
         const int32_t P = cols ? cols : T, p0 = T - P;
-        assert_int_equal((int32_t)num(gj, "pos_first"), p0);
+        assert_int_equal((int32_t)tu_json_num(gj, "pos_first"), p0);
         const cJSON *rows = cJSON_GetObjectItem(gj, "rows");
         assert_int_equal(cJSON_GetArraySize(rows), 2 * L + 1);
         double worst = 0;
@@ -396,10 +392,11 @@ static void check_session(const char *model, int32_t contrast, resid_lens lens) 
             for (int32_t t = 0; t < P; t++) {
                 const cJSON *e = cJSON_GetArrayItem(cells, t);
                 const resid_lens_cell *x = &rc[p0 + t];
-                worst = fmax(worst, fabs(num(e, "p") - x->p_target));
-                worst = fmax(worst, fabs(num(e, "p_top1") - x->p_top1));
-                assert_int_equal((int32_t)num(e, "rank"), x->rank_target);
-                assert_int_equal((int32_t)num(cJSON_GetObjectItem(e, "top1"), "id"), x->top1);
+                worst = fmax(worst, fabs(tu_json_num(e, "p") - x->p_target));
+                worst = fmax(worst, fabs(tu_json_num(e, "p_top1") - x->p_top1));
+                assert_int_equal((int32_t)tu_json_num(e, "rank"), x->rank_target);
+                assert_int_equal((int32_t)tu_json_num(cJSON_GetObjectItem(e, "top1"), "id"),
+                                 x->top1);
             }
         }
         printf("# %s lens %s, %d columns: grid vs resid_lens_grid_new max |dp| %.2e\n", model,
@@ -422,14 +419,14 @@ static void check_session(const char *model, int32_t contrast, resid_lens lens) 
         if (!pos) continue;
         n_heads++;
         cJSON_ArrayForEach(x, pos) {
-            resid_unit u = {RESID_UNIT_HEAD_POS, (int32_t)num(e, "layer"), (int32_t)num(e, "head"),
-                            -1, (int32_t)num(x, "pos")};
+            resid_unit u = {RESID_UNIT_HEAD_POS, (int32_t)tu_json_num(e, "layer"),
+                            (int32_t)tu_json_num(e, "head"), -1, (int32_t)tu_json_num(x, "pos")};
             resid_score sc;
             assert_int_equal(resid_score_units(ex, &u, 1, &sc, &err), RESID_OK);
-            worst = fmax(worst, fabs(num(x, "lpi") - sc.lpi));
-            worst = fmax(worst, fabs(num(x, "bs_target") - sc.bs_target));
-            worst = fmax(worst, fabs(num(x, "prob_inc") - sc.prob_inc));
-            if (contrast >= 0) worst = fmax(worst, fabs(num(x, "contrast") - sc.contrast));
+            worst = fmax(worst, fabs(tu_json_num(x, "lpi") - sc.lpi));
+            worst = fmax(worst, fabs(tu_json_num(x, "bs_target") - sc.bs_target));
+            worst = fmax(worst, fabs(tu_json_num(x, "prob_inc") - sc.prob_inc));
+            if (contrast >= 0) worst = fmax(worst, fabs(tu_json_num(x, "contrast") - sc.contrast));
         }
     }
     printf("# %s: %d heads' position scores vs resid_score_units max diff %.2e\n", model, n_heads,

@@ -56,6 +56,26 @@ cJSON *tu_load_json(const char *rel) {
     return j;
 }
 
+cJSON *tu_json_get(const cJSON *o, const char *name) {
+    cJSON *v = cJSON_GetObjectItemCaseSensitive(o, name);
+    if (!v) {
+        char *s = o ? cJSON_PrintUnformatted(o) : NULL;
+        print_error("missing field \"%s\" in %.300s\n", name, s ? s : "(null)");
+        free(s);
+        fail();
+    }
+    return v;
+}
+
+double tu_json_num(const cJSON *o, const char *name) {
+    cJSON *v = tu_json_get(o, name);
+    if (!cJSON_IsNumber(v)) {
+        print_error("field \"%s\" is not a number\n", name);
+        fail();
+    }
+    return v->valuedouble;
+}
+
 float *tu_load_f32(const char *rel, size_t *n) {
     char *p = tu_model_path(rel);
     size_t size;

@@ -21,6 +21,10 @@ const char *tu_models_dir(void);
 char *tu_model_path(const char *rel);
 /* Parses a JSON file under the models dir; fails the test on error. */
 cJSON *tu_load_json(const char *rel);
+/* o[name]; fails the test (naming the field) when it is missing. */
+cJSON *tu_json_get(const cJSON *o, const char *name);
+/* o[name] as a number; fails the test when missing or not a number. */
+double tu_json_num(const cJSON *o, const char *name);
 /* Reads a raw little-endian float32 file; *n receives the count. */
 float *tu_load_f32(const char *rel, size_t *n);
 /* Opens a model under the models dir; fails the test with err.msg. */
