@@ -24,20 +24,16 @@
 #include "analysis/analysis.h"
 #include "core/util.h"
 
-struct rs_tokcache {
-    int32_t k;
-    int64_t n, cap;          /* entries */
-    resid_unit *keys;        /* [cap] */
-    resid_token_value *tv;   /* [cap][2k]: top k, then bottom k */
-    int64_t *index;          /* [nidx] open addressing: entry or -1 */
-    int64_t nidx;            /* power of two, > 2·cap */
-};
+/* ---------------------------------------------------------------------- */
+/* A map from units to entry numbers 0, 1, ... (open addressing)          */
+/* ---------------------------------------------------------------------- */
 
-static resid_unit cache_key(const resid_unit *u) {
-    resid_unit k = *u;
-    if (rs_unit_is_directional(u->kind)) k.pos = -1;
-    return k;
-}
+typedef struct umap {
+    int64_t n, cap;   /* entries */
+    resid_unit *keys; /* [cap] */
+    int64_t *index;   /* [nidx]: entry or -1 */
+    int64_t nidx;     /* a power of two, 4·cap */
+} umap;
 
 static bool same_key(const resid_unit *a, const resid_unit *b) {
     return a->kind == b->kind && a->layer == b->layer && a->head == b->head &&
@@ -55,39 +51,65 @@ static uint64_t key_hash(const resid_unit *u) {
     return h;
 }
 
-static int64_t find(const rs_tokcache *c, const resid_unit *key, int64_t *slot) {
-    const uint64_t mask = (uint64_t)c->nidx - 1;
+/* The entry of key, or -1; *slot: where it is or would go. */
+static int64_t umap_find(const umap *m, const resid_unit *key, int64_t *slot) {
+    if (m->nidx == 0) return -1;
+    const uint64_t mask = (uint64_t)m->nidx - 1;
     for (uint64_t i = key_hash(key) & mask;; i = (i + 1) & mask) {
-        int64_t at = c->index[i];
-        if (at < 0 || same_key(&c->keys[at], key)) {
+        int64_t at = m->index[i];
+        if (at < 0 || same_key(&m->keys[at], key)) {
             *slot = (int64_t)i;
             return at;
         }
     }
 }
 
-static bool grow(rs_tokcache *c) {
-    int64_t cap = c->cap ? 2 * c->cap : 256, nidx = 4 * cap;
-    size_t tvb;
-    if (!rs_mul_size((size_t)cap * 2, (size_t)c->k * sizeof(resid_token_value), &tvb))
-        return false;
-    resid_unit *keys = realloc(c->keys, (size_t)cap * sizeof *keys);
-    if (keys) c->keys = keys;
-    resid_token_value *tv = keys ? realloc(c->tv, tvb) : NULL;
-    if (tv) c->tv = tv;
-    int64_t *index = tv ? malloc((size_t)nidx * sizeof *index) : NULL;
+/* Room for one more entry (m->n < m->cap); false when out of memory. */
+static bool umap_room(umap *m) {
+    if (m->n < m->cap) return true;
+    int64_t cap = m->cap ? 2 * m->cap : 256, nidx = 4 * cap;
+    resid_unit *keys = realloc(m->keys, (size_t)cap * sizeof *keys);
+    if (!keys) return false;
+    m->keys = keys;
+    int64_t *index = malloc((size_t)nidx * sizeof *index);
     if (!index) return false;
-    free(c->index);
-    c->index = index;
-    c->nidx = nidx;
-    c->cap = cap;
+    free(m->index);
+    m->index = index, m->nidx = nidx, m->cap = cap;
     for (int64_t i = 0; i < nidx; i++) index[i] = -1;
-    for (int64_t e = 0; e < c->n; e++) {
+    for (int64_t e = 0; e < m->n; e++) {
         int64_t slot;
-        find(c, &c->keys[e], &slot);
+        umap_find(m, &m->keys[e], &slot);
         index[slot] = e;
     }
     return true;
+}
+
+/* Adds an absent key (after umap_room); returns its entry. */
+static int64_t umap_add(umap *m, const resid_unit *key) {
+    int64_t slot;
+    umap_find(m, key, &slot);
+    m->keys[m->n] = *key;
+    m->index[slot] = m->n;
+    return m->n++;
+}
+
+static void umap_free(umap *m) { free(m->keys), free(m->index); }
+
+/* ---------------------------------------------------------------------- */
+/* Token lists                                                            */
+/* ---------------------------------------------------------------------- */
+
+struct rs_tokcache {
+    int32_t k;
+    umap map;
+    resid_token_value *tv; /* [map.cap][2k]: top k, then bottom k */
+    int64_t tv_cap;
+};
+
+static resid_unit cache_key(const resid_unit *u) {
+    resid_unit k = *u;
+    if (rs_unit_is_directional(u->kind)) k.pos = -1;
+    return k;
 }
 
 resid_status rs_tokcache_enable(resid_explainer *e, int32_t k, resid_error *err) {
@@ -105,7 +127,8 @@ int32_t rs_tokcache_k(const resid_explainer *e) { return e->tok ? e->tok->k : 0;
 
 void rs_tokcache_free(rs_tokcache *c) {
     if (!c) return;
-    free(c->keys), free(c->tv), free(c->index);
+    umap_free(&c->map);
+    free(c->tv);
     free(c);
 }
 
@@ -115,22 +138,27 @@ void rs_tokcache_put(resid_explainer *e, const resid_unit *u, const resid_token_
     if (!c) return;
     const resid_unit key = cache_key(u);
     int64_t slot;
-    if (c->nidx > 0 && find(c, &key, &slot) >= 0) return;
-    if (c->n == c->cap && !grow(c)) return; /* a cache: a miss is recomputed */
-    find(c, &key, &slot);
+    if (umap_find(&c->map, &key, &slot) >= 0) return;
+    if (!umap_room(&c->map)) return; /* a cache: a miss is recomputed */
     const size_t k = (size_t)c->k;
-    c->keys[c->n] = key;
-    memcpy(c->tv + (size_t)c->n * 2 * k, top, k * sizeof *top);
-    memcpy(c->tv + (size_t)c->n * 2 * k + k, bottom, k * sizeof *bottom);
-    c->index[slot] = c->n++;
+    if (c->tv_cap < c->map.cap) {
+        size_t b;
+        if (!rs_mul_size((size_t)c->map.cap * 2 * k, sizeof *c->tv, &b)) return;
+        resid_token_value *tv = realloc(c->tv, b);
+        if (!tv) return;
+        c->tv = tv, c->tv_cap = c->map.cap;
+    }
+    const int64_t at = umap_add(&c->map, &key);
+    memcpy(c->tv + (size_t)at * 2 * k, top, k * sizeof *top);
+    memcpy(c->tv + (size_t)at * 2 * k + k, bottom, k * sizeof *bottom);
 }
 
 bool rs_tokcache_get(const resid_explainer *e, const resid_unit *u, int32_t k,
                      resid_token_value *top, resid_token_value *bottom) {
     const rs_tokcache *c = e->tok;
-    if (!c || c->n == 0 || k > c->k) return false;
+    if (!c || k > c->k) return false;
     const resid_unit key = cache_key(u);
-    int64_t slot, at = find(c, &key, &slot);
+    int64_t slot, at = umap_find(&c->map, &key, &slot);
     if (at < 0) return false;
     const resid_token_value *tv = c->tv + (size_t)at * 2 * (size_t)c->k;
     memcpy(top, tv, (size_t)k * sizeof *top);
@@ -183,48 +211,15 @@ void rs_tokcache_extremes(const resid_explainer *e, const float *c, double scale
 /* ---------------------------------------------------------------------- */
 
 struct rs_lpimemo {
-    int64_t n, cap;
-    resid_unit *keys; /* [cap] */
-    double *lpi;      /* [cap] */
-    int64_t *index;   /* [nidx], entry or -1 */
-    int64_t nidx;
+    umap map;
+    double *lpi; /* [lpi_cap] */
+    int64_t lpi_cap;
 };
-
-static int64_t memo_find(const rs_lpimemo *c, const resid_unit *key, int64_t *slot) {
-    const uint64_t mask = (uint64_t)c->nidx - 1;
-    for (uint64_t i = key_hash(key) & mask;; i = (i + 1) & mask) {
-        int64_t at = c->index[i];
-        if (at < 0 || same_key(&c->keys[at], key)) {
-            *slot = (int64_t)i;
-            return at;
-        }
-    }
-}
-
-static bool memo_grow(rs_lpimemo *c) {
-    int64_t cap = c->cap ? 2 * c->cap : 1024, nidx = 4 * cap;
-    resid_unit *keys = realloc(c->keys, (size_t)cap * sizeof *keys);
-    if (keys) c->keys = keys;
-    double *lpi = keys ? realloc(c->lpi, (size_t)cap * sizeof *lpi) : NULL;
-    if (lpi) c->lpi = lpi;
-    int64_t *index = lpi ? malloc((size_t)nidx * sizeof *index) : NULL;
-    if (!index) return false;
-    free(c->index);
-    c->index = index;
-    c->nidx = nidx;
-    c->cap = cap;
-    for (int64_t i = 0; i < nidx; i++) index[i] = -1;
-    for (int64_t e = 0; e < c->n; e++) {
-        int64_t slot;
-        memo_find(c, &c->keys[e], &slot);
-        index[slot] = e;
-    }
-    return true;
-}
 
 void rs_lpimemo_free(rs_lpimemo *c) {
     if (!c) return;
-    free(c->keys), free(c->lpi), free(c->index);
+    umap_free(&c->map);
+    free(c->lpi);
     free(c);
 }
 
@@ -232,18 +227,20 @@ void rs_lpimemo_put(resid_explainer *e, const resid_unit *u, double lpi) {
     if (!e->memo && !(e->memo = calloc(1, sizeof *e->memo))) return;
     rs_lpimemo *c = e->memo;
     int64_t slot;
-    if (c->nidx > 0 && memo_find(c, u, &slot) >= 0) return;
-    if (c->n == c->cap && !memo_grow(c)) return; /* a memo: a miss is recomputed */
-    memo_find(c, u, &slot);
-    c->keys[c->n] = *u;
-    c->lpi[c->n] = lpi;
-    c->index[slot] = c->n++;
+    if (umap_find(&c->map, u, &slot) >= 0) return;
+    if (!umap_room(&c->map)) return; /* a memo: a miss is recomputed */
+    if (c->lpi_cap < c->map.cap) {
+        double *l = realloc(c->lpi, (size_t)c->map.cap * sizeof *l);
+        if (!l) return;
+        c->lpi = l, c->lpi_cap = c->map.cap;
+    }
+    c->lpi[umap_add(&c->map, u)] = lpi;
 }
 
 bool rs_lpimemo_get(const resid_explainer *e, const resid_unit *u, double *lpi) {
     const rs_lpimemo *c = e->memo;
-    if (!c || c->n == 0) return false;
-    int64_t slot, at = memo_find(c, u, &slot);
+    if (!c) return false;
+    int64_t slot, at = umap_find(&c->map, u, &slot);
     if (at < 0) return false;
     *lpi = c->lpi[at];
     return true;
