@@ -14,6 +14,7 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "common.h"
 #include "core/util.h"
@@ -435,6 +436,13 @@ static void print_compare(const text_ctx *r) {
 /* The command                                                               */
 /* ------------------------------------------------------------------------- */
 
+/* Progress on a terminal: one line of stderr, "resid: explain: FFN
+ * neurons (6/9)...", rewritten in place and erased at the end. */
+static void tty_progress(void *user, const char *stage, int step, int n_steps) {
+    fprintf(stderr, "\r\033[Kresid: %s: %s (%d/%d)...", (const char *)user, stage, step, n_steps);
+    fflush(stderr);
+}
+
 static int run(const cli_command *cmd, int argc, char **argv) {
     static const struct option extra[] = {
         {"top", required_argument, NULL, OPT_TOP},
@@ -485,8 +493,10 @@ static int run(const cli_command *cmd, int argc, char **argv) {
     if (r == CLI_EXIT_OK && o.vs_text)
         r = cli_resolve_token(tok, "--vs", o.vs_text, ids[n - 1], &contrast);
     bool json_stdout = o.json_path && !strcmp(o.json_path, "-");
+    const bool tty = isatty(STDERR_FILENO);
     if (r == CLI_EXIT_OK) {
         resid_explain_request rq = resid_explain_request_defaults();
+        if (tty) rq.progress = tty_progress, rq.progress_user = "explain";
         rq.tokens = ids;
         rq.n_tokens = n;
         rq.target = target;
@@ -500,13 +510,14 @@ static int run(const cli_command *cmd, int argc, char **argv) {
         resid_error err;
         /* --html keeps the computation (every position captured) for the
          * page's extra views, so nothing is run twice. */
-        if (o.html_path) {
-            if (rs_explain_session_new(m, &rq, true, &sess, &err) != RESID_OK ||
-                rs_explain_session_json(sess, &root, &err) != RESID_OK)
-                r = cli_lib_error(&err);
-        } else if (rs_explain_cjson(m, &rq, &root, &err) != RESID_OK) {
-            r = cli_lib_error(&err);
-        }
+        bool failed;
+        if (o.html_path)
+            failed = rs_explain_session_new(m, &rq, true, &sess, &err) != RESID_OK ||
+                     rs_explain_session_json(sess, &root, &err) != RESID_OK;
+        else
+            failed = rs_explain_cjson(m, &rq, &root, &err) != RESID_OK;
+        if (tty) fputs("\r\033[K", stderr); /* the progress line */
+        if (failed) r = cli_lib_error(&err);
     }
     if (r == CLI_EXIT_OK) {
         static const char *const kinds[][2] = {{"heads", "heads"},
@@ -539,14 +550,18 @@ static int run(const cli_command *cmd, int argc, char **argv) {
         wo.n_tokens = (int32_t)o.n_tokens;
         wo.grid_positions = (int32_t)o.html_positions;
         wo.n_head_detail = (int32_t)o.html_heads;
+        if (tty) wo.progress = tty_progress, wo.progress_user = "html report";
         resid_error err;
         rs_web_ctx *wc = NULL;
-        if (!h)
+        if (!h) {
             r = cli_error("out of memory");
-        else if (rs_web_ctx_from_session(m, sess, &wc, &err) != RESID_OK ||
-                 rs_web_extras(wc, h, &wo, &err) != RESID_OK ||
-                 rs_html_write_file(o.html_path, h, &err) != RESID_OK)
-            r = cli_lib_error(&err);
+        } else {
+            const bool failed = rs_web_ctx_from_session(m, sess, &wc, &err) != RESID_OK ||
+                                rs_web_extras(wc, h, &wo, &err) != RESID_OK ||
+                                rs_html_write_file(o.html_path, h, &err) != RESID_OK;
+            if (tty) fputs("\r\033[K", stderr);
+            if (failed) r = cli_lib_error(&err);
+        }
         rs_web_ctx_free(wc);
         if (h != root) cJSON_Delete(h);
     }

@@ -1082,6 +1082,11 @@ void resid_pearson_slope(const double *x, const double *y, int64_t n, double *r,
 /* Reports (src/output/report.c)                                             */
 /* ------------------------------------------------------------------------- */
 
+/* Progress of a long computation: called as each stage begins, with its
+ * name, its number (1-based) and the number of stages, from the calling
+ * thread, never concurrently. Must not call back into the computation. */
+typedef void (*resid_progress_fn)(void *user, const char *stage, int step, int n_steps);
+
 /* What one explain report holds: the prompt, the token to explain and how
  * long the lists are. docs/explain-json.md is the schema; `resid explain
  * --json` writes the default request, `resid batch` a compact one. */
@@ -1108,6 +1113,12 @@ typedef struct resid_explain_request {
     int32_t compare_k;     /* FFN neurons zeroed per method (default 10) */
     uint64_t compare_seed; /* the random neurons' seed (default 1, as
                               `resid ablate --seed`) */
+    /* Optional (default NULL): the stages, in order: "forward pass",
+     * "contexts", "layer table", "heads", "head x positions", "FFN
+     * neurons", "attention neurons", "query layers", ["scoring-method
+     * comparison",] "report" (the last when the JSON is built). */
+    resid_progress_fn progress;
+    void *progress_user;
 } resid_explain_request;
 
 resid_explain_request resid_explain_request_defaults(void);

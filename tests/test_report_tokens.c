@@ -15,7 +15,8 @@
  * agree wherever the neighbouring values are further apart than that.
  * Run on a Llama (stories260K), a GPT-2 (tiny-gpt2-stories) and a quantised
  * GGUF, in the paper and the exact lens, with a contrast token on one.
- * Also: the cache's one-pass selection equals resid_top_bottom exactly
+ * Also: the progress callback sees every stage in order; and the cache's
+ * one-pass selection equals resid_top_bottom exactly
  * (ids, order, values) on random vectors full of ties, for small and large
  * V and k.
  */
@@ -213,6 +214,52 @@ static void test_selection(void **state) {
     printf("# %d selections equal to resid_top_bottom\n", cases);
 }
 
+/* The progress callback: every stage, in order, numbered 1..n. */
+typedef struct progress_log {
+    char names[16][40];
+    int steps[16], n_steps[16], n;
+} progress_log;
+
+static void on_progress(void *user, const char *stage, int step, int n_steps) {
+    progress_log *p = user;
+    assert_true(p->n < 16);
+    snprintf(p->names[p->n], sizeof p->names[0], "%s", stage);
+    p->steps[p->n] = step, p->n_steps[p->n] = n_steps;
+    p->n++;
+}
+
+static void test_progress(void **state) {
+    (void)state;
+    resid_model *m = tu_open_model(STORIES);
+    const int32_t ids[] = {1, 403, 407, 261, 378, 432, 383};
+    static const char *const want[] = {"forward pass", "contexts", "layer table", "heads",
+                                       "head x positions", "FFN neurons", "attention neurons",
+                                       "query layers", "scoring-method comparison", "report"};
+    for (int cmp = 0; cmp < 2; cmp++) {
+        progress_log log = {.n = 0};
+        resid_explain_request rq = resid_explain_request_defaults();
+        assert_null(rq.progress);
+        rq.tokens = ids;
+        rq.n_tokens = 7;
+        rq.compare_scores = cmp;
+        rq.progress = on_progress;
+        rq.progress_user = &log;
+        char *json;
+        resid_error err;
+        assert_int_equal(resid_explain_json(m, &rq, &json, &err), RESID_OK);
+        free(json);
+        const int n = cmp ? 10 : 9;
+        assert_int_equal(log.n, n);
+        for (int i = 0, w = 0; i < n; i++, w++) {
+            if (!cmp && w == 8) w++; /* no comparison stage */
+            assert_string_equal(log.names[i], want[w]);
+            assert_int_equal(log.steps[i], i + 1);
+            assert_int_equal(log.n_steps[i], n);
+        }
+    }
+    resid_model_free(m);
+}
+
 static void test_stories(void **state) {
     (void)state;
     check_model(STORIES, RESID_LENS_PAPER, NULL);
@@ -233,6 +280,7 @@ static void test_quantised(void **state) {
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_selection),
+        cmocka_unit_test(test_progress),
         cmocka_unit_test(test_stories),
         cmocka_unit_test(test_gpt2),
         cmocka_unit_test(test_quantised),

@@ -25,7 +25,7 @@ const rs_web_asset *rs_web_asset_find(const char *name) {
 }
 
 rs_web_opts rs_web_defaults(void) {
-    rs_web_opts o = {12, 5, 8, 0};
+    rs_web_opts o = {.n_head_detail = 12, .n_tokens = 5, .n_query = 8, .grid_positions = 0};
     return o;
 }
 
@@ -843,11 +843,13 @@ resid_status rs_web_extras(rs_web_ctx *c, cJSON *report, const rs_web_opts *o, r
     if (cJSON_IsString(ln) && resid_lens_parse(ln->valuestring, &lens, err) != RESID_OK)
         return RESID_E_ARG;
     cJSON *grid;
+    if (d.progress) d.progress(d.progress_user, "lens grid", 1, 3);
     if ((st = rs_web_lens_grid(c, lens, &d, &grid, err)) != RESID_OK) return st;
     cJSON_AddItemToObject(report, "lens_grid", grid);
 
     /* Heads: the attention row of each; details for the best ones by the
      * report's score (contrast with --vs, else LPI). */
+    if (d.progress) d.progress(d.progress_user, "head details", 2, 3);
     const cJSON *heads = cJSON_GetObjectItemCaseSensitive(report, "heads");
     const int32_t nh = L * H;
     rs_keyed *r = malloc((size_t)nh * sizeof *r);
@@ -900,6 +902,7 @@ resid_status rs_web_extras(rs_web_ctx *c, cJSON *report, const rs_web_opts *o, r
     if (st != RESID_OK) return st;
 
     /* Neurons of the two neuron lists. */
+    if (d.progress) d.progress(d.progress_user, "neuron details", 3, 3);
     static const char *lists[] = {"ffn_neurons", "attn_neurons"};
     int32_t n_units = 0;
     for (int li = 0; li < 2; li++)

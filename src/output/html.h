@@ -33,6 +33,10 @@ typedef struct rs_web_opts {
     int32_t grid_positions; /* lens-grid columns: the last N positions (0 =
                                all; default 0). Each column costs 2L
                                vocabulary projections. */
+    /* rs_web_extras' stages, steps 1-3 of 3: "lens grid", "head details",
+     * "neuron details" (default NULL: none). */
+    resid_progress_fn progress;
+    void *progress_user;
 } rs_web_opts;
 
 rs_web_opts rs_web_defaults(void);

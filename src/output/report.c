@@ -212,6 +212,13 @@ static void report_free(report *r) {
     resid_trace_free(r->tr);
 }
 
+/* The stages the progress callback sees (resid_explain_request). */
+static int n_stages(const resid_explain_request *rq) { return 9 + (rq->compare_scores ? 1 : 0); }
+
+static void stage(const resid_explain_request *rq, int step, const char *name) {
+    if (rq->progress) rq->progress(rq->progress_user, name, step, n_stages(rq));
+}
+
 static resid_status compute(report *r, resid_error *err) {
     const resid_model *m = r->m;
     const resid_explain_request *rq = r->rq;
@@ -226,6 +233,7 @@ static resid_status compute(report *r, resid_error *err) {
         return rs_err(err, RESID_E_ARG, "explain: n_unit_tokens %d is out of range [0, %d]",
                       rq->n_unit_tokens, V);
 
+    stage(rq, 1, "forward pass");
     resid_trace_opts to = resid_trace_defaults();
     to.capture = RESID_EXPLAIN_CAPTURE | RESID_CAP_LOGITS;
     to.positions = r->all_positions ? RESID_POS_ALL : RESID_POS_LAST;
@@ -239,6 +247,7 @@ static resid_status compute(report *r, resid_error *err) {
     r->model_prob = exp(log_softmax_at(logits, V, r->target));
     if (r->contrast >= 0) r->c_model_prob = exp(log_softmax_at(logits, V, r->contrast));
 
+    stage(rq, 2, "contexts");
     resid_explain_opts eo = resid_explain_defaults();
     eo.lens = rq->lens == RESID_LENS_LOGIT ? RESID_LENS_PAPER : rq->lens;
     eo.target = r->target;
@@ -273,6 +282,7 @@ static resid_status compute(report *r, resid_error *err) {
     if (st != RESID_OK) return st;
 
     /* The layer table, in the lens asked for. */
+    stage(rq, 3, "layer table");
     r->rows = calloc((size_t)L, sizeof *r->rows);
     if (!r->rows) return rs_err(err, RESID_E_NOMEM, "explain: out of memory");
     if (rq->lens == RESID_LENS_LOGIT) {
@@ -324,7 +334,10 @@ static resid_status compute(report *r, resid_error *err) {
         {"attn_neurons", RESID_UNIT_ATTN_NEURON},
     };
     const int64_t nk = rq->neuron_top_k > 0 ? rq->neuron_top_k : rq->top_k;
+    static const char *const stage_names[N_LISTS] = {"heads", "head x positions", "FFN neurons",
+                                                     "attention neurons"};
     for (int i = 0; i < N_LISTS; i++) {
+        stage(rq, 4 + i, stage_names[i]);
         unit_list *ul = &r->lists[i];
         ul->name = defs[i].name;
         ul->kind = defs[i].kind;
@@ -345,6 +358,7 @@ static resid_status compute(report *r, resid_error *err) {
     }
 
     /* Q1: which lower layers activate the top FFN value neurons. */
+    stage(rq, 8, "query layers");
     if (rq->query) {
         resid_query_opts qo = resid_query_defaults();
         resid_error qerr;
@@ -358,6 +372,7 @@ static resid_status compute(report *r, resid_error *err) {
      * lens, plain and with each method's top-k FFN neurons zeroed). Asked
      * for explicitly, so a failure (e.g. k too large) fails the report. */
     if (rq->compare_scores) {
+        stage(rq, 9, "scoring-method comparison");
         st = resid_compare_scores(m, rq->tokens, rq->n_tokens, r->target, rq->compare_k,
                                   rq->compare_seed, &r->cmp, err);
         if (st != RESID_OK) return st;
@@ -587,6 +602,7 @@ static bool add_score_compare(const report *r, cJSON *root) {
 static cJSON *build_json(const report *r, resid_status *st, resid_error *err) {
     const resid_model_info *info = r->info;
     const resid_explain_request *rq = r->rq;
+    stage(rq, n_stages(rq), "report");
     const int32_t L = info->n_layer;
     *st = RESID_E_NOMEM;
     cJSON *root = cJSON_CreateObject();
