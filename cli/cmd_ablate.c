@@ -13,6 +13,7 @@
 #include <string.h>
 
 #include "common.h"
+#include "intervene.h"
 
 static const char help[] =
     "Usage: resid ablate MODEL (-p TEXT | --ids LIST) --units LIST [OPTIONS]\n"
@@ -326,66 +327,6 @@ static void print_target(const resid_tokenizer *tok, int32_t prev, int32_t targe
 }
 
 /* ------------------------------------------------------------------------- */
-/* The unit's own vector at t* (for --mode add without --vector)             */
-/* ------------------------------------------------------------------------- */
-
-static int unit_vector(const resid_model *m, const resid_trace *tr, const resid_unit *u, float *v) {
-    const resid_model_info *in = resid_model_get_info(m);
-    const int D = in->d_model, H = in->n_head, dh = in->d_head, T = tr->n_tokens;
-    const int ts = tr->n_cap - 1, l = u->layer, kvd = in->n_kv_head * dh;
-    const int group = H / in->n_kv_head;
-    resid_error err;
-    float *w = malloc((size_t)D * sizeof *w);
-    if (!w) return cli_error("out of memory");
-    memset(v, 0, (size_t)D * sizeof *v);
-    int r = CLI_EXIT_OK;
-    switch (u->kind) {
-    case RESID_UNIT_ATTN_LAYER:
-        memcpy(v, tr->attn_out + ((size_t)l * tr->n_cap + ts) * D, (size_t)D * sizeof *v);
-        break;
-    case RESID_UNIT_FFN_LAYER:
-        memcpy(v, tr->ffn_out + ((size_t)l * tr->n_cap + ts) * D, (size_t)D * sizeof *v);
-        break;
-    case RESID_UNIT_HEAD:
-        memcpy(v, tr->head_out + (((size_t)l * tr->n_cap + ts) * H + u->head) * D,
-               (size_t)D * sizeof *v);
-        break;
-    case RESID_UNIT_FFN_NEURON: {
-        float mk = tr->ffn_coef[((size_t)l * tr->n_cap + ts) * in->d_ffn + u->index];
-        if (resid_param_vector(m, RESID_PARAM_FC2, l, u->index, w, &err)) {
-            r = cli_lib_error(&err);
-            break;
-        }
-        for (int d = 0; d < D; d++)
-            v[d] = mk * w[d];
-        break;
-    }
-    default: { /* attention units with sources: Σ α_{t*,j} v_j[n] W_O^h[n,:] */
-        int h0 = u->kind == RESID_UNIT_POS ? 0 : u->head;
-        int h1 = u->kind == RESID_UNIT_POS ? H : u->head + 1;
-        for (int h = h0; h < h1 && !r; h++)
-            for (int n = 0; n < dh && !r; n++) {
-                if (u->kind == RESID_UNIT_ATTN_NEURON && n != u->index) continue;
-                if (resid_param_vector(m, RESID_PARAM_WO, l, (int64_t)h * dh + n, w, &err)) {
-                    r = cli_lib_error(&err);
-                    break;
-                }
-                double c = 0;
-                for (int j = 0; j < T; j++) {
-                    if (u->pos >= 0 && j != u->pos) continue;
-                    c += (double)tr->attn[(((size_t)l * H + h) * tr->n_cap + ts) * T + j] *
-                         tr->values[((size_t)l * T + j) * kvd + (h / group) * dh + n];
-                }
-                for (int d = 0; d < D; d++)
-                    v[d] += (float)(c * w[d]);
-            }
-    }
-    }
-    free(w);
-    return r;
-}
-
-/* ------------------------------------------------------------------------- */
 /* The three modes of the command                                            */
 /* ------------------------------------------------------------------------- */
 
@@ -420,34 +361,15 @@ static int resolve_target_for(const ctx *c, const int32_t *ids, int32_t n, int32
     return CLI_EXIT_OK;
 }
 
-/* Adds the edits of `units` in the chosen mode. means: concatenated values
- * (MEAN); vec: per-unit vectors [n][D] or one vector (ADD). */
+/* Adds the edits of the units in the chosen mode (cli_iv_build). */
 static int build(const ctx *c, resid_intervention *iv, const resid_unit *u, int64_t nu,
                  const int32_t *pos, int32_t n_pos, const float *means, const float *vecs,
                  int64_t n_vecs, const int32_t *layers, int32_t n_layers) {
+    const cli_iv_spec s = {.mode = c->o->mode, .units = u, .n_units = nu, .pos = pos,
+                           .n_pos = n_pos, .means = means, .vecs = vecs, .n_vecs = n_vecs,
+                           .scale = c->o->scale, .layers = layers, .n_layers = n_layers};
     resid_error err;
-    resid_status st = RESID_OK;
-    int64_t off = 0;
-    if (c->o->mode == RESID_IV_ADD) {
-        for (int64_t i = 0; !st && i < n_vecs; i++)
-            for (int32_t li = 0; !st && li < n_layers; li++)
-                st = resid_intervention_add(iv, layers[li], vecs + (size_t)i * c->in->d_model,
-                                            c->o->scale, pos, n_pos, &err);
-        return st ? cli_lib_error(&err) : CLI_EXIT_OK;
-    }
-    for (int64_t i = 0; !st && i < nu; i++) {
-        switch (c->o->mode) {
-        case RESID_IV_ZERO: st = resid_intervention_zero(iv, &u[i], pos, n_pos, &err); break;
-        case RESID_IV_MEAN: {
-            int64_t w = resid_iv_mean_width(c->m, &u[i]);
-            st = resid_intervention_mean(iv, &u[i], means + off, w, pos, n_pos, &err);
-            off += w;
-            break;
-        }
-        default: st = resid_intervention_replace(iv, &u[i], pos, n_pos, &err); break;
-        }
-    }
-    return st ? cli_lib_error(&err) : CLI_EXIT_OK;
+    return cli_iv_build(c->m, iv, &s, &err) ? cli_lib_error(&err) : CLI_EXIT_OK;
 }
 
 static int do_ablate(const ctx *c, const int32_t *ids, int32_t n) {
@@ -461,7 +383,6 @@ static int do_ablate(const ctx *c, const int32_t *ids, int32_t n) {
     float *means = NULL, *vecs = NULL, *rmeans = NULL;
     int64_t n_means = 0, n_vecs = 0;
     resid_intervention *iv = NULL, *riv = NULL;
-    resid_trace *tr = NULL;
     char **mp = NULL;
     int32_t n_mp = 0;
     int32_t **mp_ids = NULL, *mp_n = NULL;
@@ -529,18 +450,10 @@ static int do_ablate(const ctx *c, const int32_t *ids, int32_t n) {
     }
     if (o->mode == RESID_IV_MEAN) {
         int64_t want = 0;
-        for (int64_t i = 0; i < nu; i++) {
-            int64_t w = resid_iv_mean_width(c->m, &u[i]);
-            if (!w) {
-                char id[64];
-                cli_unit_format(&u[i], id, sizeof id);
-                r = cli_usage_error(c->cmd,
-                                    "unit %s names a source position: it has no mean "
-                                    "(use zero or replace)",
-                                    id);
-                goto out;
-            }
-            want += w;
+        char msg[256];
+        if (!cli_iv_mean_width(c->m, u, nu, &want, msg, sizeof msg)) {
+            r = cli_usage_error(c->cmd, "%s", msg);
+            goto out;
         }
         if (o->means) {
             if ((r = read_floats(o->means, want, &means, &n_means))) goto out;
@@ -575,21 +488,10 @@ static int do_ablate(const ctx *c, const int32_t *ids, int32_t n) {
             if ((r = read_floats(o->vector, D, &vecs, &n_vecs))) goto out;
             n_vecs = 1;
         } else {
-            resid_trace_opts to = resid_trace_defaults();
-            to.capture = RESID_CAP_ALL & ~(unsigned)RESID_CAP_LOGITS;
-            to.positions = RESID_POS_LAST;
-            if (resid_forward(c->m, ids, n, &to, &tr, &err)) {
+            if (cli_iv_unit_vectors(c->m, ids, n, u, nu, &vecs, &err)) {
                 r = cli_lib_error(&err);
                 goto out;
             }
-            vecs = malloc((size_t)nu * D * sizeof *vecs);
-            if (!vecs) {
-                r = cli_error("out of memory");
-                goto out;
-            }
-            for (int64_t i = 0; i < nu && !r; i++)
-                r = unit_vector(c->m, tr, &u[i], vecs + (size_t)i * D);
-            if (r) goto out;
             n_vecs = nu;
         }
     }
@@ -700,7 +602,6 @@ static int do_ablate(const ctx *c, const int32_t *ids, int32_t n) {
 out:
     resid_intervention_free(iv);
     resid_intervention_free(riv);
-    resid_trace_free(tr);
     free(u), free(ru), free(pos), free(layers), free(clean), free(means), free(rmeans);
     free(vecs);
     for (int32_t i = 0; i < n_mp; i++) {
