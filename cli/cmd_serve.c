@@ -15,11 +15,16 @@
  *                           layers and query neurons
  *   POST /api/ablate       {prompt|ids, units: ["n:3_17", "h:2_1", ...] or
  *                           [{"kind", "layer", "head"?, "index"?, "pos"?}],
- *                           mode?: "zero", positions?, target?|target_id?}:
- *                           the target before/after zeroing the units (the
- *                           fields of `resid ablate --json`)
+ *                           mode?: "zero" | "replace" (+ clean|clean_ids,
+ *                           same length) | "mean" (+ mean_prompts, at most
+ *                           16) | "add" (+ scale?, layers?: each unit's own
+ *                           vector at t*), positions?, target?|target_id?}:
+ *                           the target before/after the edits (the fields
+ *                           of `resid ablate --json`, same library calls
+ *                           through cli/intervene.c)
  *
- * Limits: request body (--max-body), prompt tokens (--max-tokens), an MHD
+ * Limits: request body (--max-body), prompt tokens (--max-tokens; for
+ * /api/ablate's clean and mean prompts too), an MHD
  * thread pool of 4, at most 64 connections (16 per client address), a 30 s
  * connection timeout, so a slow or stalled client cannot hold the others.
  * Computations are serialised by one mutex (the machine's cores already
@@ -40,6 +45,7 @@
 #include <microhttpd.h>
 
 #include "common.h"
+#include "intervene.h"
 #include "output/html.h"
 #include "output/report.h"
 #include "output/web_assets.h"
@@ -202,6 +208,56 @@ static bool int_field(const cJSON *b, const char *name, long lo, long hi, long d
     return true;
 }
 
+/* The tokens of one prompt, given as text (`text`, tokenized as `resid
+ * ablate -p` does: BOS as the tokenizer says) or as ids (`ids`, taken as
+ * given); the other is NULL. `tname`/`iname` name the fields and `label`
+ * the prompt in messages ("the prompt", "the clean prompt"). Checked
+ * against --max-tokens (413) and the model's context (400). Returns 0 or
+ * the HTTP status with msg filled; *out is malloc'd either way (may be
+ * NULL), the caller frees it. */
+static unsigned prompt_tokens(server *s, const cJSON *text, const cJSON *ids, const char *tname,
+                              const char *iname, const char *label, int32_t **out,
+                              int32_t *n_out, char *msg, size_t n) {
+    const int32_t V = s->info->n_vocab;
+    *out = NULL;
+    *n_out = 0;
+    resid_error err;
+    if (text) {
+        if (!cJSON_IsString(text)) return snprintf(msg, n, "\"%s\" must be a string", tname), 400;
+        if (!s->tok)
+            return snprintf(msg, n, "the model has no tokenizer: send \"%s\" (token ids)",
+                            iname ? iname : tname), 400;
+        resid_encode_opts eo = resid_encode_defaults(s->tok);
+        if (resid_tokenize(s->tok, text->valuestring, -1, &eo, out, n_out, &err) != RESID_OK)
+            return snprintf(msg, n, "%s: %s", label, err.msg), 400;
+    } else {
+        if (!cJSON_IsArray(ids))
+            return snprintf(msg, n, "\"%s\" must be an array of token ids", iname), 400;
+        const int na = cJSON_GetArraySize(ids);
+        if (na > s->o.max_tokens)
+            return snprintf(msg, n, "%s is %d tokens; this server accepts at most %ld "
+                                    "(--max-tokens)", label, na, s->o.max_tokens), 413;
+        if (!(*out = malloc((size_t)(na + 1) * sizeof **out)))
+            return snprintf(msg, n, "out of memory"), 500;
+        const cJSON *e;
+        cJSON_ArrayForEach(e, ids) {
+            if (!cJSON_IsNumber(e) || e->valuedouble < 0 || e->valuedouble >= V ||
+                e->valuedouble != floor(e->valuedouble))
+                return snprintf(msg, n, "\"%s\"[%d] is not a token id in [0, %d)", iname,
+                                *n_out, V), 400;
+            (*out)[(*n_out)++] = (int32_t)e->valuedouble;
+        }
+    }
+    if (*n_out < 1) return snprintf(msg, n, "%s is empty", label), 400;
+    if (*n_out > s->o.max_tokens)
+        return snprintf(msg, n, "%s is %d tokens; this server accepts at most %ld "
+                                "(--max-tokens)", label, *n_out, s->o.max_tokens), 413;
+    if (*n_out > s->info->n_ctx)
+        return snprintf(msg, n, "%s is %d tokens; the model's context is %d", label, *n_out,
+                        s->info->n_ctx), 400;
+    return 0;
+}
+
 /* Parses {prompt|ids, target?, target_id?, vs?, vs_id?, lens?, top?}.
  * Returns 0 or the HTTP status with msg filled. */
 static unsigned parse_req(server *s, const cJSON *b, bool need_prompt, req *r, char *msg,
@@ -215,36 +271,10 @@ static unsigned parse_req(server *s, const cJSON *b, bool need_prompt, req *r, c
         if (need_prompt) return snprintf(msg, n, "missing \"prompt\" (text) or \"ids\" (array)"), 400;
         return 0;
     }
+    unsigned code = prompt_tokens(s, p, p ? NULL : ids, "prompt", "ids", "the prompt", &r->ids,
+                                  &r->n, msg, n);
+    if (code) return code;
     resid_error err;
-    if (p) {
-        if (!cJSON_IsString(p)) return snprintf(msg, n, "\"prompt\" must be a string"), 400;
-        if (!s->tok) return snprintf(msg, n, "the model has no tokenizer: send \"ids\""), 400;
-        resid_encode_opts eo = resid_encode_defaults(s->tok);
-        if (resid_tokenize(s->tok, p->valuestring, -1, &eo, &r->ids, &r->n, &err) != RESID_OK)
-            return snprintf(msg, n, "%s", err.msg), 400;
-    } else {
-        if (!cJSON_IsArray(ids)) return snprintf(msg, n, "\"ids\" must be an array of token ids"), 400;
-        const int na = cJSON_GetArraySize(ids);
-        if (na > s->o.max_tokens)
-            return snprintf(msg, n, "the prompt is %d tokens; this server accepts at most %ld "
-                                    "(--max-tokens)", na, s->o.max_tokens), 413;
-        r->ids = malloc((size_t)(na + 1) * sizeof *r->ids);
-        if (!r->ids) return snprintf(msg, n, "out of memory"), 500;
-        const cJSON *e;
-        cJSON_ArrayForEach(e, ids) {
-            if (!cJSON_IsNumber(e) || e->valuedouble < 0 || e->valuedouble >= V ||
-                e->valuedouble != floor(e->valuedouble))
-                return snprintf(msg, n, "\"ids\"[%d] is not a token id in [0, %d)", r->n, V), 400;
-            r->ids[r->n++] = (int32_t)e->valuedouble;
-        }
-    }
-    if (r->n < 1) return snprintf(msg, n, "the prompt is empty"), 400;
-    if (r->n > s->o.max_tokens)
-        return snprintf(msg, n, "the prompt is %d tokens; this server accepts at most %ld "
-                                "(--max-tokens)", r->n, s->o.max_tokens), 413;
-    if (r->n > s->info->n_ctx)
-        return snprintf(msg, n, "the prompt is %d tokens; the model's context is %d", r->n,
-                        s->info->n_ctx), 400;
     long v;
     if (!int_field(b, "target_id", 0, V - 1, -1, &v, msg, n)) return 400;
     r->target = (int32_t)v;
@@ -331,8 +361,8 @@ static enum MHD_Result api_explain(server *s, struct MHD_Connection *c, const cJ
     return send_json(c, 200, out);
 }
 
-/* Longest unit list /api/ablate takes. */
-enum { MAX_ABLATE_UNITS = 4096 };
+/* Longest unit list and most mean prompts /api/ablate takes. */
+enum { MAX_ABLATE_UNITS = 4096, MAX_MEAN_PROMPTS = 16 };
 
 /* One unit of /api/ablate: an id string (the `resid ablate --units`
  * syntax) or {"kind": "ffn-neuron"|"head"|..., "layer", "head", "index"
@@ -384,82 +414,235 @@ static bool ablate_unit(server *s, const cJSON *e, const char *kind, int32_t T, 
     return cli_unit_parse(id, kind, T, s->info, u, msg, n);
 }
 
-static enum MHD_Result api_ablate(server *s, struct MHD_Connection *c, const cJSON *b) {
-    char msg[600];
+/* A parsed /api/ablate request. */
+typedef struct ablate_req {
     req r;
-    unsigned code = parse_req(s, b, true, &r, msg, sizeof msg);
-    resid_unit *u = NULL;
-    int32_t *pos = NULL, n_pos = 0;
-    int nu = 0;
+    resid_iv_mode mode;
+    resid_unit *u;
+    int nu;
+    int32_t *pos, n_pos;
+    int32_t *clean, n_clean;   /* replace: the clean prompt */
+    int32_t **mp, *mp_n, n_mp; /* mean: the mean prompts */
+    double scale;              /* add */
+    int32_t *layers, n_layers; /* add */
+} ablate_req;
+
+static void ablate_req_free(ablate_req *a) {
+    free(a->r.ids), free(a->u), free(a->pos), free(a->clean), free(a->layers);
+    for (int32_t i = 0; a->mp && i < a->n_mp; i++)
+        free(a->mp[i]);
+    free(a->mp), free(a->mp_n);
+}
+
+/* A field that only goes with one mode. */
+static bool present(const cJSON *b, const char *name) {
+    const cJSON *v = field(b, name);
+    return v && !cJSON_IsNull(v);
+}
+
+/* The mode's own fields: replace's clean prompt, mean's prompts, add's
+ * scale and layers. Returns 0 or the HTTP status with msg filled. */
+static unsigned parse_mode_inputs(server *s, const cJSON *b, ablate_req *a, char *msg, size_t n) {
+    static const struct {
+        const char *name;
+        resid_iv_mode mode;
+    } own[] = {{"clean", RESID_IV_REPLACE}, {"clean_ids", RESID_IV_REPLACE},
+               {"mean_prompts", RESID_IV_MEAN}, {"scale", RESID_IV_ADD},
+               {"layers", RESID_IV_ADD}};
+    for (size_t i = 0; i < sizeof own / sizeof *own; i++)
+        if (a->mode != own[i].mode && present(b, own[i].name))
+            return snprintf(msg, n, "\"%s\" goes with \"mode\": \"%s\"", own[i].name,
+                            resid_iv_mode_name(own[i].mode)), 400;
+    if (present(b, "means"))
+        return snprintf(msg, n, "\"means\" (raw unit means) is not served: give \"mode\": "
+                                "\"mean\" with \"mean_prompts\" (texts the means are computed "
+                                "over), or use resid ablate --means FILE"), 400;
+    if (present(b, "vector"))
+        return snprintf(msg, n, "\"vector\" is not served: \"mode\": \"add\" here adds each "
+                                "unit's own vector at the last position; a d_model vector goes "
+                                "to resid ablate --mode add --vector FILE"), 400;
+    unsigned code = 0;
+    if (a->mode == RESID_IV_REPLACE) {
+        const cJSON *ct = field(b, "clean"), *ci = field(b, "clean_ids");
+        if (present(b, "clean") && present(b, "clean_ids"))
+            return snprintf(msg, n, "give \"clean\" or \"clean_ids\", not both"), 400;
+        if (!present(b, "clean") && !present(b, "clean_ids"))
+            return snprintf(msg, n, "mode \"replace\" needs one of \"clean\" (text) or "
+                                    "\"clean_ids\" (array): the prompt whose activations are "
+                                    "patched in, with as many tokens as the prompt"), 400;
+        if ((code = prompt_tokens(s, present(b, "clean") ? ct : NULL,
+                                  present(b, "clean") ? NULL : ci, "clean", "clean_ids",
+                                  "the clean prompt", &a->clean, &a->n_clean, msg, n)))
+            return code;
+        if (a->n_clean != a->r.n)
+            return snprintf(msg, n, "the clean prompt has %d tokens but the prompt has %d: "
+                                    "replace needs the same length", a->n_clean, a->r.n), 400;
+    } else if (a->mode == RESID_IV_MEAN) {
+        const cJSON *mp = field(b, "mean_prompts");
+        if (!cJSON_IsArray(mp) || cJSON_GetArraySize(mp) < 1)
+            return snprintf(msg, n, "mode \"mean\" needs \"mean_prompts\": a non-empty array "
+                                    "of prompts (texts or id arrays) to compute the unit means "
+                                    "over"), 400;
+        int64_t width;
+        if (!cli_iv_mean_width(s->m, a->u, a->nu, &width, msg, n)) return 400;
+        const int np = cJSON_GetArraySize(mp);
+        if (np > MAX_MEAN_PROMPTS)
+            return snprintf(msg, n, "%d mean prompts; this server takes at most %d", np,
+                            MAX_MEAN_PROMPTS), 413;
+        a->mp = calloc((size_t)np, sizeof *a->mp);
+        a->mp_n = calloc((size_t)np, sizeof *a->mp_n);
+        if (!a->mp || !a->mp_n) return snprintf(msg, n, "out of memory"), 500;
+        const cJSON *e;
+        cJSON_ArrayForEach(e, mp) {
+            char name[32], label[48];
+            const int i = a->n_mp++;
+            snprintf(name, sizeof name, "mean_prompts[%d]", i);
+            snprintf(label, sizeof label, "mean prompt %d (of \"mean_prompts\")", i);
+            if (!cJSON_IsString(e) && !cJSON_IsArray(e))
+                return snprintf(msg, n, "\"%s\" must be a text or an array of token ids", name),
+                       400;
+            if ((code = prompt_tokens(s, cJSON_IsString(e) ? e : NULL,
+                                      cJSON_IsString(e) ? NULL : e, name, name, label,
+                                      &a->mp[i], &a->mp_n[i], msg, n)))
+                return code;
+        }
+    } else if (a->mode == RESID_IV_ADD) {
+        const cJSON *sc = field(b, "scale"), *la = field(b, "layers");
+        a->scale = 1.0;
+        if (present(b, "scale")) {
+            if (!cJSON_IsNumber(sc) || !isfinite(sc->valuedouble))
+                return snprintf(msg, n, "\"scale\" must be a finite number"), 400;
+            a->scale = sc->valuedouble;
+        }
+        const int32_t L = s->info->n_layer;
+        if (!present(b, "layers")) {
+            if (!(a->layers = malloc(sizeof *a->layers)))
+                return snprintf(msg, n, "out of memory"), 500;
+            a->layers[a->n_layers++] = L;
+        } else {
+            if (!cJSON_IsArray(la) || cJSON_GetArraySize(la) < 1 ||
+                cJSON_GetArraySize(la) > L + 1)
+                return snprintf(msg, n, "\"layers\" must be an array of 1 to %d residual "
+                                        "inputs in [0, %d] (%d = the final residual)",
+                                L + 1, L, L), 400;
+            if (!(a->layers = malloc((size_t)cJSON_GetArraySize(la) * sizeof *a->layers)))
+                return snprintf(msg, n, "out of memory"), 500;
+            const cJSON *e;
+            cJSON_ArrayForEach(e, la) {
+                if (!cJSON_IsNumber(e) || e->valuedouble != floor(e->valuedouble) ||
+                    e->valuedouble < 0 || e->valuedouble > L)
+                    return snprintf(msg, n, "\"layers\"[%d] is not a layer in [0, %d]",
+                                    a->n_layers, L), 400;
+                a->layers[a->n_layers++] = (int32_t)e->valuedouble;
+            }
+        }
+    }
+    return 0;
+}
+
+/* Parses the whole /api/ablate body. Returns 0 or the HTTP status with msg
+ * filled; a->... is allocated either way (ablate_req_free). */
+static unsigned parse_ablate(server *s, const cJSON *b, ablate_req *a, char *msg, size_t n) {
+    memset(a, 0, sizeof *a);
+    unsigned code = parse_req(s, b, true, &a->r, msg, n);
+    if (code) return code;
     const cJSON *units = field(b, "units"), *mode = field(b, "mode"), *kind = field(b, "kind");
     const cJSON *positions = field(b, "positions");
-    if (!code && mode && !cJSON_IsNull(mode) &&
-        !(cJSON_IsString(mode) && !strcmp(mode->valuestring, "zero")))
-        code = 400, snprintf(msg, sizeof msg,
-                             "\"mode\" must be \"zero\" (mean, replace and add: resid ablate)");
-    if (!code && kind && !(cJSON_IsString(kind) && (!strcmp(kind->valuestring, "neuron") ||
-                                                    !strcmp(kind->valuestring, "head"))))
-        code = 400, snprintf(msg, sizeof msg, "\"kind\" must be \"neuron\" or \"head\"");
-    if (!code && (!cJSON_IsArray(units) || cJSON_GetArraySize(units) < 1))
-        code = 400, snprintf(msg, sizeof msg, "\"units\" must be a non-empty array");
-    if (!code && cJSON_GetArraySize(units) > MAX_ABLATE_UNITS)
-        code = 413, snprintf(msg, sizeof msg, "at most %d units", MAX_ABLATE_UNITS);
-    if (!code && !(u = malloc((size_t)cJSON_GetArraySize(units) * sizeof *u)))
-        code = 500, snprintf(msg, sizeof msg, "out of memory");
+    resid_error err;
+    a->mode = RESID_IV_ZERO;
+    if (mode && !cJSON_IsNull(mode) &&
+        (!cJSON_IsString(mode) || resid_iv_mode_parse(mode->valuestring, &a->mode, &err)))
+        return snprintf(msg, n, "\"mode\" must be \"zero\", \"mean\", \"replace\" or \"add\""),
+               400;
+    if (kind && !(cJSON_IsString(kind) && (!strcmp(kind->valuestring, "neuron") ||
+                                           !strcmp(kind->valuestring, "head"))))
+        return snprintf(msg, n, "\"kind\" must be \"neuron\" or \"head\""), 400;
+    if (!cJSON_IsArray(units) || cJSON_GetArraySize(units) < 1)
+        return snprintf(msg, n, "\"units\" must be a non-empty array"), 400;
+    if (cJSON_GetArraySize(units) > MAX_ABLATE_UNITS)
+        return snprintf(msg, n, "at most %d units", MAX_ABLATE_UNITS), 413;
+    if (!(a->u = malloc((size_t)cJSON_GetArraySize(units) * sizeof *a->u)))
+        return snprintf(msg, n, "out of memory"), 500;
     const cJSON *e;
-    if (!code) cJSON_ArrayForEach(e, units) {
-            if (!ablate_unit(s, e, kind ? kind->valuestring : NULL, r.n, &u[nu++], msg,
-                             sizeof msg)) {
-                code = 400;
-                break;
-            }
-        }
-    if (!code && positions && !cJSON_IsNull(positions)) {
-        if (!cJSON_IsArray(positions) || cJSON_GetArraySize(positions) < 1) {
-            code = 400, snprintf(msg, sizeof msg, "\"positions\" must be a non-empty array");
-        } else if (!(pos = malloc((size_t)cJSON_GetArraySize(positions) * sizeof *pos))) {
-            code = 500, snprintf(msg, sizeof msg, "out of memory");
-        } else {
-            cJSON_ArrayForEach(e, positions) {
-                if (!cJSON_IsNumber(e) || e->valuedouble != floor(e->valuedouble) ||
-                    e->valuedouble < 0 || e->valuedouble >= r.n) {
-                    code = 400, snprintf(msg, sizeof msg,
-                                         "\"positions\"[%d] is not a position in [0, %d)", n_pos,
-                                         r.n);
-                    break;
-                }
-                pos[n_pos++] = (int32_t)e->valuedouble;
-            }
+    cJSON_ArrayForEach(e, units) {
+        if (!ablate_unit(s, e, kind ? kind->valuestring : NULL, a->r.n, &a->u[a->nu++], msg, n))
+            return 400;
+    }
+    if (present(b, "positions")) {
+        if (!cJSON_IsArray(positions) || cJSON_GetArraySize(positions) < 1)
+            return snprintf(msg, n, "\"positions\" must be a non-empty array"), 400;
+        if (!(a->pos = malloc((size_t)cJSON_GetArraySize(positions) * sizeof *a->pos)))
+            return snprintf(msg, n, "out of memory"), 500;
+        cJSON_ArrayForEach(e, positions) {
+            if (!cJSON_IsNumber(e) || e->valuedouble != floor(e->valuedouble) ||
+                e->valuedouble < 0 || e->valuedouble >= a->r.n)
+                return snprintf(msg, n, "\"positions\"[%d] is not a position in [0, %d)",
+                                a->n_pos, a->r.n), 400;
+            a->pos[a->n_pos++] = (int32_t)e->valuedouble;
         }
     }
+    return parse_mode_inputs(s, b, a, msg, n);
+}
+
+/* /api/ablate: the target before and after the units' edits, with the
+ * library calls of `resid ablate` (cli/intervene.c). */
+static enum MHD_Result api_ablate(server *s, struct MHD_Connection *c, const cJSON *b) {
+    char msg[600];
+    ablate_req a;
+    unsigned code = parse_ablate(s, b, &a, msg, sizeof msg);
     if (code) {
-        free(r.ids), free(u), free(pos);
+        ablate_req_free(&a);
         return send_error(c, code, "ablate: %s", msg);
     }
+    const req *r = &a.r;
     resid_error err;
     resid_target_stats before, after;
-    int32_t target = r.target;
+    int32_t target = r->target;
     resid_intervention *iv = NULL;
+    float *means = NULL, *vecs = NULL;
+    int64_t n_means = 0;
+    resid_status st = RESID_OK;
     pthread_mutex_lock(&s->lock);
-    resid_status st = resid_intervention_run(s->m, NULL, r.ids, r.n, r.target, &before, &target,
-                                             NULL, NULL, &err);
-    if (st == RESID_OK) st = resid_intervention_new(s->m, &iv, &err);
-    for (int i = 0; st == RESID_OK && i < nu; i++)
-        st = resid_intervention_zero(iv, &u[i], pos, n_pos, &err);
+    if (a.mode == RESID_IV_MEAN)
+        st = resid_unit_means(s->m, (const int32_t *const *)a.mp, a.mp_n, a.n_mp, a.u, a.nu,
+                              &means, &n_means, &err);
+    if (st == RESID_OK && a.mode == RESID_IV_ADD)
+        st = cli_iv_unit_vectors(s->m, r->ids, r->n, a.u, a.nu, &vecs, &err);
     if (st == RESID_OK)
-        st = resid_intervention_run(s->m, iv, r.ids, r.n, target, &after, NULL, NULL, NULL, &err);
+        st = resid_intervention_run(s->m, NULL, r->ids, r->n, r->target, &before, &target, NULL,
+                                    NULL, &err);
+    if (st == RESID_OK) st = resid_intervention_new(s->m, &iv, &err);
+    if (st == RESID_OK && a.clean)
+        st = resid_intervention_set_clean(iv, a.clean, a.n_clean, &err);
+    const cli_iv_spec spec = {.mode = a.mode, .units = a.u, .n_units = a.nu, .pos = a.pos,
+                              .n_pos = a.n_pos, .means = means, .vecs = vecs, .n_vecs = a.nu,
+                              .scale = a.scale, .layers = a.layers, .n_layers = a.n_layers};
+    if (st == RESID_OK) st = cli_iv_build(s->m, iv, &spec, &err);
+    if (st == RESID_OK)
+        st = resid_intervention_run(s->m, iv, r->ids, r->n, target, &after, NULL, NULL, NULL,
+                                    &err);
     pthread_mutex_unlock(&s->lock);
     resid_intervention_free(iv);
+    free(means), free(vecs);
     cJSON *out = NULL;
     if (st == RESID_OK && (out = cJSON_CreateObject())) {
-        cJSON_AddItemToObject(out, "tokens", cli_json_tokens(s->tok, r.ids, r.n));
-        cJSON_AddItemToObject(out, "target", cli_json_token(s->tok, r.ids[r.n - 1], target));
-        cJSON_AddStringToObject(out, "mode", "zero");
-        cJSON_AddItemToObject(out, "units", cli_json_units(u, nu));
+        cJSON_AddItemToObject(out, "tokens", cli_json_tokens(s->tok, r->ids, r->n));
+        cJSON_AddItemToObject(out, "target", cli_json_token(s->tok, r->ids[r->n - 1], target));
+        cJSON_AddStringToObject(out, "mode", resid_iv_mode_name(a.mode));
+        cJSON_AddItemToObject(out, "units", cli_json_units(a.u, a.nu));
+        if (a.mode == RESID_IV_REPLACE)
+            cJSON_AddItemToObject(out, "clean_tokens", cli_json_tokens(s->tok, a.clean, a.n_clean));
+        if (a.mode == RESID_IV_MEAN) cJSON_AddNumberToObject(out, "n_mean_prompts", a.n_mp);
+        if (a.mode == RESID_IV_ADD) {
+            cJSON_AddNumberToObject(out, "scale", a.scale);
+            cJSON *la = cJSON_AddArrayToObject(out, "layers");
+            for (int32_t i = 0; la && i < a.n_layers; i++)
+                cJSON_AddItemToArray(la, cJSON_CreateNumber(a.layers[i]));
+        }
         cJSON_AddItemToObject(out, "before", cli_json_target_stats(&before));
         cJSON_AddItemToObject(out, "after", cli_json_target_stats(&after));
     }
-    free(r.ids), free(u), free(pos);
+    ablate_req_free(&a);
     if (st != RESID_OK) return send_error(c, lib_status(st), "ablate: %s", err.msg);
     return send_json(c, 200, out); /* NULL: a 500 "out of memory" */
 }

@@ -8,10 +8,17 @@
  *  - malformed JSON, an oversized body, a prompt of several thousand
  *    tokens, an unknown unit, a bad field type each get a 4xx with a clear
  *    message, and the server stays up (GET /api/info);
- *  - /api/ablate gives what `resid ablate --json` gives for the same prompt
- *    and units (before/after p, log p, rank: 1e-12; unit ids as strings and
- *    as objects), the zeroed units actually change p(target), and a
- *    malformed or out-of-range unit, a bad mode or no units is a 400;
+ *  - /api/ablate gives what `resid ablate --json` gives for the same prompt,
+ *    units and mode (tokens, target, units and every field of before/after
+ *    exactly, as printed): zero (unit ids as strings and as objects),
+ *    replace (clean text and clean ids; patching the prompt into itself is
+ *    a bit-exact no-op), mean (the CLI's --mean-prompts file as a JSON
+ *    array) and add (each unit's own vector, scale, layers); the edits
+ *    actually change p(target);
+ *  - a malformed or out-of-range unit, no units, an unknown mode, replace
+ *    without a clean prompt or with one of another length, mean without
+ *    mean prompts or with too many, a field of another mode, a clean or
+ *    mean prompt over --max-tokens each get a 4xx with a clear message;
  *  - a stalled client (half a request, then silence) does not hold up
  *    another request;
  *  - binding to a non-loopback address is refused without --allow-remote.
@@ -308,8 +315,9 @@ static void test_errors(void **state) {
     expect_error("/api/ablate", a3, strlen(a3), 400, "ambiguous");
     const char *a4 = "{\"prompt\": \"Once upon\", \"units\": []}";
     expect_error("/api/ablate", a4, strlen(a4), 400, "non-empty array");
-    const char *a5 = "{\"prompt\": \"Once upon\", \"units\": [\"h:1_0\"], \"mode\": \"mean\"}";
-    expect_error("/api/ablate", a5, strlen(a5), 400, "\"zero\"");
+    const char *a5 = "{\"prompt\": \"Once upon\", \"units\": [\"h:1_0\"], \"mode\": \"steer\"}";
+    expect_error("/api/ablate", a5, strlen(a5), 400,
+                 "\"mode\" must be \"zero\", \"mean\", \"replace\" or \"add\"");
     const char *a6 = "{\"prompt\": \"Once upon\", \"units\": [{\"kind\": \"bogus\"}]}";
     expect_error("/api/ablate", a6, strlen(a6), 400, "unknown");
     const char *a7 = "{\"prompt\": \"Once upon\", \"units\": [{\"kind\": \"head-pos\", "
@@ -327,60 +335,298 @@ static void test_errors(void **state) {
     cJSON_Delete(j);
 }
 
-/* /api/ablate vs `resid ablate --json` (the CLI is the reference; both call
- * the interventions library, so equal to 1e-12), units as ids and as
- * objects. */
-static void test_ablate(void **state) {
-    (void)state;
+/* `resid ablate MODEL ARGS --json`, parsed: the reference of /api/ablate. */
+static cJSON *cli_ablate(const char *args) {
     char *path = tu_model_path(STORIES);
-    char cmd[2048];
-    snprintf(cmd, sizeof cmd,
-             "'%s' ablate '%s' -p 'Once upon a time, there was a boy named Tim. Tim had a big "
-             "red' --units n:3_17,h:4_2,2_1_5 --json 2>/dev/null",
-             tu_cli(), path);
+    size_t cap = strlen(args) + strlen(path) + strlen(tu_cli()) + 64;
+    char *cmd = malloc(cap);
+    snprintf(cmd, cap, "'%s' ablate '%s' %s --json 2>/dev/null", tu_cli(), path, args);
     int st;
     char *out = tu_run(cmd, &st);
+    if (st != 0) print_error("%s: exit %d\n", cmd, st);
     assert_int_equal(st, 0);
-    cJSON *ref_j = cJSON_Parse(out);
-    assert_non_null(ref_j);
-    free(out), free(path);
+    cJSON *j = cJSON_Parse(out);
+    assert_non_null(j);
+    free(out), free(path), free(cmd);
+    return j;
+}
+
+/* The field `k` of a and b printed unformatted: equal strings = every
+ * number equal to the last digit cJSON prints (it prints the shortest
+ * decimal that reads back as the same double). */
+static void assert_same_field(const cJSON *a, const cJSON *b, const char *k) {
+    char *x = cJSON_PrintUnformatted(cJSON_GetObjectItemCaseSensitive(a, k));
+    char *y = cJSON_PrintUnformatted(cJSON_GetObjectItemCaseSensitive(b, k));
+    if (!x || !y || strcmp(x, y)) {
+        print_error("field \"%s\": served %s, CLI %s\n", k, x ? x : "(none)", y ? y : "(none)");
+        fail();
+    }
+    free(x), free(y);
+}
+
+/* POSTs body to /api/ablate and checks the answer against the CLI's JSON
+ * ref: tokens, target, mode, units, before, after (and add's scale and
+ * layers) exactly. Returns the served JSON. */
+static cJSON *ablate_vs_cli(const char *what, const char *body, const cJSON *ref) {
+    int st;
+    cJSON *j = post_json("/api/ablate", body, &st);
+    if (st != 200) print_error("%s: status %d\n", what, st);
+    assert_int_equal(st, 200);
+    assert_non_null(j);
+    static const char *fields[] = {"tokens", "target", "mode", "units", "before", "after"};
+    for (size_t k = 0; k < sizeof fields / sizeof *fields; k++)
+        assert_same_field(j, ref, fields[k]);
+    if (!strcmp(cJSON_GetObjectItem(ref, "mode")->valuestring, "add")) {
+        assert_same_field(j, ref, "scale");
+        assert_same_field(j, ref, "layers");
+    }
+    const double pb = num(cJSON_GetObjectItem(j, "before"), "prob");
+    const double pa = num(cJSON_GetObjectItem(j, "after"), "prob");
+    printf("# /api/ablate %s == resid ablate --json (every field of before/after exact); "
+           "p(target) %.6f -> %.6f\n",
+           what, pb, pa);
+    return j;
+}
+
+#define TIM "Once upon a time, there was a boy named Tim. Tim had a big red"
+
+/* Mode zero: units as ids and as objects. */
+static void test_ablate(void **state) {
+    (void)state;
+    cJSON *ref_j = cli_ablate("-p '" TIM "' --units n:3_17,h:4_2,2_1_5");
     static const char *bodies[2] = {
-        "{\"prompt\": \"Once upon a time, there was a boy named Tim. Tim had a big red\", "
-        "\"units\": [\"n:3_17\", \"h:4_2\", \"2_1_5\"], \"mode\": \"zero\"}",
-        "{\"prompt\": \"Once upon a time, there was a boy named Tim. Tim had a big red\", "
-        "\"units\": [{\"kind\": \"ffn-neuron\", \"layer\": 3, \"neuron\": 17}, {\"kind\": "
-        "\"head\", \"layer\": 4, \"head\": 2}, {\"kind\": \"head-pos\", \"layer\": 2, \"head\": 1, "
-        "\"pos\": 5}]}",
+        "{\"prompt\": \"" TIM "\", \"units\": [\"n:3_17\", \"h:4_2\", \"2_1_5\"], \"mode\": "
+        "\"zero\"}",
+        "{\"prompt\": \"" TIM "\", \"units\": [{\"kind\": \"ffn-neuron\", \"layer\": 3, "
+        "\"neuron\": 17}, {\"kind\": \"head\", \"layer\": 4, \"head\": 2}, {\"kind\": "
+        "\"head-pos\", \"layer\": 2, \"head\": 1, \"pos\": 5}]}",
     };
-    static const char *stats[] = {"prob", "logprob", "rank", "model_prob", "model_logprob",
-                                  "model_rank"};
     for (int b = 0; b < 2; b++) {
-        cJSON *j = post_json("/api/ablate", bodies[b], &st);
-        assert_int_equal(st, 200);
-        assert_non_null(j);
-        assert_int_equal(num(cJSON_GetObjectItem(j, "target"), "id"),
-                         num(cJSON_GetObjectItem(ref_j, "target"), "id"));
-        char *ua = cJSON_PrintUnformatted(cJSON_GetObjectItem(j, "units"));
-        char *ub = cJSON_PrintUnformatted(cJSON_GetObjectItem(ref_j, "units"));
-        assert_string_equal(ua, ub);
-        free(ua), free(ub);
-        double worst = 0;
-        for (int w = 0; w < 2; w++) {
-            const char *when = w ? "after" : "before";
-            for (size_t k = 0; k < sizeof stats / sizeof *stats; k++)
-                worst = fmax(worst, fabs(num(cJSON_GetObjectItem(j, when), stats[k]) -
-                                         num(cJSON_GetObjectItem(ref_j, when), stats[k])));
-        }
+        cJSON *j = ablate_vs_cli(b ? "zero (objects)" : "zero (ids)", bodies[b], ref_j);
         const double pb = num(cJSON_GetObjectItem(j, "before"), "prob");
         const double pa = num(cJSON_GetObjectItem(j, "after"), "prob");
-        printf("# /api/ablate (%s) vs resid ablate --json: maxdiff %.2e; p(target) %.6f -> "
-               "%.6f\n",
-               b ? "objects" : "ids", worst, pb, pa);
-        assert_true(worst <= 1e-12);
         assert_true(fabs(pa - pb) > 1e-6); /* the intervention did something */
         cJSON_Delete(j);
     }
     cJSON_Delete(ref_j);
+}
+
+/* The tokens' ids of a {tokens: [{id}...]}-style array as "1,2,3". */
+static void ids_text(const cJSON *tokens, char *buf, size_t n) {
+    size_t len = 0;
+    buf[0] = 0;
+    const cJSON *t;
+    cJSON_ArrayForEach(t, tokens) {
+        len += (size_t)snprintf(buf + len, n - len, "%s%d", len ? "," : "", (int)num(t, "id"));
+    }
+}
+
+/* Mode replace (activation patching) against `resid ablate --mode replace
+ * --clean`: the clean prompt as text and as ids; patching in the prompt's
+ * own activations changes nothing, bit for bit. */
+static void test_ablate_replace(void **state) {
+    (void)state;
+    cJSON *ref_j = cli_ablate("-p 'Lily saw a big dog' --units a2,h:3_1,2_1_5 --mode replace "
+                              "--clean 'Lily saw a big cat'");
+    cJSON *j = ablate_vs_cli("replace (clean text)",
+                             "{\"prompt\": \"Lily saw a big dog\", \"units\": [\"a2\", "
+                             "\"h:3_1\", \"2_1_5\"], \"mode\": \"replace\", \"clean\": \"Lily saw "
+                             "a big cat\"}",
+                             ref_j);
+    /* the clean tokens, as `resid tokenize` gives them */
+    char *path = tu_model_path(STORIES);
+    char cmd[1024];
+    snprintf(cmd, sizeof cmd, "'%s' tokenize '%s' -p 'Lily saw a big cat' --json", tu_cli(), path);
+    int st;
+    char *out = tu_run(cmd, &st);
+    assert_int_equal(st, 0);
+    cJSON *tk = cJSON_Parse(out);
+    free(out), free(path);
+    char want[256], got[256];
+    ids_text(cJSON_GetObjectItem(tk, "tokens"), want, sizeof want);
+    ids_text(cJSON_GetObjectItem(j, "clean_tokens"), got, sizeof got);
+    printf("# clean_tokens %s\n", got);
+    assert_string_equal(got, want);
+    assert_int_equal(cJSON_GetArraySize(cJSON_GetObjectItem(j, "clean_tokens")), 7);
+    assert_true(fabs(num(cJSON_GetObjectItem(j, "after"), "prob") -
+                     num(cJSON_GetObjectItem(j, "before"), "prob")) > 1e-6);
+    cJSON_Delete(j), cJSON_Delete(tk);
+    /* clean_ids: the same answer */
+    char body[512];
+    snprintf(body, sizeof body,
+             "{\"prompt\": \"Lily saw a big dog\", \"units\": [\"a2\", \"h:3_1\", \"2_1_5\"], "
+             "\"mode\": \"replace\", \"clean_ids\": [%s]}",
+             want);
+    j = ablate_vs_cli("replace (clean_ids)", body, ref_j);
+    cJSON_Delete(j), cJSON_Delete(ref_j);
+    /* positions and a target given; and the prompt patched into itself:
+     * after == before exactly */
+    ref_j = cli_ablate("-p '" TIM "' --units f1,h:2_3 --mode replace --clean '" TIM
+                       "' --positions 3,20 --target-id 395");
+    j = ablate_vs_cli("replace (self, positions, target_id)",
+                      "{\"prompt\": \"" TIM "\", \"units\": [\"f1\", \"h:2_3\"], \"mode\": "
+                      "\"replace\", \"clean\": \"" TIM "\", \"positions\": [3, 20], "
+                      "\"target_id\": 395}",
+                      ref_j);
+    char *b = cJSON_PrintUnformatted(cJSON_GetObjectItem(j, "before"));
+    char *a = cJSON_PrintUnformatted(cJSON_GetObjectItem(j, "after"));
+    assert_string_equal(a, b);
+    free(a), free(b);
+    cJSON_Delete(j), cJSON_Delete(ref_j);
+}
+
+/* Mode mean against `resid ablate --mode mean --mean-prompts FILE`: the
+ * same prompts as a JSON array (texts, and one as ids). */
+static void test_ablate_mean(void **state) {
+    (void)state;
+    static const char lines[] = "Lily went to the park\nThe cat sat on the mat\nOnce upon a "
+                                "time\n";
+    char *file = tu_write_temp("serve_mean_prompts.txt", lines, sizeof lines - 1);
+    char *q = tu_sh_quote(file);
+    char args[1024];
+    snprintf(args, sizeof args,
+             "-p '" TIM "' --units n:3_17,h:4_2,a2,f1,wo:1_0_5 --mode mean --mean-prompts %s",
+             q);
+    cJSON *ref_j = cli_ablate(args);
+    const char *body = "{\"prompt\": \"" TIM "\", \"units\": [\"n:3_17\", \"h:4_2\", \"a2\", "
+                       "\"f1\", \"wo:1_0_5\"], \"mode\": \"mean\", \"mean_prompts\": [\"Lily "
+                       "went to the park\", \"The cat sat on the mat\", \"Once upon a time\"]}";
+    cJSON *j = ablate_vs_cli("mean (3 prompts)", body, ref_j);
+    assert_int_equal(num(j, "n_mean_prompts"), 3);
+    assert_true(fabs(num(cJSON_GetObjectItem(j, "after"), "prob") -
+                     num(cJSON_GetObjectItem(j, "before"), "prob")) > 1e-6);
+    cJSON_Delete(j);
+    /* "Once upon a time" as ids */
+    body = "{\"prompt\": \"" TIM "\", \"units\": [\"n:3_17\", \"h:4_2\", \"a2\", \"f1\", "
+           "\"wo:1_0_5\"], \"mode\": \"mean\", \"mean_prompts\": [\"Lily went to the park\", "
+           "\"The cat sat on the mat\", [1, 403, 407, 261, 378]]}";
+    j = ablate_vs_cli("mean (a prompt as ids)", body, ref_j);
+    cJSON_Delete(j), cJSON_Delete(ref_j);
+    /* one prompt, query positions */
+    static const char one[] = "Tom had a red ball\n";
+    char *file1 = tu_write_temp("serve_mean_prompt1.txt", one, sizeof one - 1);
+    char *q1 = tu_sh_quote(file1);
+    snprintf(args, sizeof args,
+             "-p '" TIM "' --units h:1_0,n:4_100 --mode mean --mean-prompts %s --positions 20",
+             q1);
+    ref_j = cli_ablate(args);
+    j = ablate_vs_cli("mean (1 prompt, positions)",
+                      "{\"prompt\": \"" TIM "\", \"units\": [\"h:1_0\", \"n:4_100\"], \"mode\": "
+                      "\"mean\", \"mean_prompts\": [\"Tom had a red ball\"], \"positions\": [20]}",
+                      ref_j);
+    assert_int_equal(num(j, "n_mean_prompts"), 1);
+    cJSON_Delete(j), cJSON_Delete(ref_j);
+    remove(file), remove(file1);
+    free(file), free(q), free(file1), free(q1);
+}
+
+/* Mode add (steering with each unit's own vector at t*) against `resid
+ * ablate --mode add` without --vector: with scale and layers, and the
+ * defaults (scale 1, the final residual). */
+static void test_ablate_add(void **state) {
+    (void)state;
+    cJSON *ref_j =
+        cli_ablate("-p '" TIM "' --units h:3_1,n:2_5,2_1_5,a1 --mode add --scale 2 --layers 2,4");
+    cJSON *j = ablate_vs_cli("add (scale 2, layers 2,4)",
+                             "{\"prompt\": \"" TIM "\", \"units\": [\"h:3_1\", \"n:2_5\", "
+                             "\"2_1_5\", \"a1\"], \"mode\": \"add\", \"scale\": 2, \"layers\": "
+                             "[2, 4]}",
+                             ref_j);
+    assert_true(fabs(num(cJSON_GetObjectItem(j, "after"), "prob") -
+                     num(cJSON_GetObjectItem(j, "before"), "prob")) > 1e-6);
+    cJSON_Delete(j), cJSON_Delete(ref_j);
+    ref_j = cli_ablate("-p 'Lily saw a big dog' --units f3,3_1_2_4 --mode add --scale -1.5");
+    j = ablate_vs_cli("add (defaults, scale -1.5)",
+                      "{\"prompt\": \"Lily saw a big dog\", \"units\": [\"f3\", \"3_1_2_4\"], "
+                      "\"mode\": \"add\", \"scale\": -1.5}",
+                      ref_j);
+    cJSON_Delete(j), cJSON_Delete(ref_j);
+}
+
+/* Bad inputs of the modes: each a 4xx with a clear message, server up. */
+static void test_ablate_mode_errors(void **state) {
+    (void)state;
+    static const struct {
+        const char *body, *needle;
+        int status;
+    } cases[] = {
+        {"{\"prompt\": \"Lily saw a big dog\", \"units\": [\"a2\"], \"mode\": \"replace\"}",
+         "mode \"replace\" needs one of \"clean\" (text) or \"clean_ids\"", 400},
+        {"{\"prompt\": \"Lily saw a big dog\", \"units\": [\"a2\"], \"mode\": \"replace\", "
+         "\"clean\": \"Lily saw a big elephant today\"}",
+         "the clean prompt has 14 tokens but the prompt has 7", 400},
+        {"{\"prompt\": \"Lily saw a big dog\", \"units\": [\"a2\"], \"mode\": \"replace\", "
+         "\"clean_ids\": [1, 317, 394]}",
+         "the clean prompt has 3 tokens but the prompt has 7", 400},
+        {"{\"prompt\": \"Lily saw a big dog\", \"units\": [\"a2\"], \"mode\": \"replace\", "
+         "\"clean_ids\": [1, 317, 394, 261, 370, 280, 9999]}",
+         "\"clean_ids\"[6] is not a token id", 400},
+        {"{\"prompt\": \"Lily saw a big dog\", \"units\": [\"a2\"], \"mode\": \"replace\", "
+         "\"clean\": \"Lily saw a big cat\", \"clean_ids\": [1]}",
+         "not both", 400},
+        {"{\"prompt\": \"Lily saw a big dog\", \"units\": [\"a2\"], \"mode\": \"replace\", "
+         "\"clean\": 7}",
+         "\"clean\" must be a string", 400},
+        {"{\"prompt\": \"Lily saw a big dog\", \"units\": [\"a2\"], \"mode\": \"mean\"}",
+         "mode \"mean\" needs \"mean_prompts\"", 400},
+        {"{\"prompt\": \"Lily saw a big dog\", \"units\": [\"a2\"], \"mode\": \"mean\", "
+         "\"mean_prompts\": []}",
+         "mode \"mean\" needs \"mean_prompts\"", 400},
+        {"{\"prompt\": \"Lily saw a big dog\", \"units\": [\"a2\"], \"mode\": \"mean\", "
+         "\"mean_prompts\": [\"a\", \"b\", \"c\", \"d\", \"e\", \"f\", \"g\", \"h\", \"i\", "
+         "\"j\", \"k\", \"l\", \"m\", \"n\", \"o\", \"p\", \"q\"]}",
+         "17 mean prompts; this server takes at most 16", 413},
+        {"{\"prompt\": \"Lily saw a big dog\", \"units\": [\"a2\"], \"mode\": \"mean\", "
+         "\"mean_prompts\": [\"a\", 3]}",
+         "\"mean_prompts[1]\" must be a text or an array of token ids", 400},
+        {"{\"prompt\": \"Lily saw a big dog\", \"units\": [\"2_1_5\"], \"mode\": \"mean\", "
+         "\"mean_prompts\": [\"a\"]}",
+         "unit 2_1_5 names a source position: it has no mean", 400},
+        {"{\"prompt\": \"Lily saw a big dog\", \"units\": [\"a2\"], \"mode\": \"mean\", "
+         "\"mean_prompts\": [\"a\"], \"means\": [0.5]}",
+         "\"means\" (raw unit means) is not served", 400},
+        {"{\"prompt\": \"Lily saw a big dog\", \"units\": [\"a2\"], \"clean\": \"x\"}",
+         "\"clean\" goes with \"mode\": \"replace\"", 400},
+        {"{\"prompt\": \"Lily saw a big dog\", \"units\": [\"a2\"], \"mode\": \"replace\", "
+         "\"clean\": \"Lily saw a big cat\", \"mean_prompts\": [\"a\"]}",
+         "\"mean_prompts\" goes with \"mode\": \"mean\"", 400},
+        {"{\"prompt\": \"Lily saw a big dog\", \"units\": [\"a2\"], \"mode\": \"add\", "
+         "\"vector\": [1, 2]}",
+         "\"vector\" is not served", 400},
+        {"{\"prompt\": \"Lily saw a big dog\", \"units\": [\"a2\"], \"mode\": \"add\", "
+         "\"layers\": [6]}",
+         "\"layers\"[0] is not a layer in [0, 5]", 400},
+        {"{\"prompt\": \"Lily saw a big dog\", \"units\": [\"a2\"], \"mode\": \"add\", "
+         "\"scale\": \"big\"}",
+         "\"scale\" must be a finite number", 400},
+        {"{\"prompt\": \"Lily saw a big dog\", \"units\": [\"a2\"], \"mode\": \"ablate\"}",
+         "\"mode\" must be \"zero\", \"mean\", \"replace\" or \"add\"", 400},
+        {"{\"prompt\": \"Lily saw a big dog\", \"units\": [\"a2\"], \"mode\": 2}",
+         "\"mode\" must be \"zero\", \"mean\", \"replace\" or \"add\"", 400},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++)
+        expect_error("/api/ablate", cases[i].body, strlen(cases[i].body), cases[i].status,
+                     cases[i].needle);
+    /* The prompt-length limit (512 here) holds for clean and mean prompts. */
+    static const char *const heads[] = {
+        "{\"prompt\": \"Lily saw a big dog\", \"units\": [\"a2\"], \"mode\": \"replace\", "
+        "\"clean\": \"",
+        "{\"prompt\": \"Lily saw a big dog\", \"units\": [\"a2\"], \"mode\": \"mean\", "
+        "\"mean_prompts\": [\"Lily\", \"",
+    };
+    static const char *const tails[] = {"\"}", "\"]}"};
+    static const char *const needles[] = {"the clean prompt is", "mean prompt 1"};
+    for (int k = 0; k < 2; k++) {
+        size_t n = 0, cap = 64 * 1024;
+        char *p = malloc(cap);
+        n += (size_t)snprintf(p, cap, "%s", heads[k]);
+        for (int i = 0; i < 4000; i++)
+            n += (size_t)snprintf(p + n, cap - n, "a ");
+        n += (size_t)snprintf(p + n, cap - n, "%s", tails[k]);
+        expect_error("/api/ablate", p, n, 413, "at most 512");
+        expect_error("/api/ablate", p, n, 413, needles[k]);
+        free(p);
+    }
 }
 
 static void test_stalled_client(void **state) {
@@ -435,6 +681,10 @@ int main(void) {
         cmocka_unit_test(test_concurrent),
         cmocka_unit_test(test_errors),
         cmocka_unit_test(test_ablate),
+        cmocka_unit_test(test_ablate_replace),
+        cmocka_unit_test(test_ablate_mean),
+        cmocka_unit_test(test_ablate_add),
+        cmocka_unit_test(test_ablate_mode_errors),
         cmocka_unit_test(test_stalled_client),
         cmocka_unit_test(test_non_loopback_refused),
     };
