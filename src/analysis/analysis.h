@@ -22,17 +22,13 @@
 #include "model/model.h"
 #include "resid.h"
 
-/* Rows per vocabulary-projection GEMM. Every projection goes through a GEMM
- * of exactly this many rows (zero-padded), so a row's result does not
- * depend on which other rows share its batch: the certified and exhaustive
- * paths get bit-identical scores. */
+/* Rows per batch of the certified ranking once its heap is full, and of
+ * rs_project (a BLAS GEMM of exactly this many rows, zero-padded, so a
+ * row's result does not depend on the rows sharing its batch). */
 #define RS_PROJ_ROWS 32
-/* Rows per BLAS GEMM when screening (exhaustive ranking): c is
- * RS_SCREEN_ROWS × V floats. */
-#define RS_SCREEN_ROWS 128
 /* Rows per canonical projection in exact scoring (rs_project_canon streams
  * W_U once per call, so fewer, larger calls are faster; c is
- * RS_CANON_ROWS × V floats). At most RS_SCREEN_ROWS. */
+ * RS_CANON_ROWS × V floats). */
 #define RS_CANON_ROWS 128
 /* The certified ranking scores the first K candidates (which any ranking
  * must score) in one batch of up to this many rows, then RS_PROJ_ROWS at a
@@ -110,8 +106,8 @@ bool rs_tokcache_get(const resid_explainer *e, const resid_unit *u, int32_t k,
 void rs_tokcache_extremes(const resid_explainer *e, const float *c, double scale,
                           resid_token_value *top, resid_token_value *bottom);
 
-/* The exact (canonical) LPI of every unit scored so far: rs_exact_lpi with
- * canon consults and fills it. A full memo drops entries silently. */
+/* The exact (canonical) LPI of every unit scored so far: rs_exact_lpi
+ * consults and fills it. A full memo drops entries silently. */
 typedef struct rs_lpimemo rs_lpimemo;
 void rs_lpimemo_free(rs_lpimemo *c);
 void rs_lpimemo_put(resid_explainer *e, const resid_unit *u, double lpi);
@@ -124,9 +120,6 @@ void rs_lensmap(const resid_explainer *e, const float *v, float *y);
 /* c[n][V] = y[n][D]·W_Uᵀ for n <= RS_PROJ_ROWS rows, through one GEMM of
  * exactly RS_PROJ_ROWS rows. `pad` is scratch [RS_PROJ_ROWS][D]. */
 void rs_project(resid_explainer *e, const float *y, int n, float *pad, float *c);
-/* c[n][V] = y[n][D]·W_Uᵀ through one BLAS GEMM of n rows (any n): fast, but
- * a row's rounding may depend on its batch. For screening only. */
-void rs_project_many(resid_explainer *e, const float *y, int n, float *c);
 /* The same product, computed so that each row's result depends on that row
  * alone (a fixed operation order, independent of n, tiles and threads): the
  * definition of an exact score. c[n][V]. */
@@ -174,15 +167,13 @@ void rs_score_linear(resid_explainer *e, const resid_unit *u, resid_score *sc);
  * statistics). Call before the functions below. */
 resid_status rs_units_prepare(resid_explainer *e, const resid_unit *u, int64_t n,
                               resid_error *err);
-/* Exact LPIs of n prepared units (any mix of kinds) into lpi[n]; canon:
- * through rs_project_canon (the exact score), else through BLAS (within
- * rounding proportional to rs_unit_ynorm of it). Vector
- * units are projected RS_PROJ_ROWS per GEMM, directional units once per
- * distinct direction (which also fills the direction's pmax/pmin). */
+/* Exact LPIs of n prepared units (any mix of kinds) into lpi[n], through
+ * rs_project_canon (the definition of an exact score) or the LPI memo.
+ * Vector units are projected RS_CANON_ROWS per call, directional units
+ * once per distinct direction (which also fills the direction's
+ * pmax/pmin); the token cache, when on, keeps their tokens. */
 resid_status rs_exact_lpi(resid_explainer *e, const resid_unit *const *u, int64_t n,
-                          double *lpi, bool canon, resid_error *err);
-/* ‖lensmap(v)‖ of a prepared unit (bounds the size of its bs values). */
-double rs_unit_ynorm(resid_explainer *e, const resid_unit *u);
+                          double *lpi, resid_error *err);
 /* Sets sc->lpi and sc->prob_inc = p(w|x)·expm1(lpi). */
 void rs_score_finish(resid_explainer *e, resid_score *sc, double lpi);
 

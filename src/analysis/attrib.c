@@ -7,7 +7,8 @@
  * attention neurons: α_j v_j[n]·W_O^h[n,:]), projected once per row and
  * shared by every unit on it. Exact scores go through rs_project_canon,
  * whose operation order is fixed per row, so a unit's score does not depend
- * on its batch; BLAS (rs_project) only screens, in the exhaustive ranking.
+ * on its batch, and the explainer remembers every exact score it made (the
+ * LPI memo) and, on request, the projection's top and bottom tokens.
  */
 #include <errno.h>
 #include <math.h>
@@ -434,13 +435,13 @@ static resid_status prepare(resid_explainer *e, const resid_unit *u, int64_t n,
 
 /* LPIs of vector units, RS_CANON_ROWS at a time. */
 static resid_status exact_vectors(resid_explainer *e, const resid_unit *const *u, int64_t n,
-                                  double *lpi, bool canon, resid_error *err) {
-    const int D = e->D, V = e->V, B = canon ? RS_CANON_ROWS : RS_SCREEN_ROWS;
+                                  double *lpi, resid_error *err) {
+    const int D = e->D, V = e->V, B = RS_CANON_ROWS;
     float *y = malloc((size_t)B * D * sizeof(float));
     float *c = malloc((size_t)B * V * sizeof(float));
     float *v = malloc((size_t)D * sizeof(float));
     /* the exact projections double as the units' token lists */
-    const int32_t kt = canon ? rs_tokcache_k(e) : 0;
+    const int32_t kt = rs_tokcache_k(e);
     resid_token_value *tv = kt ? malloc((size_t)B * 2 * kt * sizeof *tv) : NULL;
     if (!y || !c || !v || (kt && !tv)) {
         free(y), free(c), free(v), free(tv);
@@ -452,10 +453,7 @@ static resid_status exact_vectors(resid_explainer *e, const resid_unit *const *u
             rs_unit_vector(e, u[i0 + r], v);
             rs_lensmap(e, v, y + (size_t)r * D);
         }
-        if (canon)
-            rs_project_canon(e, y, nb, c);
-        else
-            rs_project_many(e, y, nb, c);
+        rs_project_canon(e, y, nb, c);
 #pragma omp parallel for schedule(static) if ((int64_t)nb * V >= RS_PAR_MIN_WORK)
         for (int r = 0; r < nb; r++) {
             lpi[i0 + r] = rs_lpi_from(e, &e->ctx[rs_unit_ctx(u[i0 + r])], c + (size_t)r * V, 1.0f);
@@ -524,21 +522,20 @@ static int cmp_dir_ref(const void *a, const void *b) {
 /* LPIs of directional units: each distinct direction is projected once,
  * RS_CANON_ROWS directions per projection, and records its max/min. */
 static resid_status exact_directional(resid_explainer *e, const resid_unit *const *u,
-                                      int64_t n, double *lpi, bool canon, resid_error *err) {
+                                      int64_t n, double *lpi, resid_error *err) {
     const int D = e->D, V = e->V;
     const int64_t maxrow = (int64_t)e->N > (int64_t)e->H * e->dh ? e->N : (int64_t)e->H * e->dh;
-    _Static_assert(RS_CANON_ROWS <= RS_SCREEN_ROWS, "batch arrays below hold RS_SCREEN_ROWS");
-    const int B = canon ? RS_CANON_ROWS : RS_SCREEN_ROWS;
+    const int B = RS_CANON_ROWS;
     dir_ref *refs = malloc((size_t)n * sizeof *refs);
     float *y = malloc((size_t)B * D * sizeof(float));
     float *c = malloc((size_t)B * V * sizeof(float));
     float *d = malloc((size_t)B * D * sizeof(float));
     int64_t *first = malloc((B + 1) * sizeof(int64_t));
-    const int32_t kt = canon ? rs_tokcache_k(e) : 0;
+    const int32_t kt = rs_tokcache_k(e);
     resid_token_value *tv = kt ? malloc((size_t)B * 2 * kt * sizeof *tv) : NULL;
-    resid_unit_kind bk[RS_SCREEN_ROWS];
-    int32_t bl[RS_SCREEN_ROWS];
-    int64_t brow[RS_SCREEN_ROWS];
+    resid_unit_kind bk[RS_CANON_ROWS];
+    int32_t bl[RS_CANON_ROWS];
+    int64_t brow[RS_CANON_ROWS];
     if (!refs || !y || !c || !d || !first || (kt && !tv)) {
         free(refs), free(y), free(c), free(d), free(first), free(tv);
         return rs_err(err, RESID_E_NOMEM, "scoring: out of memory");
@@ -567,10 +564,7 @@ static resid_status exact_directional(resid_explainer *e, const resid_unit *cons
         first[nb] = j;
         fetch_dirs(e, nb, bk, bl, brow, d);
         for (int r = 0; r < nb; r++) rs_lensmap(e, d + (size_t)r * D, y + (size_t)r * D);
-        if (canon)
-            rs_project_canon(e, y, nb, c);
-        else
-            rs_project_many(e, y, nb, c);
+        rs_project_canon(e, y, nb, c);
 #pragma omp parallel for schedule(dynamic) if ((j - i) * (int64_t)V >= RS_PAR_MIN_WORK)
         for (int r = 0; r < nb; r++) {
             const float *P = c + (size_t)r * V;
@@ -609,7 +603,7 @@ static resid_status exact_directional(resid_explainer *e, const resid_unit *cons
 
 /* Exact LPIs of any mix of units (pointers), checked and prepared. */
 resid_status rs_exact_lpi(resid_explainer *e, const resid_unit *const *u, int64_t n,
-                          double *lpi, bool canon, resid_error *err) {
+                          double *lpi, resid_error *err) {
     if (e->lens == RESID_LENS_LOGIT)
         return rs_err(err, RESID_E_ARG,
                       "the logit lens is not linear: only the layer table accepts it");
@@ -626,20 +620,18 @@ resid_status rs_exact_lpi(resid_explainer *e, const resid_unit *const *u, int64_
     }
     int64_t nv = 0, nd = 0;
     for (int64_t i = 0; i < n; i++) {
-        if (canon && rs_lpimemo_get(e, u[i], &lpi[i])) continue; /* scored before */
+        if (rs_lpimemo_get(e, u[i], &lpi[i])) continue; /* scored before */
         if (rs_unit_is_directional(u[i]->kind))
             dir[nd] = u[i], di[nd++] = i;
         else
             vec[nv] = u[i], vi[nv++] = i;
     }
-    if (nv && (st = exact_vectors(e, vec, nv, lv, canon, err))) goto done;
-    if (nd && (st = exact_directional(e, dir, nd, ld, canon, err))) goto done;
+    if (nv && (st = exact_vectors(e, vec, nv, lv, err))) goto done;
+    if (nd && (st = exact_directional(e, dir, nd, ld, err))) goto done;
     for (int64_t i = 0; i < nv; i++) lpi[vi[i]] = lv[i];
     for (int64_t i = 0; i < nd; i++) lpi[di[i]] = ld[i];
-    if (canon) {
-        for (int64_t i = 0; i < nv; i++) rs_lpimemo_put(e, vec[i], lv[i]);
-        for (int64_t i = 0; i < nd; i++) rs_lpimemo_put(e, dir[i], ld[i]);
-    }
+    for (int64_t i = 0; i < nv; i++) rs_lpimemo_put(e, vec[i], lv[i]);
+    for (int64_t i = 0; i < nd; i++) rs_lpimemo_put(e, dir[i], ld[i]);
 done:
     free(vec), free(dir), free(vi), free(di), free(lv), free(ld);
     return st;
@@ -648,22 +640,6 @@ done:
 resid_status rs_units_prepare(resid_explainer *e, const resid_unit *u, int64_t n,
                               resid_error *err) {
     return prepare(e, u, n, err);
-}
-
-double rs_unit_ynorm(resid_explainer *e, const resid_unit *u) {
-    if (rs_unit_is_directional(u->kind)) {
-        int64_t row;
-        double a = rs_unit_coef(e, u, &row);
-        const rs_dirstats *ds = u->kind == RESID_UNIT_FFN_NEURON ? &e->ffn_dirs[u->layer]
-                                                                 : &e->attn_dirs[u->layer];
-        return fabs(a) * ds->nd[row];
-    }
-    float v[e->D], y[e->D];
-    rs_unit_vector(e, u, v);
-    rs_lensmap(e, v, y);
-    double ss = 0;
-    for (int d = 0; d < e->D; d++) ss += (double)y[d] * y[d];
-    return sqrt(ss) * (1 + 1e-6);
 }
 
 /* Completes a score from its exact LPI. */
@@ -688,7 +664,7 @@ resid_status resid_score_units(resid_explainer *e, const resid_unit *units, int6
         return rs_err(err, RESID_E_NOMEM, "score: out of memory");
     }
     for (int64_t i = 0; i < n; i++) p[i] = &units[i];
-    st = rs_exact_lpi(e, p, n, lpi, true, err);
+    st = rs_exact_lpi(e, p, n, lpi, err);
     if (!st)
         for (int64_t i = 0; i < n; i++) {
             rs_score_linear(e, &units[i], &out[i]);

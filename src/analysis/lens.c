@@ -81,12 +81,6 @@ void rs_project(resid_explainer *e, const float *y, int n, float *pad, float *c)
     e->n_proj += n;
 }
 
-void rs_project_many(resid_explainer *e, const float *y, int n, float *c) {
-    if (n <= 0) return;
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, e->V, e->D, 1.0f, y, e->D, e->wu,
-                e->D, 0.0f, c, e->V);
-    e->n_proj += n;
-}
 
 /* ---------------------------------------------------------------------- */
 /* The canonical kernels                                                  */

@@ -162,8 +162,7 @@ typedef struct rank_job {
 static double signed_key(const rank_job *j, double key) { return j->o->bottom ? -key : key; }
 
 /* Scores units idx[0..m) exactly, fills lpi/sk. */
-static resid_status score_exact(rank_job *j, const int64_t *idx, int64_t m, bool canon,
-                                resid_error *err) {
+static resid_status score_exact(rank_job *j, const int64_t *idx, int64_t m, resid_error *err) {
     const resid_unit **p = calloc((size_t)(m ? m : 1), sizeof *p);
     double *l = malloc((size_t)(m ? m : 1) * sizeof *l);
     if (!p || !l) {
@@ -171,7 +170,7 @@ static resid_status score_exact(rank_job *j, const int64_t *idx, int64_t m, bool
         return rs_err(err, RESID_E_NOMEM, "rank: out of memory");
     }
     for (int64_t i = 0; i < m; i++) p[i] = &j->u[idx[i]];
-    resid_status st = rs_exact_lpi(j->e, p, m, l, canon, err);
+    resid_status st = rs_exact_lpi(j->e, p, m, l, err);
     if (!st)
         for (int64_t i = 0; i < m; i++) {
             resid_score sc;
@@ -252,7 +251,7 @@ static resid_status certified(rank_job *j, heap *h, resid_error *err) {
             rows++;
         }
         if (m == 0) break;
-        if ((st = score_exact(j, batch, m, true, err))) break;
+        if ((st = score_exact(j, batch, m, err))) break;
         for (int64_t q = 0; q < m; q++) heap_push(h, (kv){j->sk[batch[q]], batch[q]});
         if (h->n == h->cap && pos < n && ord[pos].v < h->a[0].v) break;
     }
@@ -306,47 +305,11 @@ resid_status resid_rank(resid_explainer *e, const resid_rank_opts *opts, resid_s
             goto done;
         }
         for (int64_t i = 0; i < n; i++) all[i] = i;
-        /* Screen every unit through BLAS, then rescore exactly those that
-         * can reach the top k given the screening's rounding. */
-        st = score_exact(&j, all, n, false, err);
-        if (st) {
-            free(all);
-            goto done;
-        }
-        double *hi = malloc((size_t)(n ? n : 1) * sizeof *hi);
-        heap hl = {malloc((size_t)(j.k ? j.k : 1) * sizeof(kv)), 0, j.k};
-        if (!hi || !hl.a) {
-            free(all), free(hi), free(hl.a);
-            st = rs_err(err, RESID_E_NOMEM, "rank: out of memory");
-            goto done;
-        }
-        for (int64_t i = 0; i < n; i++) {
-            double dl = 0;
-            if (o.key == RESID_KEY_LPI || o.key == RESID_KEY_PROB_INC)
-                dl = rounding_allowance(e, rs_unit_ynorm(e, &j.u[i])) + 1e-6 * fabs(j.lpi[i]);
-            double klo, khi;
-            if (o.key == RESID_KEY_PROB_INC) {
-                double pw = e->ctx[rs_unit_ctx(&j.u[i])].pw;
-                klo = pw * expm1(j.lpi[i] - dl), khi = pw * expm1(j.lpi[i] + dl);
-            } else {
-                klo = j.sk[i] - dl, khi = j.sk[i] + dl;
-                if (o.bottom) klo = -(-j.sk[i] + dl), khi = -(-j.sk[i] - dl);
-            }
-            if (o.key == RESID_KEY_PROB_INC && o.bottom) {
-                double t = -khi;
-                khi = -klo, klo = t;
-            }
-            hi[i] = khi;
-            heap_push(&hl, (kv){klo, i});
-        }
-        const double theta = hl.n == hl.cap && hl.n > 0 ? hl.a[0].v : -INFINITY;
-        int64_t nb = 0;
-        for (int64_t i = 0; i < n; i++)
-            if (!(hi[i] < theta)) all[nb++] = i;
-        free(hi), free(hl.a);
-        st = score_exact(&j, all, nb, true, err);
+        /* Every unit through the canonical projection (as fast as BLAS at
+         * this batch size), so the scores are the exact ones themselves. */
+        st = score_exact(&j, all, n, err);
         if (!st)
-            for (int64_t q = 0; q < nb; q++) heap_push(&h, (kv){j.sk[all[q]], all[q]});
+            for (int64_t i = 0; i < n; i++) heap_push(&h, (kv){j.sk[i], i});
         free(all);
         if (st) goto done;
     } else if (o.key == RESID_KEY_LOGIT || o.key == RESID_KEY_CONTRAST) {
@@ -362,7 +325,7 @@ resid_status resid_rank(resid_explainer *e, const resid_rank_opts *opts, resid_s
             goto done;
         }
         for (int64_t q = 0; q < h.n; q++) win[q] = h.a[q].i;
-        st = score_exact(&j, win, h.n, true, err);
+        st = score_exact(&j, win, h.n, err);
         free(win);
         if (st) goto done;
     } else if (j.k > 0) {

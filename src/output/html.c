@@ -478,7 +478,7 @@ static resid_status heads_batch(rs_web_ctx *c, const cJSON *heads, const int32_t
     if ((st = rs_units_prepare(e, u, n, err)) != RESID_OK) goto done;
     /* head × positions: exact scores in the order hp lists them */
     double *lhp = lpi + nd;
-    if ((st = rs_exact_lpi(e, hp, nhp, lhp, true, err)) != RESID_OK) goto done;
+    if ((st = rs_exact_lpi(e, hp, nhp, lhp, err)) != RESID_OK) goto done;
     for (int64_t i = 0, q = 0; q < nd; q++)
         for (int32_t j = 0; j < T; j++) lpi[q * per + 1 + j] = lhp[i++];
     /* the heads' tokens: cached, else projected here */
@@ -518,7 +518,7 @@ static resid_status heads_batch(rs_web_ctx *c, const cJSON *heads, const int32_t
             sc[r].contrast = f->valuedouble;
         if (isnan(sc[r].lpi)) { /* no report entry (cannot happen): score it */
             const resid_unit *pu = &u[r];
-            if ((st = rs_exact_lpi(e, &pu, 1, &lpi[r], true, err)) != RESID_OK) goto done;
+            if ((st = rs_exact_lpi(e, &pu, 1, &lpi[r], err)) != RESID_OK) goto done;
             rs_score_finish(e, &sc[r], lpi[r]);
         }
     }
