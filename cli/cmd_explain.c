@@ -49,6 +49,9 @@ static const char help[] =
     "                       units are then scored in the paper lens\n"
     "  -k, --top K          units shown per list (default 10; clamped to the\n"
     "                       number of units, with a note)\n"
+    "      --bottom K       also the K lowest-scoring head x positions, FFN\n"
+    "                       and attention neurons (the units that lower the\n"
+    "                       target most), certified exactly like the top-K\n"
     "      --tokens N       top/bottom tokens shown per unit (default 5)\n"
     "      --exhaustive     score every unit exactly instead of the certified\n"
     "                       bounds (same result, slower; for checking)\n"
@@ -90,13 +93,14 @@ enum {
     OPT_HTML_POSITIONS,
     OPT_HTML_HEADS,
     OPT_COMPARE,
+    OPT_BOTTOM,
 };
 
 typedef struct explain_opts {
     const char *target_text, *vs_text;
     long target_id, vs_id; /* -1: not given */
     resid_lens lens;
-    long top;
+    long top, bottom;
     long n_tokens;
     bool exhaustive, compare;
     const char *json_path;
@@ -109,6 +113,7 @@ static int on_opt(const cli_command *cmd, void *user, int opt, const char *arg) 
     resid_error err;
     switch (opt) {
     case OPT_TOP: return cli_parse_int(cmd, "--top", arg, 1, INT32_MAX, &o->top);
+    case OPT_BOTTOM: return cli_parse_int(cmd, "--bottom", arg, 0, INT32_MAX, &o->bottom);
     case OPT_TOKENS: return cli_parse_int(cmd, "--tokens", arg, 0, 1000, &o->n_tokens);
     case OPT_TARGET: o->target_text = arg; return CLI_CONTINUE;
     case OPT_VS: o->vs_text = arg; return CLI_CONTINUE;
@@ -205,11 +210,15 @@ static const char *lens_desc(const char *l) {
 static const struct {
     const char *name, *title;
     resid_unit_kind kind;
+    bool bottom; /* present with --bottom only */
 } lists[] = {
-    {"heads", "heads", RESID_UNIT_HEAD},
-    {"head_positions", "head x source position", RESID_UNIT_HEAD_POS},
-    {"ffn_neurons", "FFN neurons", RESID_UNIT_FFN_NEURON},
-    {"attn_neurons", "attention neurons", RESID_UNIT_ATTN_NEURON},
+    {"heads", "heads", RESID_UNIT_HEAD, false},
+    {"head_positions", "head x source position", RESID_UNIT_HEAD_POS, false},
+    {"ffn_neurons", "FFN neurons", RESID_UNIT_FFN_NEURON, false},
+    {"attn_neurons", "attention neurons", RESID_UNIT_ATTN_NEURON, false},
+    {"head_positions_bottom", "head x source position", RESID_UNIT_HEAD_POS, true},
+    {"ffn_neurons_bottom", "FFN neurons", RESID_UNIT_FFN_NEURON, true},
+    {"attn_neurons_bottom", "attention neurons", RESID_UNIT_ATTN_NEURON, true},
 };
 enum { N_LISTS = sizeof lists / sizeof lists[0] };
 
@@ -288,6 +297,7 @@ static int print_text(const text_ctx *r) {
     rs_keyed *order = malloc((size_t)(n_heads + 1) * sizeof *order);
     if (!order) return cli_error("out of memory");
     for (int li = 0; li < N_LISTS; li++) {
+        if (lists[li].bottom && !cJSON_GetObjectItemCaseSensitive(root, lists[li].name)) continue;
         const cJSON *arr = jget(root, lists[li].name);
         const cJSON *rk = jget(jget(root, "ranking"), lists[li].name);
         const resid_unit_kind kind = lists[li].kind;
@@ -295,9 +305,12 @@ static int print_text(const text_ctx *r) {
         const bool clamped = cJSON_IsTrue(jget(rk, "clamped"));
         int64_t shown = (int64_t)jnum(rk, "k");
         if (li == 0) shown = top_requested < n_heads ? (int64_t)top_requested : n_heads;
-        printf("\nTop %lld %s by %s", (long long)shown, lists[li].title, vs ? "contrast" : "LPI");
+        printf("\n%s %lld %s by %s%s", lists[li].bottom ? "Bottom" : "Top", (long long)shown,
+               lists[li].title, vs ? "contrast" : "LPI", lists[li].bottom ? ", lowest first" : "");
         if (clamped)
-            printf(" (--top %ld clamped: there are %lld)", (long)top_requested,
+            printf(" (--%s %ld clamped: there are %lld)", lists[li].bottom ? "bottom" : "top",
+                   (long)(lists[li].bottom ? jnum(jget(root, "ranking"), "bottom_requested")
+                                           : top_requested),
                    (long long)jnum(rk, "units_total"));
         if (all_exact)
             printf(" - all %lld scored exactly\n", (long long)jnum(rk, "units_total"));
@@ -458,12 +471,19 @@ static int run(const cli_command *cmd, int argc, char **argv) {
         {"html-positions", required_argument, NULL, OPT_HTML_POSITIONS},
         {"html-heads", required_argument, NULL, OPT_HTML_HEADS},
         {"compare-scores", no_argument, NULL, OPT_COMPARE},
+        {"bottom", required_argument, NULL, OPT_BOTTOM},
         {NULL, 0, NULL, 0},
     };
     /* The HTML report's extra views cost vocabulary projections: by default
      * few enough that --html adds at most ~10% to the explain's time on
      * GPT-2 small (scripts/bench.sh). */
-    explain_opts o = {NULL, NULL, -1, -1, RESID_LENS_PAPER, 10, 5, false, false, NULL, NULL, 4, 3};
+    explain_opts o = {.target_id = -1,
+                      .vs_id = -1,
+                      .lens = RESID_LENS_PAPER,
+                      .top = 10,
+                      .n_tokens = 5,
+                      .html_positions = 4,
+                      .html_heads = 3};
     cli_args a;
     int r = cli_parse(cmd, argc, argv, CLI_OPT_PROMPT, extra, "k:", on_opt, &o, &a);
     if (r != CLI_CONTINUE) return r;
@@ -503,6 +523,7 @@ static int run(const cli_command *cmd, int argc, char **argv) {
         rq.contrast = contrast;
         rq.lens = o.lens;
         rq.top_k = o.top;
+        rq.bottom_k = o.bottom;
         rq.n_unit_tokens = (int32_t)o.n_tokens;
         rq.exhaustive = o.exhaustive;
         rq.compare_scores = o.compare;
@@ -520,17 +541,14 @@ static int run(const cli_command *cmd, int argc, char **argv) {
         if (failed) r = cli_lib_error(&err);
     }
     if (r == CLI_EXIT_OK) {
-        static const char *const kinds[][2] = {{"heads", "heads"},
-                                               {"head_positions", "head x source position"},
-                                               {"ffn_neurons", "FFN neurons"},
-                                               {"attn_neurons", "attention neurons"}};
         const cJSON *ranking = cJSON_GetObjectItemCaseSensitive(root, "ranking");
-        for (int i = 0; i < 4; i++) {
-            const cJSON *rk = cJSON_GetObjectItemCaseSensitive(ranking, kinds[i][0]);
-            if (cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(rk, "clamped")))
+        for (int i = 0; i < N_LISTS; i++) {
+            const cJSON *rk = cJSON_GetObjectItemCaseSensitive(ranking, lists[i].name);
+            if (rk && cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(rk, "clamped")))
                 fprintf(stderr,
-                        "resid: note: --top %ld is more than the %lld %s; showing all of them\n",
-                        o.top, (long long)jnum(rk, "units_total"), kinds[i][1]);
+                        "resid: note: --%s %ld is more than the %lld %s; showing all of them\n",
+                        lists[i].bottom ? "bottom" : "top", lists[i].bottom ? o.bottom : o.top,
+                        (long long)jnum(rk, "units_total"), lists[i].title);
         }
         const cJSON *c = cJSON_GetObjectItemCaseSensitive(root, "contrast");
         if (c && jnum(c, "id") == jnum(cJSON_GetObjectItemCaseSensitive(root, "target"), "id"))

@@ -1099,6 +1099,9 @@ typedef struct resid_explain_request {
     int64_t top_k;         /* head_positions (default 10) */
     int64_t neuron_top_k;  /* ffn_neurons, attn_neurons; <= 0: top_k (default) */
     int32_t n_unit_tokens; /* top/bottom tokens per unit (default 5) */
+    int64_t bottom_k;      /* also the bottom-K (lowest score first) head x
+                              positions, FFN and attention neurons as
+                              "..._bottom" lists; 0: none (default) */
     bool exhaustive;       /* score every unit exactly (default false) */
     bool query;            /* Q1 "query_layers" + "query" (default true) */
     bool prompt_tokens;    /* the "tokens" array (default true) */
@@ -1115,8 +1118,9 @@ typedef struct resid_explain_request {
                               `resid ablate --seed`) */
     /* Optional (default NULL): the stages, in order: "forward pass",
      * "contexts", "layer table", "heads", "head x positions", "FFN
-     * neurons", "attention neurons", "query layers", ["scoring-method
-     * comparison",] "report" (the last when the JSON is built). */
+     * neurons", "attention neurons", ["bottom units",] "query layers",
+     * ["scoring-method comparison",] "report" (the last when the JSON is
+     * built). */
     resid_progress_fn progress;
     void *progress_user;
 } resid_explain_request;

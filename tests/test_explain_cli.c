@@ -401,6 +401,51 @@ static void test_exhaustive_stories(void **state) {
     certified_vs_exhaustive(STORIES, P_RED, "");
 }
 
+/* --bottom K: the K lowest-scoring units of three kinds, lowest first,
+ * certified == exhaustive, below every unit of the top list; absent
+ * without the option. */
+static void bottom_lists(const char *model, const char *prompt, const char *extra) {
+    static const char *const names[3][2] = {{"head_positions_bottom", "head_positions"},
+                                            {"ffn_neurons_bottom", "ffn_neurons"},
+                                            {"attn_neurons_bottom", "attn_neurons"}};
+    char args[256];
+    snprintf(args, sizeof args, "--top 5 --bottom 7 --tokens 2 %s", extra);
+    cJSON *a = explain_json(model, prompt, args);
+    snprintf(args, sizeof args, "--top 5 --bottom 7 --tokens 2 --exhaustive %s", extra);
+    cJSON *b = explain_json(model, prompt, args);
+    const char *key = *extra ? "contrast" : "lpi";
+    assert_int_equal((int)tu_json_num(tu_json_get(a, "ranking"), "bottom_requested"), 7);
+    for (int i = 0; i < 3; i++) {
+        same_units(a, b, names[i][0]);
+        const cJSON *bot = tu_json_get(a, names[i][0]), *top = tu_json_get(a, names[i][1]);
+        assert_int_equal(cJSON_GetArraySize(bot), 7);
+        double prev = -INFINITY;
+        const cJSON *e;
+        cJSON_ArrayForEach(e, bot) { /* ascending */
+            const double v = tu_json_num(e, key);
+            if (v < prev) fail_msg("%s: %.9g after %.9g", names[i][0], v, prev);
+            prev = v;
+            tu_json_get(e, "top_tokens");
+        }
+        const double top_last =
+            tu_json_num(cJSON_GetArrayItem(top, cJSON_GetArraySize(top) - 1), key);
+        assert_true(prev <= top_last);
+        assert_string_equal(str(tu_json_get(tu_json_get(a, "ranking"), names[i][0]), "method"),
+                            "certified");
+    }
+    cJSON_Delete(a);
+    cJSON_Delete(b);
+    a = explain_json(model, prompt, "--top 5 --tokens 0");
+    for (int i = 0; i < 3; i++) assert_null(cJSON_GetObjectItemCaseSensitive(a, names[i][0]));
+    cJSON_Delete(a);
+}
+
+static void test_bottom(void **state) {
+    (void)state;
+    bottom_lists(STORIES, P_RED, "");
+    bottom_lists(GPT2S, P_TIM, "--vs \" he\"");
+}
+
 static void test_exhaustive_gpt2(void **state) {
     (void)state;
     certified_vs_exhaustive(GPT2S, P_TIM, "");
@@ -637,6 +682,7 @@ int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_schema_stories),     cmocka_unit_test(test_schema_gpt2),
         cmocka_unit_test(test_exhaustive_stories), cmocka_unit_test(test_exhaustive_gpt2),
+        cmocka_unit_test(test_bottom),
         cmocka_unit_test(test_target_text),        cmocka_unit_test(test_top_clamped),
         cmocka_unit_test(test_contrast),           cmocka_unit_test(test_lens),
         cmocka_unit_test(test_text_and_file),      cmocka_unit_test(test_neuron),

@@ -174,9 +174,18 @@ typedef struct unit_list {
     int64_t n;
     resid_rank_stats st;
     bool all_exact; /* listed from resid_score_all (heads) */
+    bool bottom;    /* the bottom-K, lowest first */
+    bool used;      /* computed (the bottom lists: on request) */
 } unit_list;
 
-enum { LIST_HEADS, LIST_HEAD_POS, LIST_FFN, LIST_ATTN, N_LISTS };
+enum {
+    LIST_HEADS,
+    LIST_HEAD_POS,
+    LIST_FFN,
+    LIST_ATTN,
+    LIST_FIRST_BOTTOM, /* the same three kinds, bottom-K */
+    N_LISTS = LIST_FIRST_BOTTOM + 3
+};
 
 typedef struct report {
     const resid_model *m;
@@ -213,7 +222,9 @@ static void report_free(report *r) {
 }
 
 /* The stages the progress callback sees (resid_explain_request). */
-static int n_stages(const resid_explain_request *rq) { return 9 + (rq->compare_scores ? 1 : 0); }
+static int n_stages(const resid_explain_request *rq) {
+    return 9 + (rq->bottom_k > 0) + (rq->compare_scores ? 1 : 0);
+}
 
 static void stage(const resid_explain_request *rq, int step, const char *name) {
     if (rq->progress) rq->progress(rq->progress_user, name, step, n_stages(rq));
@@ -229,6 +240,7 @@ static resid_status compute(report *r, resid_error *err) {
         return rs_err(err, RESID_E_ARG, "explain: token id %d is out of range [0, %d)",
                       rq->target >= V ? rq->target : rq->contrast, V);
     if (rq->top_k < 1) return rs_err(err, RESID_E_ARG, "explain: top_k must be at least 1");
+    if (rq->bottom_k < 0) return rs_err(err, RESID_E_ARG, "explain: bottom_k is negative");
     if (rq->n_unit_tokens < 0 || rq->n_unit_tokens > V)
         return rs_err(err, RESID_E_ARG, "explain: n_unit_tokens %d is out of range [0, %d]",
                       rq->n_unit_tokens, V);
@@ -332,16 +344,24 @@ static resid_status compute(report *r, resid_error *err) {
         {"head_positions", RESID_UNIT_HEAD_POS},
         {"ffn_neurons", RESID_UNIT_FFN_NEURON},
         {"attn_neurons", RESID_UNIT_ATTN_NEURON},
+        {"head_positions_bottom", RESID_UNIT_HEAD_POS},
+        {"ffn_neurons_bottom", RESID_UNIT_FFN_NEURON},
+        {"attn_neurons_bottom", RESID_UNIT_ATTN_NEURON},
     };
     const int64_t nk = rq->neuron_top_k > 0 ? rq->neuron_top_k : rq->top_k;
-    static const char *const stage_names[N_LISTS] = {"heads", "head x positions", "FFN neurons",
-                                                     "attention neurons"};
+    static const char *const stage_names[LIST_FIRST_BOTTOM + 1] = {
+        "heads", "head x positions", "FFN neurons", "attention neurons", "bottom units"};
     for (int i = 0; i < N_LISTS; i++) {
-        stage(rq, 4 + i, stage_names[i]);
         unit_list *ul = &r->lists[i];
         ul->name = defs[i].name;
         ul->kind = defs[i].kind;
-        const int64_t k = i == LIST_FFN || i == LIST_ATTN ? nk : rq->top_k;
+        ul->bottom = i >= LIST_FIRST_BOTTOM;
+        if (ul->bottom && rq->bottom_k <= 0) continue;
+        if (i <= LIST_FIRST_BOTTOM) stage(rq, 4 + i, stage_names[i]);
+        ul->used = true;
+        const int64_t k = ul->bottom                          ? rq->bottom_k
+                          : i == LIST_FFN || i == LIST_ATTN ? nk
+                                                            : rq->top_k;
         if (i == LIST_HEADS) {
             if ((st = resid_score_all(r->ex, ul->kind, &ul->s, &ul->n, err)) != RESID_OK) return st;
             ul->all_exact = true;
@@ -354,11 +374,13 @@ static resid_status compute(report *r, resid_error *err) {
         resid_rank_opts ro = resid_rank_defaults(ul->kind, k);
         ro.key = r->key;
         ro.exhaustive = rq->exhaustive;
+        ro.bottom = ul->bottom;
         if ((st = resid_rank(r->ex, &ro, &ul->s, &ul->n, &ul->st, err)) != RESID_OK) return st;
     }
 
     /* Q1: which lower layers activate the top FFN value neurons. */
-    stage(rq, 8, "query layers");
+    const int next = rq->bottom_k > 0 ? 9 : 8;
+    stage(rq, next, "query layers");
     if (rq->query) {
         resid_query_opts qo = resid_query_defaults();
         resid_error qerr;
@@ -372,7 +394,7 @@ static resid_status compute(report *r, resid_error *err) {
      * lens, plain and with each method's top-k FFN neurons zeroed). Asked
      * for explicitly, so a failure (e.g. k too large) fails the report. */
     if (rq->compare_scores) {
-        stage(rq, 9, "scoring-method comparison");
+        stage(rq, next + 1, "scoring-method comparison");
         st = resid_compare_scores(m, rq->tokens, rq->n_tokens, r->target, rq->compare_k,
                                   rq->compare_seed, &r->cmp, err);
         if (st != RESID_OK) return st;
@@ -694,8 +716,11 @@ static cJSON *build_json(const report *r, resid_status *st, resid_error *err) {
          cJSON_AddStringToObject(ranking, "key",
                                  r->key == RESID_KEY_CONTRAST ? "contrast" : "lpi") &&
          cJSON_AddNumberToObject(ranking, "top_requested", (double)rq->top_k);
+    if (ok && rq->bottom_k > 0)
+        ok = cJSON_AddNumberToObject(ranking, "bottom_requested", (double)rq->bottom_k) != NULL;
     for (int li = 0; ok && li < N_LISTS; li++) {
         const unit_list *ul = &r->lists[li];
+        if (!ul->used) continue;
         cJSON *rk = cJSON_AddObjectToObject(ranking, ul->name);
         ok = rk &&
              cJSON_AddStringToObject(
@@ -704,7 +729,7 @@ static cJSON *build_json(const report *r, resid_status *st, resid_error *err) {
              cJSON_AddNumberToObject(rk, "units_scored_exactly", (double)ul->st.n_exact) &&
              cJSON_AddNumberToObject(rk, "k", (double)(ul->all_exact ? ul->n : ul->st.k)) &&
              cJSON_AddBoolToObject(rk, "clamped", ul->st.clamped);
-        if (ok && (li == LIST_FFN || li == LIST_ATTN) && rq->neuron_top_k > 0)
+        if (ok && (li == LIST_FFN || li == LIST_ATTN) && rq->neuron_top_k > 0 && !ul->bottom)
             ok = cJSON_AddNumberToObject(rk, "k_requested", (double)ul->st.k_requested) != NULL;
         cJSON *arr = ok ? cJSON_AddArrayToObject(root, ul->name) : NULL;
         ok = arr != NULL;
