@@ -124,6 +124,8 @@ void rs_project(resid_explainer *e, const float *y, int n, float *pad, float *c)
  * alone (a fixed operation order, independent of n, tiles and threads): the
  * definition of an exact score. c[n][V]. */
 void rs_project_canon(resid_explainer *e, const float *y, int n, float *c);
+/* log Σ_t exp(z_t) over z[n], shifted by the max (AVX2 when available). */
+double rs_logsumexp(const float *z, int n);
 /* For tests: true selects the generic canonical kernels (and lse), false
  * the CPU's best again. Returns whether the AVX2 kernels are now in use.
  * Not to be called while anything is being scored. */

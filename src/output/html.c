@@ -183,18 +183,14 @@ static bool add_cells(const rs_web_ctx *c, cJSON *rows, const char *name, int32_
 /* Largest projection output held at once (rows x V floats). */
 #define PROJ_MAX_BYTES ((size_t)128 << 20)
 
-/* out[n][V] = y[n][D]·W_Uᵀ, as few GEMMs as fit PROJ_MAX_BYTES (one for a
- * GPT-2-small report). Through BLAS: within float rounding of the
- * explainer's exact (canonical) projection, which this does not replace
- * where the report shows a score. */
+/* out[n][V] = y[n][D]·W_Uᵀ through the canonical projection (the exact
+ * scores' kernel, faster than BLAS at these row counts), RS_CANON_ROWS rows
+ * per call. */
 static void project_rows(const rs_web_ctx *c, const float *y, int64_t n, float *out) {
     const int32_t D = c->ex->D, V = c->ex->V;
-    int64_t chunk = (int64_t)(PROJ_MAX_BYTES / ((size_t)V * sizeof(float)));
-    if (chunk < 32) chunk = 32;
-    for (int64_t r0 = 0; r0 < n; r0 += chunk) {
-        const int64_t nb = n - r0 < chunk ? n - r0 : chunk;
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (blasint)nb, V, D, 1.0f,
-                    y + (size_t)r0 * D, D, c->ex->wu, D, 0.0f, out + (size_t)r0 * V, V);
+    for (int64_t r0 = 0; r0 < n; r0 += RS_CANON_ROWS) {
+        const int64_t nb = n - r0 < RS_CANON_ROWS ? n - r0 : RS_CANON_ROWS;
+        rs_project_canon(c->ex, y + (size_t)r0 * D, (int)nb, out + (size_t)r0 * V);
     }
 }
 
@@ -225,12 +221,16 @@ static void cell_from(const float *z, const double *sub, int32_t V, int32_t w,
             sum += exp(zt - zb);
             rank += zt > zw || (zt == zw && t < w);
         }
-    } else { /* floats: expf of differences that are <= 0, summed in double */
-        const float fb = (float)zb, fw = z[w];
-        for (int32_t t = 0; t < V; t++) {
-            sum += expf(z[t] - fb);
-            rank += z[t] > fw || (z[t] == fw && t < w);
-        }
+    } else { /* floats: the exact scores' log-sum-exp */
+        const float fw = z[w];
+        for (int32_t t = 0; t < V; t++) rank += z[t] > fw;
+        for (int32_t t = 0; t < w; t++) rank += z[t] == fw;
+        const double lse = rs_logsumexp(z, V);
+        cell->top1 = best;
+        cell->p_top1 = exp(zb - lse);
+        cell->p_target = exp(zw - lse);
+        cell->rank_target = rank;
+        return;
     }
     cell->top1 = best;
     cell->p_top1 = 1.0 / sum;
