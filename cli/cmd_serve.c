@@ -5,6 +5,9 @@
  *
  *   GET  /                 the page;   GET /app.css, /app.js
  *   GET  /api/info         the model
+ *   GET  /api/progress     what the running computation is doing: {busy,
+ *                           endpoint?, request?, stage?, step?, n_steps?,
+ *                           elapsed_s?, waiting}; never waits for it
  *   POST /api/explain      {prompt|ids, target?|target_id?, vs?|vs_id?,
  *                           lens?, top?, compare_scores?}: the explain
  *                           report + lens_grid, head_details,
@@ -24,11 +27,13 @@
  *                           through cli/intervene.c)
  *
  * Limits: request body (--max-body), prompt tokens (--max-tokens; for
- * /api/ablate's clean and mean prompts too), an MHD
- * thread pool of 4, at most 64 connections (16 per client address), a 30 s
- * connection timeout, so a slow or stalled client cannot hold the others.
- * Computations are serialised by one mutex (the machine's cores already
- * run each one in parallel). Errors are JSON {"error": msg} with a 4xx/5xx
+ * /api/ablate's clean and mean prompts too), a thread per connection, at
+ * most 64 connections (16 per client address), a 30 s connection timeout,
+ * so a slow or stalled client cannot hold the others. Computations are
+ * serialised by one mutex, the compute lock (the machine's cores already
+ * run each one in parallel); a request waiting for it holds only its own
+ * connection's thread, so /api/progress and the static files answer while
+ * computations run and queue. Errors are JSON {"error": msg} with a 4xx/5xx
  * status. Binds to 127.0.0.1 by default; a non-loopback --host also needs
  * --allow-remote, and when bound to loopback any non-loopback peer is
  * refused.
@@ -41,6 +46,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <time.h>
 
 #include <microhttpd.h>
 
@@ -98,13 +104,29 @@ static int on_opt(const cli_command *cmd, void *user, int opt, const char *arg) 
     return cli_usage_error(cmd, "unknown option");
 }
 
+/* What the computation that holds the compute lock is doing, for GET
+ * /api/progress. Guarded by server.prog_mu, held only for a few stores or
+ * loads: the compute lock is held for the whole computation. */
+typedef struct progress {
+    bool busy;            /* a computation holds the compute lock */
+    const char *endpoint; /* its endpoint: "explain", "head", "neuron", "ablate" */
+    char request[41];     /* its client's X-Resid-Request id, or "" */
+    char stage[48];       /* the stage begun last, or "" before the first */
+    int step, n_steps;    /* that stage's number (1-based) and the request's
+                             stage count, numbered over the whole request */
+    double t0;            /* CLOCK_MONOTONIC seconds when it took the lock */
+    int waiting;          /* requests blocked on the compute lock */
+} progress;
+
 typedef struct server {
     resid_model *m;
     const resid_model_info *info;
     const resid_tokenizer *tok;
     serve_opts o;
     bool loopback;
-    pthread_mutex_t lock;
+    pthread_mutex_t lock;    /* the compute lock: one computation at a time */
+    pthread_mutex_t prog_mu; /* guards prog */
+    progress prog;
 } server;
 
 /* One request's body, accumulated across calls. */
@@ -172,6 +194,113 @@ static unsigned lib_status(resid_status s) {
     case RESID_E_CONTEXT: return 400;
     default: return 500;
     }
+}
+
+/* ------------------------------------------------------------------------- */
+/* The compute lock and the progress of its holder                           */
+/* ------------------------------------------------------------------------- */
+
+static double mono_s(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
+}
+
+/* The id a client gave its request (header X-Resid-Request: up to 40 of
+ * [A-Za-z0-9_-], anything else is ignored), so a page can tell its own
+ * computation from another's in /api/progress. */
+static void request_id(struct MHD_Connection *c, char out[41]) {
+    const char *v = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "X-Resid-Request");
+    out[0] = 0;
+    size_t n =
+        v ? strspn(v, "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-") : 0;
+    if (!v || n == 0 || n > 40 || v[n]) return;
+    memcpy(out, v, n + 1);
+}
+
+/* Takes the compute lock for a computation of `endpoint` (a static
+ * string), counted in `waiting` while it waits; the progress then shows
+ * it, with no stage until compute_stage. compute_end releases it. */
+static void compute_begin(server *s, struct MHD_Connection *c, const char *endpoint) {
+    progress *p = &s->prog;
+    char rid[41];
+    request_id(c, rid);
+    pthread_mutex_lock(&s->prog_mu);
+    p->waiting++;
+    pthread_mutex_unlock(&s->prog_mu);
+    pthread_mutex_lock(&s->lock);
+    pthread_mutex_lock(&s->prog_mu);
+    p->waiting--;
+    p->busy = true;
+    p->endpoint = endpoint;
+    memcpy(p->request, rid, sizeof rid);
+    p->stage[0] = 0;
+    p->step = p->n_steps = 0;
+    p->t0 = mono_s();
+    pthread_mutex_unlock(&s->prog_mu);
+}
+
+/* The holder of the compute lock begins stage `step` of `n_steps`. */
+static void compute_stage(server *s, const char *stage, int step, int n_steps) {
+    progress *p = &s->prog;
+    pthread_mutex_lock(&s->prog_mu);
+    snprintf(p->stage, sizeof p->stage, "%s", stage);
+    p->step = step;
+    p->n_steps = n_steps;
+    pthread_mutex_unlock(&s->prog_mu);
+}
+
+static void compute_end(server *s) {
+    progress *p = &s->prog;
+    pthread_mutex_lock(&s->prog_mu);
+    p->busy = false;
+    p->endpoint = NULL;
+    p->request[0] = p->stage[0] = 0;
+    p->step = p->n_steps = 0;
+    pthread_mutex_unlock(&s->prog_mu);
+    pthread_mutex_unlock(&s->lock);
+}
+
+/* The library's progress callbacks (resid_progress_fn) for one request of
+ * several phases: the explain report's stages, then rs_web_extras' three.
+ * Steps are offset so the request's stages are numbered 1..n in a row. */
+typedef struct phased {
+    server *s;
+    int before, after; /* stages of the request before / after this phase */
+    int n_phase;       /* this phase's stage count, as the library last said */
+} phased;
+
+/* rs_web_extras' stages (src/output/html.h): lens grid, head details,
+ * neuron details. */
+enum { WEB_EXTRA_STAGES = 3 };
+
+static void on_progress(void *user, const char *stage, int step, int n_steps) {
+    phased *ph = user;
+    ph->n_phase = n_steps;
+    compute_stage(ph->s, stage, ph->before + step, ph->before + n_steps + ph->after);
+}
+
+/* GET /api/progress: a snapshot under the progress mutex only. */
+static enum MHD_Result api_progress(server *s, struct MHD_Connection *c) {
+    pthread_mutex_lock(&s->prog_mu);
+    const progress v = s->prog;
+    pthread_mutex_unlock(&s->prog_mu);
+    cJSON *j = cJSON_CreateObject();
+    if (j) {
+        cJSON_AddBoolToObject(j, "busy", v.busy);
+        if (v.busy) {
+            cJSON_AddStringToObject(j, "endpoint", v.endpoint);
+            if (v.request[0]) cJSON_AddStringToObject(j, "request", v.request);
+            if (v.stage[0]) {
+                cJSON_AddStringToObject(j, "stage", v.stage);
+                cJSON_AddNumberToObject(j, "step", v.step);
+                cJSON_AddNumberToObject(j, "n_steps", v.n_steps);
+            }
+            cJSON_AddNumberToObject(j, "elapsed_s", floor((mono_s() - v.t0) * 1e3 + 0.5) / 1e3);
+        }
+        cJSON_AddNumberToObject(j, "waiting", v.waiting);
+    }
+    return send_json(c, 200, j);
 }
 
 /* ------------------------------------------------------------------------- */
@@ -327,9 +456,13 @@ static enum MHD_Result api_explain(server *s, struct MHD_Connection *c, const cJ
     resid_status st = RESID_OK;
     cJSON *out = NULL;
     rs_web_opts wo = rs_web_defaults();
-    pthread_mutex_lock(&s->lock);
+    compute_begin(s, c, what);
     if (!strcmp(what, "explain")) {
+        /* the report's stages, then the extras', numbered in a row */
+        phased ph = {s, 0, WEB_EXTRA_STAGES, 0};
         resid_explain_request rq = resid_explain_request_defaults();
+        rq.progress = on_progress;
+        rq.progress_user = &ph;
         rq.tokens = r.ids;
         rq.n_tokens = r.n;
         rq.target = r.target;
@@ -343,16 +476,21 @@ static enum MHD_Result api_explain(server *s, struct MHD_Connection *c, const cJ
         st = rs_explain_session_new(s->m, &rq, true, &sess, &err);
         if (st == RESID_OK) st = rs_explain_session_json(sess, &out, &err);
         if (st == RESID_OK) st = rs_web_ctx_from_session(s->m, sess, &wc, &err);
+        ph.before = ph.n_phase, ph.after = 0;
+        wo.progress = on_progress;
+        wo.progress_user = &ph;
         if (st == RESID_OK) st = rs_web_extras(wc, out, &wo, &err);
         rs_web_ctx_free(wc);
         rs_explain_session_free(sess);
     } else {
         rs_web_ctx *wc;
+        compute_stage(s, "forward pass", 1, 2);
         st = rs_web_ctx_new(s->m, r.ids, r.n, r.target, r.contrast, r.lens, &wc, &err);
+        compute_stage(s, "head details", 2, 2);
         if (st == RESID_OK) st = rs_web_head(wc, (int32_t)layer, (int32_t)head, &wo, &out, &err);
         rs_web_ctx_free(wc);
     }
-    pthread_mutex_unlock(&s->lock);
+    compute_end(s);
     free(r.ids);
     if (st != RESID_OK) {
         cJSON_Delete(out);
@@ -602,15 +740,20 @@ static enum MHD_Result api_ablate(server *s, struct MHD_Connection *c, const cJS
     float *means = NULL, *vecs = NULL;
     int64_t n_means = 0;
     resid_status st = RESID_OK;
-    pthread_mutex_lock(&s->lock);
+    compute_begin(s, c, "ablate");
+    const int n_steps = 2 + (a.mode == RESID_IV_MEAN || a.mode == RESID_IV_ADD);
+    if (a.mode == RESID_IV_MEAN) compute_stage(s, "unit means", 1, n_steps);
+    if (a.mode == RESID_IV_ADD) compute_stage(s, "unit vectors", 1, n_steps);
     if (a.mode == RESID_IV_MEAN)
         st = resid_unit_means(s->m, (const int32_t *const *)a.mp, a.mp_n, a.n_mp, a.u, a.nu,
                               &means, &n_means, &err);
     if (st == RESID_OK && a.mode == RESID_IV_ADD)
         st = cli_iv_unit_vectors(s->m, r->ids, r->n, a.u, a.nu, &vecs, &err);
+    compute_stage(s, "unedited run", n_steps - 1, n_steps);
     if (st == RESID_OK)
         st = resid_intervention_run(s->m, NULL, r->ids, r->n, r->target, &before, &target, NULL,
                                     NULL, &err);
+    compute_stage(s, "edited run", n_steps, n_steps);
     if (st == RESID_OK) st = resid_intervention_new(s->m, &iv, &err);
     if (st == RESID_OK && a.clean)
         st = resid_intervention_set_clean(iv, a.clean, a.n_clean, &err);
@@ -621,7 +764,7 @@ static enum MHD_Result api_ablate(server *s, struct MHD_Connection *c, const cJS
     if (st == RESID_OK)
         st = resid_intervention_run(s->m, iv, r->ids, r->n, target, &after, NULL, NULL, NULL,
                                     &err);
-    pthread_mutex_unlock(&s->lock);
+    compute_end(s);
     resid_intervention_free(iv);
     free(means), free(vecs);
     cJSON *out = NULL;
@@ -688,11 +831,14 @@ static enum MHD_Result api_neuron(server *s, struct MHD_Connection *c, const cJS
     enum { K = 10 };
     resid_token_value top[K], bot[K];
     int32_t nk = 0;
-    pthread_mutex_lock(&s->lock);
+    compute_begin(s, c, "neuron");
+    const int n_steps = r.ids ? 3 : 1;
     if (r.ids) {
         rs_web_ctx *wc;
         rs_web_opts wo = rs_web_defaults();
+        compute_stage(s, "forward pass", 1, n_steps);
         st = rs_web_ctx_new(s->m, r.ids, r.n, r.target, r.contrast, r.lens, &wc, &err);
+        compute_stage(s, "neuron details", 2, n_steps);
         if (st == RESID_OK) st = rs_web_neuron(wc, &u, &wo, &out, &err);
         rs_web_ctx_free(wc);
     } else {
@@ -701,11 +847,12 @@ static enum MHD_Result api_neuron(server *s, struct MHD_Connection *c, const cJS
         resid_unit_format(&u, id, sizeof id);
         if (!out || !cJSON_AddStringToObject(out, "id", id)) st = RESID_E_NOMEM;
     }
+    compute_stage(s, "neuron tokens", n_steps, n_steps);
     if (st == RESID_OK)
         st = resid_project_param(s->m, ffn ? RESID_PARAM_FC2 : RESID_PARAM_WO, u.layer,
                                  ffn ? u.index : (int64_t)u.head * in->d_head + u.index, 1.0, 1.0,
                                  K, top, bot, &nk, &err);
-    pthread_mutex_unlock(&s->lock);
+    compute_end(s);
     const int32_t prev = r.ids ? r.ids[r.n - 1] : -1;
     cJSON *tt = st == RESID_OK ? cJSON_AddArrayToObject(out, "top_tokens") : NULL;
     cJSON *bt = tt ? cJSON_AddArrayToObject(out, "bottom_tokens") : NULL;
@@ -800,6 +947,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
     }
     if (!strcmp(method, "GET") || !strcmp(method, "HEAD")) {
         if (!strcmp(url, "/api/info")) return api_info(s, c);
+        if (!strcmp(url, "/api/progress")) return api_progress(s, c);
         if (!strcmp(url, "/favicon.ico")) return send_buf(c, 204, "image/x-icon", "", 0, false);
         const rs_web_asset *a = rs_web_asset_find(!strcmp(url, "/") ? "index.html" : url + 1);
         if (a && strncmp(url, "/api/", 5))
@@ -809,6 +957,8 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
         return send_error(c, 404, "%s: not found", url);
     }
     if (!post) return send_error(c, 405, "method %s not allowed", method);
+    if (!strcmp(url, "/api/info") || !strcmp(url, "/api/progress"))
+        return send_error(c, 405, "%s: use GET", url);
     if (k->too_big)
         return send_error(c, 413, "request body larger than %ld bytes (--max-body)", s->o.max_body);
     const char *api[] = {"/api/explain", "/api/head", "/api/neuron", "/api/ablate"};
@@ -872,6 +1022,7 @@ static int run(const cli_command *cmd, int argc, char **argv) {
     s.info = resid_model_get_info(s.m);
     s.tok = resid_model_tokenizer(s.m);
     pthread_mutex_init(&s.lock, NULL);
+    pthread_mutex_init(&s.prog_mu, NULL);
 
     /* SIGINT/SIGTERM end the server: block them here (the MHD threads
      * inherit the mask) and wait for one below. */
@@ -883,8 +1034,9 @@ static int run(const cli_command *cmd, int argc, char **argv) {
     signal(SIGPIPE, SIG_IGN);
 
     struct MHD_Daemon *d = MHD_start_daemon(
-        MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_ERROR_LOG, 0, on_accept, &s, on_request, &s,
-        MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&addr, MHD_OPTION_THREAD_POOL_SIZE, 4u,
+        MHD_USE_THREAD_PER_CONNECTION | MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_POLL |
+            MHD_USE_ERROR_LOG,
+        0, on_accept, &s, on_request, &s, MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&addr,
         MHD_OPTION_CONNECTION_LIMIT, 64u, MHD_OPTION_PER_IP_CONNECTION_LIMIT, 16u,
         MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)s.o.timeout, MHD_OPTION_CONNECTION_MEMORY_LIMIT,
         (size_t)128 * 1024, MHD_OPTION_NOTIFY_COMPLETED, on_done, &s, MHD_OPTION_END);
@@ -902,6 +1054,7 @@ static int run(const cli_command *cmd, int argc, char **argv) {
     fprintf(stderr, "resid serve: stopping (signal %d)\n", sig);
     MHD_stop_daemon(d);
     pthread_mutex_destroy(&s.lock);
+    pthread_mutex_destroy(&s.prog_mu);
     resid_model_free(s.m);
     return CLI_EXIT_OK;
 }

@@ -19,6 +19,9 @@
  *    without a clean prompt or with one of another length, mean without
  *    mean prompts or with too many, a field of another mode, a clean or
  *    mean prompt over --max-tokens each get a 4xx with a clear message;
+ *  - GET /api/progress answers while a computation runs (busy, the
+ *    request's id, a known stage at its number, steps never going back)
+ *    and while four more wait for it (waiting 4); idle before and after;
  *  - a stalled client (half a request, then silence) does not hold up
  *    another request;
  *  - binding to a non-loopback address is refused without --allow-remote.
@@ -27,6 +30,7 @@
 #include <arpa/inet.h>
 #include <math.h>
 #include <netinet/in.h>
+#include <stdatomic.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
@@ -113,14 +117,16 @@ static int connect_local(void) {
     return fd;
 }
 
-/* One HTTP request; returns the status, *body the response body. */
-static int http(const char *method, const char *path, const char *body, size_t blen, char **out) {
+/* One HTTP request, with the header lines `extra` ("Name: value\r\n"...,
+ * or NULL); returns the status, *body the response body. */
+static int http_ex(const char *method, const char *path, const char *extra, const char *body,
+                   size_t blen, char **out) {
     int fd = connect_local();
-    char head[512];
+    char head[768];
     int hl = snprintf(head, sizeof head,
-                      "%s %s HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n"
+                      "%s %s HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n%s"
                       "Content-Type: application/json\r\nContent-Length: %zu\r\n\r\n",
-                      method, path, body ? blen : 0);
+                      method, path, extra ? extra : "", body ? blen : 0);
     if (write(fd, head, (size_t)hl) != hl) return -1;
     size_t off = 0;
     while (body && off < blen) {
@@ -143,6 +149,10 @@ static int http(const char *method, const char *path, const char *body, size_t b
     *out = strdup(b ? b + 4 : "");
     free(buf);
     return status;
+}
+
+static int http(const char *method, const char *path, const char *body, size_t blen, char **out) {
+    return http_ex(method, path, NULL, body, blen, out);
 }
 
 static cJSON *post_json(const char *path, const char *body, int *status) {
@@ -629,6 +639,200 @@ static void test_ablate_mode_errors(void **state) {
     }
 }
 
+/* ---- GET /api/progress ------------------------------------------------- */
+
+/* The stages of one /api/explain with compare_scores, numbered 1..13 in a
+ * row: the report's (include/resid.h), then the web extras'
+ * (src/output/html.h). */
+static const char *const explain_stages[] = {"forward pass",
+                                             "contexts",
+                                             "layer table",
+                                             "heads",
+                                             "head x positions",
+                                             "FFN neurons",
+                                             "attention neurons",
+                                             "query layers",
+                                             "scoring-method comparison",
+                                             "report",
+                                             "lens grid",
+                                             "head details",
+                                             "neuron details"};
+enum { N_EXPLAIN_STAGES = sizeof explain_stages / sizeof *explain_stages };
+
+/* A slow /api/explain, sent from a thread; `done` set when answered. */
+typedef struct slow_req {
+    const char *body, *extra;
+    int status;
+    double seconds;
+    atomic_int done;
+} slow_req;
+
+static void *slow_main(void *arg) {
+    slow_req *q = arg;
+    char *out;
+    const double t0 = now();
+    q->status = http_ex("POST", "/api/explain", q->extra, q->body, strlen(q->body), &out);
+    q->seconds = now() - t0;
+    free(out);
+    atomic_store(&q->done, 1);
+    return NULL;
+}
+
+/* An /api/explain body: TIM repeated `reps` times (20 tokens each; 24 of
+ * them are 482 tokens, under this server's --max-tokens 512). */
+static char *long_body(int reps, bool compare) {
+    size_t cap = (size_t)reps * (sizeof TIM + 1) + 128, n = 0;
+    char *b = malloc(cap);
+    assert_non_null(b);
+    n += (size_t)snprintf(b, cap, "{\"prompt\": \"");
+    for (int i = 0; i < reps; i++)
+        n += (size_t)snprintf(b + n, cap - n, "%s%s", i ? " " : "", TIM);
+    snprintf(b + n, cap - n, "\", \"compare_scores\": %s}", compare ? "true" : "false");
+    return b;
+}
+
+static const char *str_field(const cJSON *o, const char *k) {
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, k);
+    return cJSON_IsString(v) ? v->valuestring : NULL;
+}
+
+/* GET /api/progress, parsed; *dt its latency (s). */
+static cJSON *get_progress(double *dt) {
+    char *out;
+    const double t0 = now();
+    const int st = http("GET", "/api/progress", NULL, 0, &out);
+    if (dt) *dt = now() - t0;
+    cJSON *j = cJSON_Parse(out);
+    if (st != 200 || !j) print_error("/api/progress: %d %.300s\n", st, out);
+    assert_int_equal(st, 200);
+    assert_non_null(j);
+    free(out);
+    return j;
+}
+
+/* Nothing computing, nobody waiting, and nothing else said. */
+static void assert_idle(void) {
+    cJSON *j = get_progress(NULL);
+    assert_true(cJSON_IsFalse(cJSON_GetObjectItemCaseSensitive(j, "busy")));
+    assert_int_equal(num(j, "waiting"), 0);
+    assert_null(str_field(j, "endpoint"));
+    assert_null(str_field(j, "stage"));
+    cJSON_Delete(j);
+}
+
+static int cmp_double(const void *a, const void *b) {
+    const double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+/* While a slow /api/explain (482 tokens, compare_scores) runs, polls of
+ * /api/progress answer at once with busy true, the request's id, and a
+ * stage of the known list at its own number (1..13), the steps never going
+ * back; afterwards busy is false. Then five requests at once: a poll sees
+ * four of them waiting while the fifth computes. No timing is asserted
+ * but the median poll's being under a quarter of the computation. */
+static void test_progress(void **state) {
+    (void)state;
+    assert_idle();
+    char *out;
+    assert_int_equal(http("POST", "/api/progress", "{}", 2, &out), 405);
+    free(out);
+
+    char *body = long_body(24, true);
+    int seen = 0; /* busy observations with a stage */
+    enum { MAX_LAT = 1 << 14 };
+    double *lat = malloc(MAX_LAT * sizeof *lat);
+    assert_non_null(lat);
+    /* Retried if the computation ended before any poll saw a stage. */
+    for (int attempt = 0; attempt < 3 && !seen; attempt++) {
+        slow_req q = {.body = body, .extra = "X-Resid-Request: progress-test-1\r\n"};
+        atomic_init(&q.done, 0);
+        pthread_t th;
+        assert_int_equal(pthread_create(&th, NULL, slow_main, &q), 0);
+        int n_lat = 0, n_busy = 0, last_step = 0, first_step = 0;
+        double last_elapsed = 0;
+        while (!atomic_load(&q.done)) {
+            double dt;
+            cJSON *j = get_progress(&dt);
+            if (n_lat < MAX_LAT) lat[n_lat++] = dt;
+            if (cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(j, "busy"))) {
+                n_busy++;
+                assert_string_equal(str_field(j, "endpoint"), "explain");
+                assert_string_equal(str_field(j, "request"), "progress-test-1");
+                assert_int_equal(num(j, "waiting"), 0);
+                const double el = num(j, "elapsed_s");
+                assert_true(el >= last_elapsed);
+                last_elapsed = el;
+                const char *stage = str_field(j, "stage");
+                if (stage) {
+                    const int step = (int)num(j, "step"), n = (int)num(j, "n_steps");
+                    if (!first_step) first_step = step;
+                    if (step != last_step) printf("#   %.3f s: %s (%d/%d)\n", el, stage, step, n);
+                    assert_int_equal(n, N_EXPLAIN_STAGES);
+                    assert_true(step >= 1 && step <= n);
+                    assert_string_equal(stage, explain_stages[step - 1]);
+                    assert_true(step >= last_step);
+                    last_step = step;
+                    seen++;
+                }
+            }
+            cJSON_Delete(j);
+            usleep(10000);
+        }
+        pthread_join(th, NULL);
+        assert_int_equal(q.status, 200);
+        qsort(lat, (size_t)n_lat, sizeof *lat, cmp_double);
+        const double med = n_lat ? lat[n_lat / 2] : 0, max = n_lat ? lat[n_lat - 1] : 0;
+        printf("# explain (482 tokens, compare_scores) took %.2f s; %d polls, %d busy, %d with "
+               "a stage (steps %d..%d of %d); poll latency median %.1f ms, max %.1f ms\n",
+               q.seconds, n_lat, n_busy, seen, first_step, last_step, N_EXPLAIN_STAGES, 1e3 * med,
+               1e3 * max);
+        if (seen) assert_true(med < q.seconds / 4);
+        assert_idle();
+    }
+    assert_true(seen > 0);
+    free(body), free(lat);
+
+    /* A queue: one computes, four wait on the compute lock, each holding
+     * only its own connection's thread, and a poll still answers. */
+    enum { NQ = 5 };
+    int max_wait = 0;
+    for (int attempt = 0; attempt < 3 && max_wait < NQ - 1; attempt++) {
+        body = long_body(24, attempt > 0); /* slower if retried */
+        slow_req q[NQ];
+        pthread_t th[NQ];
+        for (int i = 0; i < NQ; i++) {
+            q[i] = (slow_req){.body = body};
+            atomic_init(&q[i].done, 0);
+            assert_int_equal(pthread_create(&th[i], NULL, slow_main, &q[i]), 0);
+        }
+        int n_polls = 0;
+        for (int n_done = 0; n_done < NQ;) {
+            n_done = 0;
+            for (int i = 0; i < NQ; i++)
+                n_done += atomic_load(&q[i].done);
+            cJSON *j = get_progress(NULL);
+            const int w = (int)num(j, "waiting");
+            assert_true(w >= 0 && w <= NQ - 1);
+            if (w > max_wait) max_wait = w;
+            n_polls++;
+            cJSON_Delete(j);
+            usleep(10000);
+        }
+        double total = 0;
+        for (int i = 0; i < NQ; i++) {
+            pthread_join(th[i], NULL);
+            assert_int_equal(q[i].status, 200);
+            total = fmax(total, q[i].seconds);
+        }
+        printf("# %d explains at once: all 200 in %.2f s; %d polls, at most %d waiting\n", NQ,
+               total, n_polls, max_wait);
+        free(body);
+        assert_idle();
+    }
+    assert_int_equal(max_wait, NQ - 1);
+}
+
 static void test_stalled_client(void **state) {
     (void)state;
     /* Half a request, then silence, on several connections. */
@@ -685,6 +889,7 @@ int main(void) {
         cmocka_unit_test(test_ablate_mean),
         cmocka_unit_test(test_ablate_add),
         cmocka_unit_test(test_ablate_mode_errors),
+        cmocka_unit_test(test_progress),
         cmocka_unit_test(test_stalled_client),
         cmocka_unit_test(test_non_loopback_refused),
     };

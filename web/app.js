@@ -202,8 +202,9 @@
     const box = document.getElementById('head-detail');
     let d = (R.head_details || []).find((x) => x.layer === layer && x.head === head);
     if ((!d || !d.positions) && request) {
-      box.replaceChildren(h('p', { class: 'muted' }, 'computing…'));
-      try { d = await api('/api/head', Object.assign({}, request, { layer, head })); } catch (e) { box.replaceChildren(errBox(e)); return; }
+      const st = h('p', { class: 'muted' }, 'computing…');
+      box.replaceChildren(st);
+      try { d = await api('/api/head', Object.assign({}, request, { layer, head }), st); } catch (e) { box.replaceChildren(errBox(e)); return; }
     }
     const sc = R.heads.find((x) => x.layer === layer && x.head === head);
     const kids = [h('h3', null, `Head ${layer}_${head}`), h('p', null, `${scoreKey()} ${sgn(sc[scoreKey()], 4)}, direct logit of the target ${sgn(sc.bs_target)}`),
@@ -263,10 +264,11 @@
     const box = document.getElementById('neuron-detail');
     let d = R.neuron_details && R.neuron_details[u.id];
     if (!d && request) {
-      box.replaceChildren(h('p', { class: 'muted' }, 'computing…'));
+      const st = h('p', { class: 'muted' }, 'computing…');
+      box.replaceChildren(st);
       const body = Object.assign({}, request, { layer: u.layer });
       if (u.neuron != null) body.neuron = u.neuron; else Object.assign(body, { head: u.head, dim: u.dim, pos: u.pos });
-      try { d = await api('/api/neuron', body); } catch (e) { box.replaceChildren(errBox(e)); return; }
+      try { d = await api('/api/neuron', body, st); } catch (e) { box.replaceChildren(errBox(e)); return; }
     }
     if (!d) { box.replaceChildren(h('p', { class: 'muted' }, 'No details for ' + u.id)); return; }
     const kids = [h('h3', null, `Neuron ${u.id}`), h('p', null, `coefficient ${fmt(u.coef, 4)}; its input is read at position ${d.pos} (`, tok(R.tokens[d.pos]), ')'),
@@ -369,9 +371,10 @@
       type: 'button', class: 'ablate', id, title: 'zero ' + units.join(', ') + ' (resid ablate, mode zero)',
       onclick: async () => {
         btn.disabled = true;
-        out.replaceChildren(h('span', { class: 'muted' }, 'computing…'));
+        const st = h('span', { class: 'muted' }, 'computing…');
+        out.replaceChildren(st);
         try {
-          const a = await api('/api/ablate', Object.assign({}, request, { units, mode: 'zero' }));
+          const a = await api('/api/ablate', Object.assign({}, request, { units, mode: 'zero' }), st);
           out.dataset.before = a.before.prob;
           out.dataset.after = a.after.prob;
           out.replaceChildren('p(target) ', h('b', { class: 'before' }, fmt(a.before.prob, 4)), ' → ', h('b', { class: 'after' }, fmt(a.after.prob, 4)),
@@ -400,12 +403,47 @@
 
   /* ---- Live mode (resid serve) ------------------------------------------ */
 
-  async function api(path, body) {
-    const r = await fetch(path, { method: 'POST', headers: { 'Content-Type': 'application/json' }, body: JSON.stringify(body) });
-    let j;
-    try { j = await r.json(); } catch (e) { throw new Error(`${path}: HTTP ${r.status}, not JSON`); }
-    if (!r.ok) throw new Error(j.error || `${path}: HTTP ${r.status}`);
-    return j;
+  /* POSTs body to path; with an element `shown`, shows the request's
+   * progress in it meanwhile (showProgress). */
+  async function api(path, body, shown) {
+    const headers = { 'Content-Type': 'application/json' };
+    let stop = null;
+    if (shown) {
+      headers['X-Resid-Request'] = Math.random().toString(36).slice(2, 10) + Date.now().toString(36);
+      stop = showProgress(shown, headers['X-Resid-Request']);
+    }
+    try {
+      const r = await fetch(path, { method: 'POST', headers, body: JSON.stringify(body) });
+      let j;
+      try { j = await r.json(); } catch (e) { throw new Error(`${path}: HTTP ${r.status}, not JSON`); }
+      if (!r.ok) throw new Error(j.error || `${path}: HTTP ${r.status}`);
+      return j;
+    } finally {
+      if (stop) stop();
+    }
+  }
+
+  /* "FFN neurons (6/12) · 1.3 s" in el while request `id` runs: the stage
+   * from GET /api/progress, asked every 250 ms; the server names the
+   * request that holds it by the id the page sent (X-Resid-Request), so
+   * another's computation reads "waiting for another request". Returns
+   * the function that stops it. */
+  function showProgress(el, id) {
+    const t0 = performance.now();
+    let label = 'computing…', stopped = false, timer = null;
+    const draw = () => { if (!stopped) el.textContent = `${label} · ${((performance.now() - t0) / 1000).toFixed(1)} s`; };
+    const tick = setInterval(draw, 100);
+    async function poll() {
+      try {
+        const p = await (await fetch('/api/progress', { cache: 'no-store' })).json();
+        if (p.busy && p.request === id) label = p.stage ? `${p.stage} (${p.step}/${p.n_steps})` : 'computing…';
+        else if (p.busy) label = 'waiting for another request';
+      } catch (e) { /* the request itself reports failures */ }
+      draw();
+      if (!stopped) timer = setTimeout(poll, 250);
+    }
+    poll();
+    return () => { stopped = true; clearInterval(tick); clearTimeout(timer); };
   }
 
   function live() {
@@ -424,9 +462,8 @@
       const btn = document.getElementById('f-go');
       btn.disabled = true;
       status.className = 'busy';
-      const tick = setInterval(() => { status.textContent = `computing… ${((performance.now() - t0) / 1000).toFixed(1)} s`; }, 100);
       try {
-        const rep = await api('/api/explain', body);
+        const rep = await api('/api/explain', body, status);
         request = body;
         render(rep);
         status.textContent = `done in ${((performance.now() - t0) / 1000).toFixed(2)} s`;
@@ -434,7 +471,6 @@
         status.textContent = '';
         app.replaceChildren(errBox(e));
       } finally {
-        clearInterval(tick);
         btn.disabled = false;
         status.className = '';
       }

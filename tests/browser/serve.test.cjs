@@ -3,17 +3,20 @@
 // DOM matches the CLI's JSON, a head without precomputed details is fetched
 // from /api/head, a neuron opens its details; the ablate buttons of a
 // neuron and a head show /api/ablate's p(target) before -> after; the
-// "compare scores" box adds the comparison panel; no console errors, no
-// request leaves 127.0.0.1. Screenshots: browser-serve*.png.
+// "compare scores" box adds the comparison panel; while a long request
+// runs the status shows its stage from /api/progress ("FFN neurons (6/13)
+// · 0.4 s"), or "waiting for another request" behind another client's,
+// then "done in"; no console errors, no request leaves 127.0.0.1.
+// Screenshots: browser-serve*.png.
 'use strict';
 const test = require('node:test');
 const assert = require('node:assert');
 const { spawn } = require('node:child_process');
 const { launch, cli, CLI, STORIES, PROMPT } = require('./lib.cjs');
 
-function startServer() {
+function startServer(extra = []) {
   return new Promise((resolve, reject) => {
-    const p = spawn(CLI, ['serve', STORIES, '--port', '0'], { stdio: ['ignore', 'ignore', 'pipe'] });
+    const p = spawn(CLI, ['serve', STORIES, '--port', '0', ...extra], { stdio: ['ignore', 'ignore', 'pipe'] });
     let err = '';
     const timer = setTimeout(() => { p.kill(); reject(new Error('server did not start: ' + err)); }, 20000);
     p.stderr.on('data', (d) => {
@@ -122,6 +125,76 @@ test('resid serve: explain a typed prompt, open a head and a neuron', async () =
     await page.waitForSelector('.error');
     assert.match(await page.textContent('.error'), /tokens/);
     assert.deepStrictEqual(errors.filter((e) => !/status of 400/.test(e)), []);
+  } finally {
+    await browser.close();
+    srv.proc.kill('SIGTERM');
+  }
+});
+
+// The stages of /api/explain with compare_scores, numbered 1..13 (the
+// report's, then the web extras').
+const STAGES = ['forward pass', 'contexts', 'layer table', 'heads', 'head x positions', 'FFN neurons',
+  'attention neurons', 'query layers', 'scoring-method comparison', 'report', 'lens grid',
+  'head details', 'neuron details'];
+// 24 times PROMPT: 482 tokens; with compare scores about 1 s here.
+const LONG = Array(24).fill(PROMPT).join(' ');
+
+test('resid serve: the status shows the progress of a long request', async () => {
+  const srv = await startServer(['--max-tokens', '512']);
+  const { browser, page, errors } = await launch();
+  try {
+    await page.goto(srv.url);
+    // Every text the status shows, in order.
+    await page.evaluate(() => {
+      const st = document.getElementById('status');
+      window.statusLog = [];
+      new MutationObserver(() => window.statusLog.push(st.textContent)).observe(st, { childList: true, characterData: true, subtree: true });
+    });
+    await page.fill('#f-prompt', LONG);
+    await page.check('#f-compare');
+    const explain = async () => {
+      await page.evaluate(() => { window.statusLog = []; });
+      await page.click('#f-go');
+      await page.waitForFunction(() => /\(\d+\/\d+\) · |done in/.test(document.getElementById('status').textContent), null, { timeout: 120000 });
+      if (!/done in/.test(await page.textContent('#status'))) await page.locator('header').screenshot({ path: 'browser-serve-progress.png' });
+      await page.waitForFunction(() => /done in/.test(document.getElementById('status').textContent), null, { timeout: 120000 });
+      return page.evaluate(() => window.statusLog);
+    };
+
+    // The page's own stages: retried if the request ended before a poll.
+    let stages = [];
+    for (let attempt = 0; attempt < 3 && !stages.length; attempt++) {
+      const log = await explain();
+      stages = log.map((t) => /^(.+) \((\d+)\/(\d+)\) · \d+\.\d s$/.exec(t)).filter(Boolean);
+      console.log(`# attempt ${attempt}: ${log.length} status texts; stages shown: ${[...new Set(stages.map((m) => m[1]))].join(', ')}; last: ${log[log.length - 1]}`);
+    }
+    assert.ok(stages.length > 0, 'a stage was shown while the request ran');
+    for (const [, name, step, n] of stages) {
+      assert.strictEqual(Number(n), STAGES.length);
+      assert.strictEqual(name, STAGES[Number(step) - 1]);
+    }
+    assert.match(await page.textContent('#status'), /^done in \d+\.\d\d s$/);
+    assert.strictEqual(await page.locator('#compare-table tbody tr').count(), 10);
+
+    // Behind another client's request (no id): "waiting for another request".
+    let waited = false;
+    for (let attempt = 0; attempt < 3 && !waited; attempt++) {
+      const other = fetch(srv.url + 'api/explain', { method: 'POST', body: JSON.stringify({ prompt: LONG, compare_scores: true }) });
+      for (let busy = false; !busy;) busy = (await (await fetch(srv.url + 'api/progress')).json()).busy;
+      await page.evaluate(() => { window.statusLog = []; });
+      await page.click('#f-go');
+      await page.waitForFunction(() => /waiting for another request|done in/.test(document.getElementById('status').textContent), null, { timeout: 120000 });
+      if (/waiting/.test(await page.textContent('#status'))) await page.locator('header').screenshot({ path: 'browser-serve-waiting.png' });
+      await page.waitForFunction(() => /done in/.test(document.getElementById('status').textContent), null, { timeout: 120000 });
+      assert.strictEqual((await other).status, 200);
+      const log = await page.evaluate(() => window.statusLog);
+      waited = log.some((t) => /^waiting for another request · \d+\.\d s$/.test(t));
+      console.log(`# behind another request: waiting shown ${waited}; then ${[...new Set(log.map((t) => t.replace(/ · .*/, '')))].slice(0, 6).join(' | ')} …`);
+    }
+    assert.ok(waited, 'the page said it was waiting for another request');
+    const p = await (await fetch(srv.url + 'api/progress')).json();
+    assert.deepStrictEqual(p, { busy: false, waiting: 0 });
+    assert.deepStrictEqual(errors, []);
   } finally {
     await browser.close();
     srv.proc.kill('SIGTERM');
