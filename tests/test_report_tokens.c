@@ -26,6 +26,7 @@
 #include <string.h>
 
 #include "analysis/analysis.h"
+#include "output/report.h"
 #include "testutil.h"
 
 #define STORIES "tinyllamas/stories260K.bin"
@@ -260,6 +261,40 @@ static void test_progress(void **state) {
     resid_model_free(m);
 }
 
+/* The report of a session that captures every position (what --html and
+ * resid serve use) is the plain report, byte for byte: the model's
+ * logits at t* come from the same computation either way. */
+static void test_session_same_report(void **state) {
+    (void)state;
+    const char *models[] = {STORIES, GPT2S};
+    for (int mi = 0; mi < 2; mi++) {
+        resid_model *m = tu_open_model(models[mi]);
+        const resid_tokenizer *tok = resid_model_tokenizer(m);
+        resid_encode_opts eo = resid_encode_defaults(tok);
+        int32_t *ids, n;
+        resid_error err;
+        assert_int_equal(resid_tokenize(tok, P_RED, -1, &eo, &ids, &n, &err), RESID_OK);
+        resid_explain_request rq = resid_explain_request_defaults();
+        rq.tokens = ids;
+        rq.n_tokens = n;
+        char *plain;
+        assert_int_equal(resid_explain_json(m, &rq, &plain, &err), RESID_OK);
+        rs_explain_session *sess;
+        cJSON *root;
+        assert_int_equal(rs_explain_session_new(m, &rq, true, &sess, &err), RESID_OK);
+        assert_int_equal(rs_explain_session_json(sess, &root, &err), RESID_OK);
+        char *viaweb = cJSON_PrintUnformatted(root);
+        assert_non_null(viaweb);
+        assert_string_equal(plain, viaweb);
+        printf("# %s: session report == plain report (%zu bytes)\n", models[mi], strlen(plain));
+        free(plain), free(viaweb);
+        cJSON_Delete(root);
+        rs_explain_session_free(sess);
+        free(ids);
+        resid_model_free(m);
+    }
+}
+
 static void test_stories(void **state) {
     (void)state;
     check_model(STORIES, RESID_LENS_PAPER, NULL);
@@ -281,6 +316,7 @@ int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_selection),
         cmocka_unit_test(test_progress),
+        cmocka_unit_test(test_session_same_report),
         cmocka_unit_test(test_stories),
         cmocka_unit_test(test_gpt2),
         cmocka_unit_test(test_quantised),

@@ -574,6 +574,16 @@ static resid_status forward_chunk(resid_session *s, const int32_t *tokens, int32
     return RESID_OK;
 }
 
+resid_status rs_final_logits(const resid_model *m, const float *x, float *out,
+                             resid_error *err) {
+    float *h = malloc((size_t)m->hp.d_model * sizeof *h);
+    if (!h) return rs_err(err, RESID_E_NOMEM, "out of memory for logits");
+    norm_rows(&m->hp, h, x, 1, m->out_norm_w, m->out_norm_b);
+    rs_matmul(m->w_out, h, 1, out, NULL);
+    free(h);
+    return RESID_OK;
+}
+
 static resid_status check_tokens(const resid_model *m, const int32_t *tokens, int32_t n,
                                  int32_t n_past, resid_error *err) {
     if (n < 1) return rs_err(err, RESID_E_ARG, "no tokens to run");

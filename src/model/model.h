@@ -71,6 +71,12 @@ struct resid_model {
 
 /* Builders, one per format (src/model/arch.c). The format handle is moved
  * into the model on success. */
+/* The model's logits out[V] for one final residual x[D] (final norm, then
+ * the output matrix): bit for bit the row resid_forward computes for the
+ * last position when only that position is captured. RESID_E_NOMEM. */
+resid_status rs_final_logits(const resid_model *m, const float *x, float *out,
+                             resid_error *err);
+
 resid_status rs_model_from_gguf(resid_model *m, rs_gguf *g, resid_error *err);
 resid_status rs_model_from_hf(resid_model *m, rs_hf *hf, resid_error *err);
 resid_status rs_model_from_llama2c(resid_model *m, rs_llama2c *c,

@@ -16,6 +16,7 @@
 
 #include "analysis/analysis.h"
 #include "core/util.h"
+#include "model/model.h"
 
 resid_explain_request resid_explain_request_defaults(void) {
     resid_explain_request r;
@@ -247,17 +248,28 @@ static resid_status compute(report *r, resid_error *err) {
 
     stage(rq, 1, "forward pass");
     resid_trace_opts to = resid_trace_defaults();
-    to.capture = RESID_EXPLAIN_CAPTURE | RESID_CAP_LOGITS;
+    to.capture = RESID_EXPLAIN_CAPTURE;
     to.positions = r->all_positions ? RESID_POS_ALL : RESID_POS_LAST;
     resid_status st = resid_forward(m, rq->tokens, rq->n_tokens, &to, &r->tr, err);
     if (st != RESID_OK) return st;
     const resid_trace *tr = r->tr;
 
-    const float *logits = tr->logits + (size_t)(tr->n_cap - 1) * (size_t)V;
+    /* The model's logits at t*, from x_L exactly as the forward pass makes
+     * its last row: the same bits with or without every position captured
+     * (the HTML session), and no other position's logits computed. */
+    float *logits = malloc((size_t)V * sizeof *logits);
+    if (!logits) return rs_err(err, RESID_E_NOMEM, "explain: out of memory");
+    st = rs_final_logits(
+        m, tr->x_in + ((size_t)L * (size_t)tr->n_cap + (size_t)(tr->n_cap - 1)) * D, logits, err);
+    if (st != RESID_OK) {
+        free(logits);
+        return st;
+    }
     r->target = rq->target >= 0 ? rq->target : argmax(logits, V);
     r->contrast = rq->contrast >= 0 ? rq->contrast : -1;
     r->model_prob = exp(log_softmax_at(logits, V, r->target));
     if (r->contrast >= 0) r->c_model_prob = exp(log_softmax_at(logits, V, r->contrast));
+    free(logits);
 
     stage(rq, 2, "contexts");
     resid_explain_opts eo = resid_explain_defaults();
