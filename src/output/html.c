@@ -269,10 +269,10 @@ static void grid_y(const rs_web_ctx *c, resid_lens lens, double scale, const flo
 }
 
 /* The lens grid (same cells as resid_lens_grid_new, within float
- * rounding) with the work shared: the x_L row comes from the trace's
- * logits (minus W_U·β_f in the paper lens), the t* column of x_in/x_mid
- * from the explainer's contexts when the grid is in the unit lens, and
- * every other cell goes through one GEMM. */
+ * rounding) with the work shared: the x_L row from the trace's logits
+ * when it has them (minus W_U·β_f in the paper lens), the t* column from
+ * the explainer's contexts when the grid is in the unit lens, and every
+ * other cell through the canonical projection. */
 static resid_status grid_fast(rs_web_ctx *c, resid_lens lens, int32_t n_cols,
                               resid_lens_grid **out, resid_error *err) {
     *out = NULL;
@@ -304,7 +304,7 @@ static resid_status grid_fast(rs_web_ctx *c, resid_lens lens, int32_t n_cols,
     for (int32_t slot = 0; slot <= 2 * L; slot++)
         for (int32_t t = 0; t < P; t++) {
             if (slot == 2 * L && from_logits) continue;
-            if (slot < 2 * L && t == P - 1 && from_ctx) continue;
+            if (t == P - 1 && from_ctx) continue;
             job[n_rows][0] = slot, job[n_rows][1] = t, n_rows++;
         }
     const int64_t nb = proj_rows_fit(c, n_rows);
@@ -332,10 +332,11 @@ static resid_status grid_fast(rs_web_ctx *c, resid_lens lens, int32_t n_cols,
         for (int64_t i = 0; i < n; i++)
             cell_from(z + (size_t)i * V, NULL, V, w, GRID_CELL(job[r0 + i][0], job[r0 + i][1]));
     }
-    if (from_ctx)
-        for (int32_t slot = 0; slot < 2 * L; slot++) {
-            const int ci = slot < L ? 2 * slot : 2 * (slot - L) + 1;
-            cell_from(e->ctx[ci].logp, NULL, V, w, GRID_CELL(slot, P - 1));
+    if (from_ctx) /* context 2L is x_L */
+        for (int32_t slot = 0; slot <= 2 * L; slot++) {
+            const int ci = slot == 2 * L ? 2 * L : slot < L ? 2 * slot : 2 * (slot - L) + 1;
+            if (slot < 2 * L || !from_logits)
+                cell_from(e->ctx[ci].logp, NULL, V, w, GRID_CELL(slot, P - 1));
         }
     if (from_logits) {
         const double *sub = lens == RESID_LENS_PAPER ? e->wu_beta : NULL;
