@@ -306,8 +306,14 @@ resid_status resid_rank(resid_explainer *e, const resid_rank_opts *opts, resid_s
         }
         for (int64_t i = 0; i < n; i++) all[i] = i;
         /* Every unit through the canonical projection (as fast as BLAS at
-         * this batch size), so the scores are the exact ones themselves. */
+         * this batch size), so the scores are the exact ones themselves.
+         * The token cache sits this out: keeping every unit's tokens would
+         * cost a selection pass per projection and memory for lists nobody
+         * shows (a report projects its few listed units again). */
+        rs_tokcache *tok = e->tok;
+        e->tok = NULL;
         st = score_exact(&j, all, n, err);
+        e->tok = tok;
         if (!st)
             for (int64_t i = 0; i < n; i++) heap_push(&h, (kv){j.sk[i], i});
         free(all);
