@@ -261,7 +261,7 @@ row "  agreement: top-10 FFN + head x pos" "${agree:-n/a}" "(torch)" "" "" "yes"
 row "  max |dLPI| over those top-10s" "${dlpi:-n/a}" "" "" "" "<= 1e-4" \
   "$(verdict "$dlpi" "<=" 0.0001)"
 row "explain peak RSS / F32 weight bytes (MB)" \
-  "$( [ -n "$rss_max" ] && calc "$rss_max / 1000" || echo n/a)" \
+  "$( [ -n "$rss_max" ] && calc "$rss_max * 1024 / 1e6" || echo n/a)" \
   "$( [ -n "$wbytes" ] && calc "$wbytes / 1e6" || echo n/a)" "${e_rss_ratio:-n/a}" "" "<= 1.25" \
   "$(verdict "$e_rss_ratio" "<=" 1.25)"
 
