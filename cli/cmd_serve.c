@@ -27,7 +27,8 @@
  *                           through cli/intervene.c)
  *
  * Limits: request body (--max-body), prompt tokens (--max-tokens; for
- * /api/ablate's clean and mean prompts too), a thread per connection, at
+ * /api/ablate's clean and mean prompts too), computations waiting for the
+ * running one (--max-queue; more get 429), a thread per connection, at
  * most 64 connections (16 per client address), a 30 s connection timeout,
  * so a slow or stalled client cannot hold the others. Computations are
  * serialised by one mutex, the compute lock (the machine's cores already
@@ -71,7 +72,9 @@ static const char help[] =
     "      --port N         TCP port (default 8080; 0 = any free port, printed)\n"
     "      --max-tokens N   longest prompt accepted, in tokens (default 256)\n"
     "      --max-body N     largest request body, bytes (default 65536)\n"
-    "      --timeout S      idle connection timeout, seconds (default 30)\n" CLI_HELP_GLOBAL "\n"
+    "      --timeout S      idle connection timeout, seconds (default 30)\n"
+    "      --max-queue N    computations that may wait for the running one\n"
+    "                       (default 8); more get 429 \"server busy\"\n" CLI_HELP_GLOBAL "\n"
     "Example:\n"
     "  resid serve $RESID_MODELS/tinyllamas/stories260K.bin --port 8080\n"
     "  # then open http://127.0.0.1:8080/\n";
@@ -83,11 +86,12 @@ enum {
     OPT_MAX_TOKENS,
     OPT_MAX_BODY,
     OPT_TIMEOUT,
+    OPT_MAX_QUEUE,
 };
 
 typedef struct serve_opts {
     const char *host;
-    long port, max_tokens, max_body, timeout;
+    long port, max_tokens, max_body, timeout, max_queue;
     bool allow_remote;
 } serve_opts;
 
@@ -100,6 +104,7 @@ static int on_opt(const cli_command *cmd, void *user, int opt, const char *arg) 
     case OPT_MAX_TOKENS: return cli_parse_int(cmd, "--max-tokens", arg, 1, 1 << 20, &o->max_tokens);
     case OPT_MAX_BODY: return cli_parse_int(cmd, "--max-body", arg, 64, 1 << 26, &o->max_body);
     case OPT_TIMEOUT: return cli_parse_int(cmd, "--timeout", arg, 1, 3600, &o->timeout);
+    case OPT_MAX_QUEUE: return cli_parse_int(cmd, "--max-queue", arg, 0, 1024, &o->max_queue);
     }
     return cli_usage_error(cmd, "unknown option");
 }
@@ -220,12 +225,17 @@ static void request_id(struct MHD_Connection *c, char out[41]) {
 
 /* Takes the compute lock for a computation of `endpoint` (a static
  * string), counted in `waiting` while it waits; the progress then shows
- * it, with no stage until compute_stage. compute_end releases it. */
-static void compute_begin(server *s, struct MHD_Connection *c, const char *endpoint) {
+ * it, with no stage until compute_stage. compute_end releases it. Returns
+ * false, taking nothing, when --max-queue computations already wait. */
+static bool compute_begin(server *s, struct MHD_Connection *c, const char *endpoint) {
     progress *p = &s->prog;
     char rid[41];
     request_id(c, rid);
     pthread_mutex_lock(&s->prog_mu);
+    if (p->busy && p->waiting >= s->o.max_queue) {
+        pthread_mutex_unlock(&s->prog_mu);
+        return false;
+    }
     p->waiting++;
     pthread_mutex_unlock(&s->prog_mu);
     pthread_mutex_lock(&s->lock);
@@ -238,6 +248,15 @@ static void compute_begin(server *s, struct MHD_Connection *c, const char *endpo
     p->step = p->n_steps = 0;
     p->t0 = mono_s();
     pthread_mutex_unlock(&s->prog_mu);
+    return true;
+}
+
+/* The 429 of a computation refused by compute_begin. */
+static enum MHD_Result send_busy(server *s, struct MHD_Connection *c, const char *what) {
+    return send_error(c, 429,
+                      "%s: the server is busy: one computation is running and %ld waiting, "
+                      "the most --max-queue allows; try again shortly",
+                      what, s->o.max_queue);
 }
 
 /* The holder of the compute lock begins stage `step` of `n_steps`. */
@@ -456,7 +475,10 @@ static enum MHD_Result api_explain(server *s, struct MHD_Connection *c, const cJ
     resid_status st = RESID_OK;
     cJSON *out = NULL;
     rs_web_opts wo = rs_web_defaults();
-    compute_begin(s, c, what);
+    if (!compute_begin(s, c, what)) {
+        free(r.ids);
+        return send_busy(s, c, what);
+    }
     if (!strcmp(what, "explain")) {
         /* the report's stages, then the extras', numbered in a row */
         phased ph = {s, 0, WEB_EXTRA_STAGES, 0};
@@ -740,7 +762,10 @@ static enum MHD_Result api_ablate(server *s, struct MHD_Connection *c, const cJS
     float *means = NULL, *vecs = NULL;
     int64_t n_means = 0;
     resid_status st = RESID_OK;
-    compute_begin(s, c, "ablate");
+    if (!compute_begin(s, c, "ablate")) {
+        ablate_req_free(&a);
+        return send_busy(s, c, "ablate");
+    }
     const int n_steps = 2 + (a.mode == RESID_IV_MEAN || a.mode == RESID_IV_ADD);
     if (a.mode == RESID_IV_MEAN) compute_stage(s, "unit means", 1, n_steps);
     if (a.mode == RESID_IV_ADD) compute_stage(s, "unit vectors", 1, n_steps);
@@ -831,7 +856,10 @@ static enum MHD_Result api_neuron(server *s, struct MHD_Connection *c, const cJS
     enum { K = 10 };
     resid_token_value top[K], bot[K];
     int32_t nk = 0;
-    compute_begin(s, c, "neuron");
+    if (!compute_begin(s, c, "neuron")) {
+        free(r.ids);
+        return send_busy(s, c, "neuron");
+    }
     const int n_steps = r.ids ? 3 : 1;
     if (r.ids) {
         rs_web_ctx *wc;
@@ -996,11 +1024,17 @@ static int run(const cli_command *cmd, int argc, char **argv) {
         {"max-tokens", required_argument, NULL, OPT_MAX_TOKENS},
         {"max-body", required_argument, NULL, OPT_MAX_BODY},
         {"timeout", required_argument, NULL, OPT_TIMEOUT},
+        {"max-queue", required_argument, NULL, OPT_MAX_QUEUE},
         {NULL, 0, NULL, 0},
     };
     server s;
     memset(&s, 0, sizeof s);
-    s.o = (serve_opts){"127.0.0.1", 8080, 256, 65536, 30, false};
+    s.o = (serve_opts){.host = "127.0.0.1",
+                       .port = 8080,
+                       .max_tokens = 256,
+                       .max_body = 65536,
+                       .timeout = 30,
+                       .max_queue = 8};
     cli_args a;
     int r = cli_parse(cmd, argc, argv, 0, extra, NULL, on_opt, &s.o, &a);
     if (r != CLI_CONTINUE) return r;

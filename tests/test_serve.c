@@ -55,17 +55,22 @@ static double now(void) {
     return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
 }
 
-static int start_server(void **state) {
-    (void)state;
+/* Starts `resid serve` on a free port with the test's options (and
+ * --max-queue extra_queue when not NULL); sets *pid and *port. */
+static int spawn_server(const char *max_queue, pid_t *pid, int *port) {
     int pfd[2];
     if (pipe(pfd) != 0) return -1;
     char *model = tu_model_path(STORIES);
-    server_pid = fork();
-    if (server_pid == 0) {
+    *pid = fork();
+    if (*pid == 0) {
         dup2(pfd[1], 2);
         close(pfd[0]);
-        execl(tu_cli(), tu_cli(), "serve", model, "--port", "0", "--max-tokens", "512",
-              "--timeout", "3", (char *)NULL);
+        if (max_queue)
+            execl(tu_cli(), tu_cli(), "serve", model, "--port", "0", "--max-tokens", "512",
+                  "--timeout", "3", "--max-queue", max_queue, (char *)NULL);
+        else
+            execl(tu_cli(), tu_cli(), "serve", model, "--port", "0", "--max-tokens", "512",
+                  "--timeout", "3", (char *)NULL);
         _exit(127);
     }
     close(pfd[1]);
@@ -81,7 +86,7 @@ static int start_server(void **state) {
         fprintf(stderr, "server said: %s\n", buf);
         return -1;
     }
-    server_port = atoi(p + strlen("http://127.0.0.1:"));
+    *port = atoi(p + strlen("http://127.0.0.1:"));
     /* Keep draining stderr in the background (a detached reader). */
     if (fork() == 0) {
         char b[256];
@@ -90,7 +95,12 @@ static int start_server(void **state) {
         _exit(0);
     }
     fclose(f);
-    return server_port > 0 ? 0 : -1;
+    return *port > 0 ? 0 : -1;
+}
+
+static int start_server(void **state) {
+    (void)state;
+    return spawn_server(NULL, &server_pid, &server_port);
 }
 
 static int stop_server(void **state) {
@@ -833,6 +843,87 @@ static void test_progress(void **state) {
     assert_int_equal(max_wait, NQ - 1);
 }
 
+/* --max-queue 1: while one computation runs and one waits, more get a 429
+ * JSON error that says so; every request gets 200 or that 429, and the
+ * server answers normally afterwards. */
+static void test_queue_limit(void **state) {
+    (void)state;
+    pid_t pid;
+    int port, saved = server_port;
+    assert_int_equal(spawn_server("1", &pid, &port), 0);
+    server_port = port;
+    enum { NQ = 5 };
+    int n_busy = 0, n_ok = 0;
+    for (int attempt = 0; attempt < 3 && n_busy == 0; attempt++) {
+        char *body = long_body(24, true);
+        slow_req q[NQ];
+        pthread_t th[NQ];
+        for (int i = 0; i < NQ; i++) {
+            q[i] = (slow_req){.body = body};
+            atomic_init(&q[i].done, 0);
+            assert_int_equal(pthread_create(&th[i], NULL, slow_main, &q[i]), 0);
+        }
+        for (int i = 0; i < NQ; i++) {
+            pthread_join(th[i], NULL);
+            assert_true(q[i].status == 200 || q[i].status == 429);
+            n_busy += q[i].status == 429;
+            n_ok += q[i].status == 200;
+        }
+        free(body);
+    }
+    char *out;
+    const char *busy = "{\"prompt\": \"Once upon a time\"}";
+    /* The message: one slow request computing, one waiting (seen through
+     * /api/progress), then a third is refused. */
+    int st = 0;
+    for (int attempt = 0; attempt < 3 && st != 429; attempt++) {
+        char *body = long_body(24, true);
+        slow_req a = {.body = body}, b = {.body = body};
+        atomic_init(&a.done, 0), atomic_init(&b.done, 0);
+        pthread_t ta, tb;
+        assert_int_equal(pthread_create(&ta, NULL, slow_main, &a), 0);
+        for (int i = 0; i < 500; i++) { /* until it computes */
+            cJSON *p = get_progress(NULL);
+            const bool on = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(p, "busy"));
+            cJSON_Delete(p);
+            if (on || atomic_load(&a.done)) break;
+            usleep(5000);
+        }
+        assert_int_equal(pthread_create(&tb, NULL, slow_main, &b), 0);
+        int waiting = 0;
+        for (int i = 0; i < 500 && !waiting && !atomic_load(&a.done); i++) {
+            cJSON *p = get_progress(NULL);
+            waiting = (int)num(p, "waiting");
+            cJSON_Delete(p);
+            if (!waiting) usleep(5000);
+        }
+        if (waiting && !atomic_load(&a.done)) {
+            cJSON *j = post_json("/api/explain", busy, &st);
+            if (st == 429) {
+                const cJSON *e = cJSON_GetObjectItemCaseSensitive(j, "error");
+                assert_true(cJSON_IsString(e));
+                assert_non_null(strstr(e->valuestring, "busy"));
+                assert_non_null(strstr(e->valuestring, "--max-queue"));
+                printf("# 429: %s\n", e->valuestring);
+            }
+            cJSON_Delete(j);
+        }
+        pthread_join(ta, NULL);
+        pthread_join(tb, NULL);
+        assert_int_equal(a.status, 200);
+        assert_int_equal(b.status, 200);
+        free(body);
+    }
+    assert_int_equal(st, 429);
+    assert_int_equal(http("POST", "/api/explain", busy, strlen(busy), &out), 200);
+    free(out);
+    printf("# --max-queue 1, %d explains at once: %d x 200, %d x 429\n", NQ, n_ok, n_busy);
+    assert_true(n_busy > 0 && n_ok >= 2);
+    kill(pid, SIGTERM);
+    waitpid(pid, &st, 0);
+    server_port = saved;
+}
+
 static void test_stalled_client(void **state) {
     (void)state;
     /* Half a request, then silence, on several connections. */
@@ -890,6 +981,7 @@ int main(void) {
         cmocka_unit_test(test_ablate_add),
         cmocka_unit_test(test_ablate_mode_errors),
         cmocka_unit_test(test_progress),
+        cmocka_unit_test(test_queue_limit),
         cmocka_unit_test(test_stalled_client),
         cmocka_unit_test(test_non_loopback_refused),
     };
