@@ -451,7 +451,11 @@ typedef struct resid_explainer resid_explainer;
 
 /* Precomputes, for every context x (x_in[l][t*], x_mid[l][t*], x_L), the
  * lens values bs(x), log-sum-exp and p, and the bound vectors g of §10.
- * The explainer keeps pointers to `m` and `tr`; both must outlive it.
+ * The explainer keeps pointers to `m` and `tr`; both must outlive it. It
+ * also remembers every exact score it computes (a unit scored or ranked
+ * again costs no projection and gives the same bits) and lazily built
+ * per-layer data, so one explainer must not be used from two threads at
+ * once.
  * Errors: RESID_E_ARG for a target/contrast id out of [0, V), a trace of
  * another model or one lacking RESID_EXPLAIN_CAPTURE; RESID_E_NOMEM. */
 resid_status resid_explainer_new(const resid_model *m, const resid_trace *tr,
