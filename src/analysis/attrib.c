@@ -308,7 +308,10 @@ void rs_unit_vector(resid_explainer *e, const resid_unit *u, float *v) {
         for (int n = 0; n < dh; n++) {
             if (u->kind == RESID_UNIT_ATTN_NEURON && n != u->index) continue;
             const float *w = wt + ((size_t)h * dh + n) * D;
-            for (int d = 0; d < D; d++) acc[d] += (double)z[n] * w[d];
+            const double zn = z[n];
+            /* element-wise (no reduction): vectorising keeps every bit */
+#pragma omp simd
+            for (int d = 0; d < D; d++) acc[d] += zn * w[d];
         }
     }
     for (int d = 0; d < D; d++) v[d] = (float)acc[d];

@@ -53,8 +53,17 @@ resid_explain_opts resid_explain_defaults(void) {
 /* ---------------------------------------------------------------------- */
 
 double rs_dot(const float *a, const float *b, int64_t n) {
-    double s = 0;
-    for (int64_t i = 0; i < n; i++) s += (double)a[i] * b[i];
+    /* four independent sums in a fixed order: the adds pipeline */
+    double s0 = 0, s1 = 0, s2 = 0, s3 = 0;
+    int64_t i = 0;
+    for (; i + 4 <= n; i += 4) {
+        s0 += (double)a[i] * b[i];
+        s1 += (double)a[i + 1] * b[i + 1];
+        s2 += (double)a[i + 2] * b[i + 2];
+        s3 += (double)a[i + 3] * b[i + 3];
+    }
+    double s = (s0 + s1) + (s2 + s3);
+    for (; i < n; i++) s += (double)a[i] * b[i];
     return s;
 }
 

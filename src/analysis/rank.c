@@ -184,7 +184,6 @@ static resid_status score_exact(rank_job *j, const int64_t *idx, int64_t m, resi
     return st;
 }
 
-static int cmp_kv_desc(const void *pa, const void *pb) { return cmp_best_first(pa, pb); }
 
 /* Units sharing unit i's direction: [*b0, *b1) in enumeration order. */
 static void direction_group(const rank_job *j, int64_t i, int64_t *b0, int64_t *b1) {
@@ -198,37 +197,78 @@ static void direction_group(const rank_job *j, int64_t i, int64_t *b0, int64_t *
     }
 }
 
+/* The candidates in bound order, lazily: a binary heap under
+ * cmp_best_first (best at the root), popped one at a time, so the search
+ * pays for the few hundred units it visits instead of sorting them all.
+ * The pops come in exactly the sorted order (the index breaks ties). */
+static inline bool before(kv a, kv b) { return worse(b, a); }
+
+static void cand_down(kv *a, int64_t n, int64_t i) {
+    for (;;) {
+        int64_t l = 2 * i + 1, r = l + 1, m = i;
+        if (l < n && before(a[l], a[m])) m = l;
+        if (r < n && before(a[r], a[m])) m = r;
+        if (m == i) return;
+        kv t = a[i];
+        a[i] = a[m], a[m] = t;
+        i = m;
+    }
+}
+
+static kv cand_pop(kv *a, int64_t *n) {
+    kv top = a[0];
+    a[0] = a[--*n];
+    cand_down(a, *n, 0);
+    return top;
+}
+
 static resid_status certified(rank_job *j, heap *h, resid_error *err) {
     resid_explainer *e = j->e;
     const int64_t n = j->n;
     const resid_rank_key key = j->o->key;
-    kv *ord = malloc((size_t)n * sizeof *ord);
+    kv *ord = malloc((size_t)(n ? n : 1) * sizeof *ord);
     int64_t *batch = malloc((size_t)RS_FILL_ROWS * (j->e->T + 1) * sizeof *batch);
-    float *vb = malloc((size_t)e->D * sizeof(float)), *yb = malloc((size_t)e->D * sizeof(float));
     char *queued = calloc((size_t)(n ? n : 1), 1); /* scored or in the batch */
-    if (!ord || !batch || !vb || !yb || !queued) {
-        free(ord), free(batch), free(vb), free(yb), free(queued);
+    if (!ord || !batch || !queued) {
+        free(ord), free(batch), free(queued);
         return rs_err(err, RESID_E_NOMEM, "rank: out of memory");
     }
-    /* Optimistic bound of every unit in signed-key space. */
-    for (int64_t i = 0; i < n; i++) {
-        double lo, up;
-        lpi_bounds(e, &j->u[i], vb, yb, &lo, &up);
-        double best = j->o->bottom ? lo : up;
-        if (key == RESID_KEY_PROB_INC) {
-            double pw = e->ctx[rs_unit_ctx(&j->u[i])].pw;
-            best = pw * expm1(best);
+    /* Optimistic bound of every unit in signed-key space (O(D) each,
+     * independent: in parallel). */
+    bool nomem = false;
+#pragma omp parallel if (n * (int64_t)e->D >= RS_PAR_MIN_WORK)
+    {
+        float *vb = malloc((size_t)e->D * sizeof(float)), *yb = malloc((size_t)e->D * sizeof(float));
+        if (!vb || !yb) {
+#pragma omp atomic write
+            nomem = true;
         }
-        best = signed_key(j, best);
-        ord[i] = (kv){isnan(best) ? INFINITY : best, i};
+#pragma omp for schedule(static)
+        for (int64_t i = 0; i < n; i++) {
+            if (!vb || !yb) continue;
+            double lo, up;
+            lpi_bounds(e, &j->u[i], vb, yb, &lo, &up);
+            double best = j->o->bottom ? lo : up;
+            if (key == RESID_KEY_PROB_INC) {
+                double pw = e->ctx[rs_unit_ctx(&j->u[i])].pw;
+                best = pw * expm1(best);
+            }
+            best = signed_key(j, best);
+            ord[i] = (kv){isnan(best) ? INFINITY : best, i};
+        }
+        free(vb), free(yb);
     }
-    qsort(ord, (size_t)n, sizeof *ord, cmp_kv_desc);
+    if (nomem) {
+        free(ord), free(batch), free(queued);
+        return rs_err(err, RESID_E_NOMEM, "rank: out of memory");
+    }
+    int64_t left = n; /* candidates not yet popped */
+    for (int64_t i = n / 2 - 1; i >= 0; i--) cand_down(ord, n, i);
     const bool dirl = rs_unit_is_directional(j->o->kind);
     resid_status st = RESID_OK;
-    int64_t pos = 0;
     /* units per row: an attention neuron's direction carries all T positions */
     const int64_t per_row = j->o->kind == RESID_UNIT_ATTN_NEURON ? e->T : 1;
-    while (pos < n) {
+    while (left > 0) {
         int64_t m = 0;
         int rows = 0;
         /* Until the heap is full every candidate in bound order is scored
@@ -236,10 +276,9 @@ static resid_status certified(rank_job *j, heap *h, resid_error *err) {
         int64_t lim = (h->cap - h->n + per_row - 1) / per_row;
         if (lim > RS_FILL_ROWS) lim = RS_FILL_ROWS;
         if (lim < RS_PROJ_ROWS) lim = RS_PROJ_ROWS;
-        while (pos < n && rows < lim) {
-            kv x = ord[pos];
-            if (h->n == h->cap && x.v < h->a[0].v) break;
-            pos++;
+        while (left > 0 && rows < lim) {
+            if (h->n == h->cap && ord[0].v < h->a[0].v) break;
+            kv x = cand_pop(ord, &left);
             if (queued[x.i]) continue;
             if (dirl) {
                 int64_t b0, b1;
@@ -253,9 +292,9 @@ static resid_status certified(rank_job *j, heap *h, resid_error *err) {
         if (m == 0) break;
         if ((st = score_exact(j, batch, m, err))) break;
         for (int64_t q = 0; q < m; q++) heap_push(h, (kv){j->sk[batch[q]], batch[q]});
-        if (h->n == h->cap && pos < n && ord[pos].v < h->a[0].v) break;
+        if (h->n == h->cap && left > 0 && ord[0].v < h->a[0].v) break;
     }
-    free(ord), free(batch), free(vb), free(yb), free(queued);
+    free(ord), free(batch), free(queued);
     return st;
 }
 
