@@ -123,11 +123,9 @@ static double log_softmax(const double *x, int V, int id) {
 
 static void ref_init(ref *r, const char *model, const char *prompt) {
     r->m = tu_open_model(model);
-    const resid_tokenizer *tok = resid_model_tokenizer(r->m);
-    resid_encode_opts eo = resid_encode_defaults(tok);
-    int32_t *ids, n;
+    int32_t *ids;
+    const int32_t n = tu_tokenize(r->m, prompt, &ids);
     resid_error err;
-    assert_int_equal(resid_tokenize(tok, prompt, -1, &eo, &ids, &n, &err), RESID_OK);
     resid_trace_opts to = resid_trace_defaults();
     to.capture = RESID_CAP_RESID;
     to.positions = RESID_POS_LAST;

@@ -151,11 +151,9 @@ static void test_absent(void **state) {
 static void test_library_request(void **state) {
     (void)state;
     resid_model *m = tu_open_model(STORIES);
-    const resid_tokenizer *tok = resid_model_tokenizer(m);
-    resid_encode_opts eo = resid_encode_defaults(tok);
-    int32_t *ids, n;
+    int32_t *ids;
+    const int32_t n = tu_tokenize(m, P_RED, &ids);
     resid_error err;
-    assert_int_equal(resid_tokenize(tok, P_RED, -1, &eo, &ids, &n, &err), RESID_OK);
     resid_explain_request rq = resid_explain_request_defaults();
     assert_false(rq.compare_scores);
     assert_int_equal(rq.compare_k, 10);

@@ -86,10 +86,9 @@ static void check_model(const char *rel, resid_lens lens, const char *vs) {
     const resid_model_info *info = resid_model_get_info(m);
     const int D = info->d_model, dh = info->d_head;
     const resid_tokenizer *tok = resid_model_tokenizer(m);
-    resid_encode_opts eo = resid_encode_defaults(tok);
-    int32_t *ids, n;
+    int32_t *ids;
+    const int32_t n = tu_tokenize(m, P_RED, &ids);
     resid_error err;
-    assert_int_equal(resid_tokenize(tok, P_RED, -1, &eo, &ids, &n, &err), RESID_OK);
     resid_explain_request rq = resid_explain_request_defaults();
     rq.tokens = ids;
     rq.n_tokens = n;
@@ -269,11 +268,9 @@ static void test_session_same_report(void **state) {
     const char *models[] = {STORIES, GPT2S};
     for (int mi = 0; mi < 2; mi++) {
         resid_model *m = tu_open_model(models[mi]);
-        const resid_tokenizer *tok = resid_model_tokenizer(m);
-        resid_encode_opts eo = resid_encode_defaults(tok);
-        int32_t *ids, n;
+        int32_t *ids;
+        const int32_t n = tu_tokenize(m, P_RED, &ids);
         resid_error err;
-        assert_int_equal(resid_tokenize(tok, P_RED, -1, &eo, &ids, &n, &err), RESID_OK);
         resid_explain_request rq = resid_explain_request_defaults();
         rq.tokens = ids;
         rq.n_tokens = n;

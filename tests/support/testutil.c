@@ -97,6 +97,18 @@ resid_model *tu_open_model(const char *rel) {
     return m;
 }
 
+int32_t tu_tokenize(const resid_model *m, const char *text, int32_t **ids) {
+    const resid_tokenizer *tok = resid_model_tokenizer(m);
+    resid_encode_opts eo = resid_encode_defaults(tok);
+    int32_t n = 0;
+    resid_error err;
+    if (resid_tokenize(tok, text, -1, &eo, ids, &n, &err) != RESID_OK) {
+        print_error("tokenize \"%s\": %s\n", text, err.msg);
+        fail();
+    }
+    return n;
+}
+
 const char *tu_cli(void) {
     const char *env = getenv("RESID_CLI");
     return (env && *env) ? env : RESID_BINARY_DIR "/resid";

@@ -29,6 +29,9 @@ double tu_json_num(const cJSON *o, const char *name);
 float *tu_load_f32(const char *rel, size_t *n);
 /* Opens a model under the models dir; fails the test with err.msg. */
 resid_model *tu_open_model(const char *rel);
+/* The model's own tokenization of text (BOS as the model wants) into
+ * *ids (malloc'd); returns the count. Fails the test on an error. */
+int32_t tu_tokenize(const resid_model *m, const char *text, int32_t **ids);
 /* Path of the built `resid` CLI ($RESID_CLI). */
 const char *tu_cli(void);
 /* Max |a-b| over n. */
