@@ -17,13 +17,8 @@
 #include "ref64.h"
 #include "testutil.h"
 
-typedef struct fixture {
-    const char *path;
-    int32_t ids[12];
-    int n;
-} fixture;
-
-static const fixture fixtures[] = {
+/* Every fixture model: tu_fixtures' four and tiny-gpt2, a Q4_K_M GGUF. */
+static const tu_fixture fixtures[] = {
     {"tinyllamas/stories260K.bin", {1, 403, 407, 261, 378, 432, 383, 286, 261, 376}, 10},
     {"tiny-random-llama-2", {1, 42, 99, 7}, 4},
     {"tiny-gpt2", {464, 3139, 286, 4881, 318}, 5},
@@ -33,35 +28,11 @@ static const fixture fixtures[] = {
 };
 #define N_FIXTURES (int)(sizeof fixtures / sizeof fixtures[0])
 
-typedef struct setup {
-    resid_model *m;
-    resid_trace *tr;
-    resid_explainer *e;
-} setup;
-
-static setup open_fixture(const fixture *f, resid_lens lens, int32_t target) {
-    setup s = {tu_open_model(f->path), NULL, NULL};
-    resid_trace_opts o = resid_trace_defaults();
-    o.capture = RESID_CAP_ALL;
-    resid_error err;
-    if (resid_forward(s.m, f->ids, f->n, &o, &s.tr, &err) != RESID_OK) {
-        print_error("%s: resid_forward: %s\n", f->path, err.msg);
-        fail();
-    }
+static tu_setup open_fixture(const tu_fixture *f, resid_lens lens, int32_t target) {
     resid_explain_opts eo = resid_explain_defaults();
     eo.lens = lens;
     eo.target = target;
-    if (resid_explainer_new(s.m, s.tr, &eo, &s.e, &err) != RESID_OK) {
-        print_error("%s: explainer: %s\n", f->path, err.msg);
-        fail();
-    }
-    return s;
-}
-
-static void close_fixture(setup *s) {
-    resid_explainer_free(s->e);
-    resid_trace_free(s->tr);
-    resid_model_free(s->m);
+    return tu_setup_open(f, RESID_POS_AUTO, &eo);
 }
 
 /* bs(v)[V] through the library's own projection (internal API). */
@@ -98,7 +69,7 @@ static void test_ref64(void **state) {
     for (int fi = 0; fi < N_FIXTURES; fi++) {
         for (int li = 0; li < 2; li++) {
             resid_lens lens = li ? RESID_LENS_EXACT : RESID_LENS_PAPER;
-            setup s = open_fixture(&fixtures[fi], lens, -1);
+            tu_setup s = open_fixture(&fixtures[fi], lens, -1);
             const int32_t w = resid_explainer_target(s.e);
             /* the default target is the model's argmax */
             const float *lg = s.tr->logits + (size_t)(s.tr->n_cap - 1) * s.tr->n_vocab;
@@ -150,7 +121,7 @@ static void test_ref64(void **state) {
             printf("  ref64 %-36s %-5s target %5d: %3d units, maxdiff %.2e\n",
                    fixtures[fi].path, resid_lens_name(lens), w, n_checked, worst);
             ref64_free(r);
-            close_fixture(&s);
+            tu_setup_close(&s);
         }
     }
 }
@@ -162,7 +133,7 @@ static void test_ref64(void **state) {
 static void test_identity4(void **state) {
     (void)state;
     for (int fi = 0; fi < N_FIXTURES; fi++) {
-        setup s = open_fixture(&fixtures[fi], RESID_LENS_PAPER, -1);
+        tu_setup s = open_fixture(&fixtures[fi], RESID_LENS_PAPER, -1);
         resid_explainer *e = s.e;
         const int V = e->V, D = e->D, L = e->L;
         double *sum = calloc((size_t)V, sizeof(double));
@@ -209,7 +180,7 @@ static void test_identity4(void **state) {
             assert_true(z <= 1e-5);
         }
         free(sum), free(b), free(b2), free(v);
-        close_fixture(&s);
+        tu_setup_close(&s);
     }
 }
 
@@ -222,7 +193,7 @@ static void test_identity5(void **state) {
     for (int fi = 0; fi < N_FIXTURES; fi++) {
         for (int li = 0; li < 3; li++) {
             resid_lens lens = (resid_lens)li;
-            setup s = open_fixture(&fixtures[fi], lens, -1);
+            tu_setup s = open_fixture(&fixtures[fi], lens, -1);
             const int L = s.e->L;
             resid_layer_row *rows = malloc(sizeof *rows * L);
             resid_error err;
@@ -247,7 +218,7 @@ static void test_identity5(void **state) {
                    fixtures[fi].path, resid_lens_name(lens), run, md);
             assert_true(md <= 1e-4);
             free(rows);
-            close_fixture(&s);
+            tu_setup_close(&s);
         }
     }
 }
@@ -261,7 +232,7 @@ static void test_identity6(void **state) {
     for (int fi = 0; fi < N_FIXTURES; fi++) {
         for (int li = 0; li < 2; li++) {
             resid_lens lens = li ? RESID_LENS_EXACT : RESID_LENS_PAPER;
-            setup s = open_fixture(&fixtures[fi], lens, -1);
+            tu_setup s = open_fixture(&fixtures[fi], lens, -1);
             const int V = s.e->V;
             double *p = malloc(sizeof(double) * V);
             float *nob = malloc(sizeof(float) * V);
@@ -287,7 +258,7 @@ static void test_identity6(void **state) {
                 assert_true(md <= 1e-5);
             }
             free(p), free(nob);
-            close_fixture(&s);
+            tu_setup_close(&s);
         }
     }
 }
@@ -310,7 +281,7 @@ static double lib_lpi_vec(resid_explainer *e, int ci, const float *v) {
 static void test_identity7(void **state) {
     (void)state;
     for (int fi = 0; fi < N_FIXTURES; fi++) {
-        setup s = open_fixture(&fixtures[fi], RESID_LENS_PAPER, -1);
+        tu_setup s = open_fixture(&fixtures[fi], RESID_LENS_PAPER, -1);
         resid_explainer *e = s.e;
         const int D = e->D, V = e->V;
         float *v = malloc(sizeof(float) * D);
@@ -340,7 +311,7 @@ static void test_identity7(void **state) {
                fixtures[fi].path, z0, shift, anti);
         assert_true(z0 <= 1e-6 && shift <= 1e-4 && anti <= 1e-4);
         free(v), free(c);
-        close_fixture(&s);
+        tu_setup_close(&s);
     }
 }
 
@@ -399,7 +370,7 @@ static double bs_w_of(resid_explainer *e, const float *v) { return rs_dot(v, e->
 static void test_sums(void **state) {
     (void)state;
     for (int fi = 0; fi < N_FIXTURES; fi++) {
-        setup s = open_fixture(&fixtures[fi], RESID_LENS_PAPER, -1);
+        tu_setup s = open_fixture(&fixtures[fi], RESID_LENS_PAPER, -1);
         resid_explainer *e = s.e;
         resid_score *heads, *hp, *an, *fn, *pos, *al, *fl;
         int64_t nh, nhp, nan_, nfn, npos, nal, nfl;
@@ -448,7 +419,7 @@ static void test_sums(void **state) {
         double tol = 1e-4 * fmax(1, scale);
         assert_true(d_head <= tol && d_hp <= tol && d_an <= tol && d_fn <= tol && d_pos <= tol);
         free(heads), free(hp), free(an), free(fn), free(pos), free(al), free(fl);
-        close_fixture(&s);
+        tu_setup_close(&s);
     }
 }
 
@@ -458,7 +429,7 @@ static void test_sums(void **state) {
 
 static void test_ids_and_errors(void **state) {
     (void)state;
-    setup s = open_fixture(&fixtures[0], RESID_LENS_PAPER, -1);
+    tu_setup s = open_fixture(&fixtures[0], RESID_LENS_PAPER, -1);
     resid_error err;
     /* every unit's id round-trips */
     for (int k = 0; k < RESID_UNIT_KIND_COUNT; k++) {
@@ -534,7 +505,7 @@ static void test_ids_and_errors(void **state) {
     assert_int_equal(resid_lens_parse("exact", &ln, &err), 0);
     assert_int_equal(ln, RESID_LENS_EXACT);
     assert_int_equal(resid_lens_parse("nope", &ln, &err), RESID_E_ARG);
-    close_fixture(&s);
+    tu_setup_close(&s);
 }
 
 int main(void) {

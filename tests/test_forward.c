@@ -35,19 +35,6 @@ static int argmax_f(const float *x, int n) {
     return b;
 }
 
-static resid_trace *run_trace(resid_model *m, const int32_t *ids, int n, uint32_t cap) {
-    resid_trace_opts o = resid_trace_defaults();
-    o.capture = cap;
-    o.positions = RESID_POS_ALL;
-    resid_trace *tr = NULL;
-    resid_error err;
-    if (resid_forward(m, ids, n, &o, &tr, &err) != RESID_OK) {
-        print_error("resid_forward: %s\n", err.msg);
-        fail();
-    }
-    return tr;
-}
-
 static int32_t *json_ids(const cJSON *arr, int *n) {
     *n = cJSON_GetArraySize(arr);
     int32_t *ids = malloc(sizeof(int32_t) * (size_t)(*n > 0 ? *n : 1));
@@ -166,7 +153,7 @@ static void test_stories_llamacpp_gguf(void **state) {
 static void test_batch_equals_incremental(void **state) {
     resid_model *m = tu_open_model("tinyllamas/stories260K.bin");
     int32_t ids[12] = {1, 403, 407, 261, 378, 432, 383, 286, 261, 376, 298, 315};
-    resid_trace *tr = run_trace(m, ids, 12, RESID_CAP_LOGITS);
+    resid_trace *tr = tu_trace(m, ids, 12, RESID_CAP_LOGITS, RESID_POS_ALL);
     resid_session *s;
     resid_error err;
     assert_int_equal(resid_session_new(m, &s, &err), RESID_OK);
@@ -197,7 +184,7 @@ static void test_tiny_random_llama(void **state) {
         const cJSON *cs = cJSON_GetArrayItem(cases, c);
         int n;
         int32_t *ids = json_ids(cJSON_GetObjectItem(cs, "input_ids"), &n);
-        resid_trace *tr = run_trace(m, ids, n, RESID_CAP_LOGITS);
+        resid_trace *tr = tu_trace(m, ids, n, RESID_CAP_LOGITS, RESID_POS_ALL);
         const float *last = tr->logits + (size_t)(n - 1) * in->n_vocab;
         const cJSON *sl = cJSON_GetObjectItem(cs, "sampled_logits");
         const cJSON *e;
@@ -258,7 +245,7 @@ static void gpt2_check(const char *dir, const char *model_rel) {
         const cJSON *pr = cJSON_GetArrayItem(prompts, k);
         int n;
         int32_t *ids = json_ids(cJSON_GetObjectItem(pr, "token_ids"), &n);
-        resid_trace *tr = run_trace(m, ids, n, RESID_CAP_LOGITS);
+        resid_trace *tr = tu_trace(m, ids, n, RESID_CAP_LOGITS, RESID_POS_ALL);
         const float *last = tr->logits + (size_t)(n - 1) * V;
         double d1 = tu_max_abs_diff(last, pt + (size_t)k * V, (size_t)V);
         double d2 = tu_max_abs_diff(last, lc + (size_t)k * V, (size_t)V);
@@ -367,7 +354,7 @@ static void test_quant_forward(void **state) {
             int n;
             int32_t *ids =
                 json_ids(cJSON_GetObjectItem(cJSON_GetArrayItem(prompts, k), "ids"), &n);
-            resid_trace *tr = run_trace(m, ids, n, RESID_CAP_LOGITS);
+            resid_trace *tr = tu_trace(m, ids, n, RESID_CAP_LOGITS, RESID_POS_ALL);
             const float *last = tr->logits + (size_t)(n - 1) * V;
             softmax_d(last, V, p);
             const cJSON *tt = cJSON_GetArrayItem(cJSON_GetObjectItem(fr, "torch_dequant_f64"), k);
@@ -427,7 +414,7 @@ static void identities_check(const char *rel) {
     const resid_model_info *in = resid_model_get_info(m);
     int32_t ids[9] = {1, 42, 99, 300, 17, 5, 42, 99, 256};
     int T = 9;
-    resid_trace *tr = run_trace(m, ids, T, RESID_CAP_ALL);
+    resid_trace *tr = tu_trace(m, ids, T, RESID_CAP_ALL, RESID_POS_ALL);
     int L = in->n_layer, D = in->d_model, H = in->n_head, N = in->d_ffn, dh = in->d_head;
     int qd = H * dh, kvd = in->n_kv_head * dh, group = in->n_head / in->n_kv_head;
     /* Tolerance: float32 rounding of sums of O(L + N) terms, relative to the

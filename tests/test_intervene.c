@@ -20,18 +20,9 @@
 #include "model/model.h"
 #include "testutil.h"
 
-typedef struct fixture {
-    const char *path;
-    int32_t ids[12];
-    int n;
-} fixture;
-
-static const fixture fixtures[] = {
-    {"tinyllamas/stories260K.bin", {1, 403, 407, 261, 378, 432, 383, 286, 261, 376}, 10},
-    {"tiny-gpt2-stories", {7454, 2402, 257, 640, 11, 612, 373}, 7},
-    {"tiny-random-llama-2", {1, 42, 99, 7}, 4},
-};
-#define N_FIXTURES (int)(sizeof fixtures / sizeof fixtures[0])
+/* The first three of tu_fixtures: not the quantised file (the tests swap
+ * float32 weights in). */
+enum { N_FIXTURES = 3 };
 
 static void check(resid_status st, const resid_error *err, const char *what) {
     if (st != RESID_OK) {
@@ -60,16 +51,6 @@ static run_out run(resid_model *m, resid_intervention *iv, const int32_t *ids, i
 
 static void run_free(run_out *r) {
     free(r->x_L), free(r->logits);
-}
-
-static resid_trace *full_trace(resid_model *m, const int32_t *ids, int n) {
-    resid_trace_opts o = resid_trace_defaults();
-    o.capture = RESID_CAP_ALL;
-    o.positions = RESID_POS_ALL;
-    resid_trace *tr;
-    resid_error err;
-    check(resid_forward(m, ids, n, &o, &tr, &err), &err, "forward");
-    return tr;
 }
 
 /* A float32 copy of a weight matrix with some logical columns (cols) or
@@ -118,7 +99,7 @@ static double max_diff(const float *a, const float *b, size_t n) {
 static void test_param_zeroing(void **state) {
     (void)state;
     for (int fi = 0; fi < N_FIXTURES; fi++) {
-        const fixture *f = &fixtures[fi];
+        const tu_fixture *f = &tu_fixtures[fi];
         resid_model *m = tu_open_model(f->path);
         const resid_model_info *in = resid_model_get_info(m);
         const int V = in->n_vocab, dh = in->d_head;
@@ -175,13 +156,13 @@ static void test_param_zeroing(void **state) {
 static void test_last_layer_identities(void **state) {
     (void)state;
     for (int fi = 0; fi < N_FIXTURES; fi++) {
-        const fixture *f = &fixtures[fi];
+        const tu_fixture *f = &tu_fixtures[fi];
         resid_model *m = tu_open_model(f->path);
         const resid_model_info *in = resid_model_get_info(m);
         const int D = in->d_model, L = in->n_layer, H = in->n_head, dh = in->d_head;
         const int N = in->d_ffn, T = f->n, ts = T - 1, l = L - 1;
         const int group = H / in->n_kv_head, kvd = in->n_kv_head * dh;
-        resid_trace *tr = full_trace(m, f->ids, T);
+        resid_trace *tr = tu_trace(m, f->ids, T, RESID_CAP_ALL, RESID_POS_ALL);
         run_out base = run(m, NULL, f->ids, T, 0);
         tu_assert_close("plain x_L vs trace", base.x_L, tr->x_in + ((size_t)L * T + ts) * D, D, 0);
         float *wo = malloc(sizeof(float) * D);
@@ -267,7 +248,7 @@ static void test_last_layer_identities(void **state) {
 static void test_neurons_vs_layer(void **state) {
     (void)state;
     for (int fi = 0; fi < N_FIXTURES; fi++) {
-        const fixture *f = &fixtures[fi];
+        const tu_fixture *f = &tu_fixtures[fi];
         resid_model *m = tu_open_model(f->path);
         const resid_model_info *in = resid_model_get_info(m);
         const int D = in->d_model, V = in->n_vocab;
@@ -312,7 +293,7 @@ static void test_neurons_vs_layer(void **state) {
 static void test_replace_and_add_noops(void **state) {
     (void)state;
     for (int fi = 0; fi < N_FIXTURES; fi++) {
-        const fixture *f = &fixtures[fi];
+        const tu_fixture *f = &tu_fixtures[fi];
         resid_model *m = tu_open_model(f->path);
         const resid_model_info *in = resid_model_get_info(m);
         const int V = in->n_vocab, D = in->d_model, T = f->n;
@@ -357,7 +338,7 @@ static void test_replace_and_add_noops(void **state) {
 static void test_add_final(void **state) {
     (void)state;
     for (int fi = 0; fi < N_FIXTURES; fi++) {
-        const fixture *f = &fixtures[fi];
+        const tu_fixture *f = &tu_fixtures[fi];
         resid_model *m = tu_open_model(f->path);
         const resid_model_info *in = resid_model_get_info(m);
         const int V = in->n_vocab, D = in->d_model, T = f->n;
@@ -416,7 +397,7 @@ static void test_add_final(void **state) {
 
 static void test_means(void **state) {
     (void)state;
-    const fixture *f = &fixtures[0];
+    const tu_fixture *f = &tu_fixtures[0];
     resid_model *m = tu_open_model(f->path);
     const resid_model_info *in = resid_model_get_info(m);
     const int L = in->n_layer, N = in->d_ffn, D = in->d_model, H = in->n_head, dh = in->d_head;
@@ -435,7 +416,7 @@ static void test_means(void **state) {
     double r_m = 0, r_h[64] = {0}, r_f[512] = {0};
     int cnt = 0;
     for (int p = 0; p < 2; p++) {
-        resid_trace *tr = full_trace(m, prompts[p], lens[p]);
+        resid_trace *tr = tu_trace(m, prompts[p], lens[p], RESID_CAP_ALL, RESID_POS_ALL);
         int T = lens[p];
         for (int t = 0; t < T; t++) {
             r_m += tr->ffn_coef[((size_t)(L - 1) * T + t) * N + 7];
@@ -463,7 +444,7 @@ static void test_means(void **state) {
     tu_assert_close("means vs trace averages", means, ref, (size_t)nm, 1e-5);
 
     /* mean-ablating a last-layer neuron moves x_L by (mean − m_k[t*])·fc2_k */
-    resid_trace *tr = full_trace(m, f->ids, f->n);
+    resid_trace *tr = tu_trace(m, f->ids, f->n, RESID_CAP_ALL, RESID_POS_ALL);
     run_out base = run(m, NULL, f->ids, f->n, -1);
     resid_intervention *iv;
     check(resid_intervention_new(m, &iv, &err), &err, "new");
@@ -493,14 +474,14 @@ static void test_means(void **state) {
 static void test_stats_random_errors(void **state) {
     (void)state;
     for (int fi = 0; fi < N_FIXTURES; fi++) {
-        const fixture *f = &fixtures[fi];
+        const tu_fixture *f = &tu_fixtures[fi];
         resid_model *m = tu_open_model(f->path);
         const resid_model_info *in = resid_model_get_info(m);
         resid_error err;
         run_out base = run(m, NULL, f->ids, f->n, -1);
         /* the paper-lens probability equals the explainer's, and for Llama
          * the model's */
-        resid_trace *tr = full_trace(m, f->ids, f->n);
+        resid_trace *tr = tu_trace(m, f->ids, f->n, RESID_CAP_ALL, RESID_POS_ALL);
         resid_explainer *ex;
         resid_explain_opts eo = resid_explain_defaults();
         check(resid_explainer_new(m, tr, &eo, &ex, &err), &err, "explainer");
@@ -661,12 +642,12 @@ static void test_compare_scores(void **state) {
 static void test_neuron_scores(void **state) {
     (void)state;
     for (int fi = 0; fi < 2; fi++) {
-        const fixture *f = &fixtures[fi == 0 ? 0 : 2]; /* stories260K, tiny-random-llama-2 */
+        const tu_fixture *f = &tu_fixtures[fi == 0 ? 0 : 2]; /* stories260K, tiny-random-llama-2 */
         resid_model *m = tu_open_model(f->path);
         const resid_model_info *in = resid_model_get_info(m);
         const int D = in->d_model, V = in->n_vocab, N = in->d_ffn;
         const int64_t LN = (int64_t)in->n_layer * N;
-        resid_trace *tr = full_trace(m, f->ids, f->n);
+        resid_trace *tr = tu_trace(m, f->ids, f->n, RESID_CAP_ALL, RESID_POS_ALL);
         resid_explainer *ex;
         resid_explain_opts eo = resid_explain_defaults();
         resid_error err;

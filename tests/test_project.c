@@ -19,20 +19,6 @@
 #include "model/model.h"
 #include "testutil.h"
 
-typedef struct fixture {
-    const char *path;
-    int32_t ids[12];
-    int n;
-} fixture;
-
-static const fixture fixtures[] = {
-    {"tinyllamas/stories260K.bin", {1, 403, 407, 261, 378, 432, 383, 286, 261, 376}, 10},
-    {"tiny-gpt2-stories", {7454, 2402, 257, 640, 11, 612, 373}, 7},
-    {"tiny-random-llama-2", {1, 42, 99, 7}, 4},
-    {"quant/tiny-llama-256.q8_0.gguf", {1, 403, 407, 261, 378}, 5},
-};
-#define N_FIXTURES (int)(sizeof fixtures / sizeof fixtures[0])
-
 typedef struct setup {
     resid_model *m;
     resid_trace *tr;
@@ -40,22 +26,13 @@ typedef struct setup {
     double *wu; /* [V][D] unembedding in double, read with rs_tensor_get */
 } setup;
 
-static setup open_fixture(const fixture *f, resid_lens lens) {
-    setup s = {tu_open_model(f->path), NULL, NULL, NULL};
-    resid_trace_opts o = resid_trace_defaults();
-    o.capture = RESID_CAP_ALL;
-    o.positions = RESID_POS_ALL;
-    resid_error err;
-    if (resid_forward(s.m, f->ids, f->n, &o, &s.tr, &err) != RESID_OK) {
-        print_error("%s: resid_forward: %s\n", f->path, err.msg);
-        fail();
-    }
+/* A fixture opened (every position) with W_U in double for the brute
+ * projections. */
+static setup open_fixture(const tu_fixture *f, resid_lens lens) {
     resid_explain_opts eo = resid_explain_defaults();
     eo.lens = lens;
-    if (resid_explainer_new(s.m, s.tr, &eo, &s.e, &err) != RESID_OK) {
-        print_error("%s: explainer: %s\n", f->path, err.msg);
-        fail();
-    }
+    tu_setup b = tu_setup_open(f, RESID_POS_ALL, &eo);
+    setup s = {b.m, b.tr, b.e, NULL};
     const int V = s.m->hp.n_vocab, D = s.m->hp.d_model;
     s.wu = malloc(sizeof(double) * (size_t)V * D);
     for (int t = 0; t < V; t++)
@@ -64,9 +41,7 @@ static setup open_fixture(const fixture *f, resid_lens lens) {
 }
 
 static void close_fixture(setup *s) {
-    resid_explainer_free(s->e);
-    resid_trace_free(s->tr);
-    resid_model_free(s->m);
+    tu_setup_close(&(tu_setup){s->m, s->tr, s->e});
     free(s->wu);
 }
 
@@ -153,8 +128,8 @@ static double maxabs(const double *x, int n) {
 
 static void test_param_projection(void **state) {
     (void)state;
-    for (int fi = 0; fi < N_FIXTURES; fi++) {
-        setup s = open_fixture(&fixtures[fi], RESID_LENS_PAPER);
+    for (int fi = 0; fi < TU_N_FIXTURES; fi++) {
+        setup s = open_fixture(&tu_fixtures[fi], RESID_LENS_PAPER);
         const rs_hparams *hp = &s.m->hp;
         const int V = hp->n_vocab, D = hp->d_model, L = hp->n_layer;
         double *ref = malloc(sizeof(double) * V), v[4096];
@@ -182,7 +157,7 @@ static void test_param_projection(void **state) {
                                      RESID_OK);
                     assert_int_equal(k, K);
                     char what[96];
-                    snprintf(what, sizeof what, "%s %s %d_%lld top", fixtures[fi].path,
+                    snprintf(what, sizeof what, "%s %s %d_%lld top", tu_fixtures[fi].path,
                              resid_param_name(p), l, (long long)row);
                     worst = fmax(worst, check_list(what, top, K, ref, V, false, tol));
                     worst = fmax(worst, check_list(what, bot, K, ref, V, true, tol));
@@ -208,7 +183,7 @@ static void test_param_projection(void **state) {
             }
         }
         printf("  param %-34s %2d rows (fc2, W_O): top/bottom-%d vs brute force maxdiff %.2e\n",
-               fixtures[fi].path, n_rows, K, worst);
+               tu_fixtures[fi].path, n_rows, K, worst);
         /* bad input */
         resid_error err;
         assert_int_equal(resid_param_vector(s.m, RESID_PARAM_FC2, L, 0, vf, &err), RESID_E_ARG);
@@ -240,8 +215,8 @@ static void test_param_projection(void **state) {
 
 static void test_unit_projection(void **state) {
     (void)state;
-    for (int fi = 0; fi < N_FIXTURES; fi++) {
-        setup s = open_fixture(&fixtures[fi], RESID_LENS_PAPER);
+    for (int fi = 0; fi < TU_N_FIXTURES; fi++) {
+        setup s = open_fixture(&tu_fixtures[fi], RESID_LENS_PAPER);
         resid_explainer *e = s.e;
         const int V = e->V, D = e->D;
         const double sc = resid_explainer_scale(e);
@@ -283,7 +258,7 @@ static void test_unit_projection(void **state) {
                 for (int r = 0; r < K; r++) same += ptop[r].id == top[r].id;
                 printf("  unit %-34s %-10s coef %+9.4f: bs maxdiff %.2e, top-%d ids equal to "
                        "sign-read row: %d/%d\n",
-                       fixtures[fi].path, id, a, md, K, same, K);
+                       tu_fixtures[fi].path, id, a, md, K, same, K);
                 assert_true(same >= K - 1); /* float ties only */
             }
             free(best);
@@ -299,10 +274,10 @@ static void test_unit_projection(void **state) {
 
 static void test_dist_change(void **state) {
     (void)state;
-    for (int fi = 0; fi < N_FIXTURES; fi++) {
+    for (int fi = 0; fi < TU_N_FIXTURES; fi++) {
         for (int li = 0; li < 2; li++) {
             resid_lens lens = li ? RESID_LENS_EXACT : RESID_LENS_PAPER;
-            setup s = open_fixture(&fixtures[fi], lens);
+            setup s = open_fixture(&tu_fixtures[fi], lens);
             resid_explainer *e = s.e;
             const int V = e->V, D = e->D, T1 = s.tr->n_cap - 1;
             const double sc = resid_explainer_scale(e);
@@ -399,7 +374,7 @@ static void test_dist_change(void **state) {
                 assert_true(fabs(dc->lpi - lpi_ref) <= 1e-4 * fmax(1, fabs(lpi_ref)));
                 printf("  dist %-34s %-5s %-7s range(bs) %7.3f: rise/fall maxdiff %.1e, "
                        "overlap top %2d/%d (J %.2f) bottom %2d/%d (J %.2f)\n",
-                       fixtures[fi].path, resid_lens_name(lens), id, dc->bs_range, md,
+                       tu_fixtures[fi].path, resid_lens_name(lens), id, dc->bs_range, md,
                        dc->overlap_top, K, dc->jaccard_top, dc->overlap_bottom, K,
                        dc->jaccard_bottom);
                 resid_dist_change_free(dc);
@@ -421,8 +396,8 @@ static void test_dist_change(void **state) {
 
 static void test_lens_grid(void **state) {
     (void)state;
-    for (int fi = 0; fi < N_FIXTURES; fi++) {
-        setup s = open_fixture(&fixtures[fi], RESID_LENS_PAPER);
+    for (int fi = 0; fi < TU_N_FIXTURES; fi++) {
+        setup s = open_fixture(&tu_fixtures[fi], RESID_LENS_PAPER);
         const resid_trace *tr = s.tr;
         const int V = tr->n_vocab, D = tr->d_model, L = tr->n_layer, P = tr->n_cap;
         const bool gpt2 = s.m->hp.arch == RESID_ARCH_GPT2;
@@ -483,7 +458,7 @@ static void test_lens_grid(void **state) {
                 assert_int_equal(c->rank_target, rank);
             }
             printf("  grid %-34s %-10s %d x %d: x_L vs model p(w)/p(top1) maxdiff %.2e%s",
-                   fixtures[fi].path, resid_lens_name(lens), 2 * L + 1, P, md,
+                   tu_fixtures[fi].path, resid_lens_name(lens), 2 * L + 1, P, md,
                    lens == RESID_LENS_PAPER && gpt2 ? " (not compared)" : "");
             if (lens == RESID_LENS_PAPER && gpt2)
                 printf("; GPT-2 paper lens differs from the model by up to %.3f (no beta_f)",
@@ -541,7 +516,7 @@ static void test_project_many(void **state) {
     (void)state;
     const int fis[] = {0, 1}; /* stories260K, tiny-gpt2-stories */
     for (size_t q = 0; q < sizeof fis / sizeof fis[0]; q++) {
-        const fixture *f = &fixtures[fis[q]];
+        const tu_fixture *f = &tu_fixtures[fis[q]];
         setup s = open_fixture(f, RESID_LENS_PAPER);
         const rs_hparams *hp = &s.m->hp;
         const int V = hp->n_vocab, D = hp->d_model, L = hp->n_layer;

@@ -20,49 +20,6 @@
 #include "model/model.h"
 #include "testutil.h"
 
-typedef struct fixture {
-    const char *path;
-    int32_t ids[12];
-    int n;
-} fixture;
-
-static const fixture fixtures[] = {
-    {"tinyllamas/stories260K.bin", {1, 403, 407, 261, 378, 432, 383, 286, 261, 376}, 10},
-    {"tiny-gpt2-stories", {7454, 2402, 257, 640, 11, 612, 373}, 7},
-    {"tiny-random-llama-2", {1, 42, 99, 7}, 4},
-    {"quant/tiny-llama-256.q8_0.gguf", {1, 403, 407, 261, 378}, 5},
-};
-#define N_FIXTURES (int)(sizeof fixtures / sizeof fixtures[0])
-
-typedef struct setup {
-    resid_model *m;
-    resid_trace *tr;
-    resid_explainer *e;
-} setup;
-
-static setup open_fixture(const fixture *f, resid_positions pos) {
-    setup s = {tu_open_model(f->path), NULL, NULL};
-    resid_trace_opts o = resid_trace_defaults();
-    o.capture = RESID_CAP_ALL;
-    o.positions = pos;
-    resid_error err;
-    if (resid_forward(s.m, f->ids, f->n, &o, &s.tr, &err) != RESID_OK) {
-        print_error("%s: resid_forward: %s\n", f->path, err.msg);
-        fail();
-    }
-    if (resid_explainer_new(s.m, s.tr, NULL, &s.e, &err) != RESID_OK) {
-        print_error("%s: explainer: %s\n", f->path, err.msg);
-        fail();
-    }
-    return s;
-}
-
-static void close_fixture(setup *s) {
-    resid_explainer_free(s->e);
-    resid_trace_free(s->tr);
-    resid_model_free(s->m);
-}
-
 static const float *trow(const resid_trace *tr, const float *base, int l, int row) {
     return base + ((size_t)l * tr->n_cap + (size_t)row) * tr->d_model;
 }
@@ -109,8 +66,8 @@ static void check_split(const resid_preact *p, double ref, const char *what, dou
 
 static void test_preact_split(void **state) {
     (void)state;
-    for (int fi = 0; fi < N_FIXTURES; fi++) {
-        setup s = open_fixture(&fixtures[fi], RESID_POS_ALL);
+    for (int fi = 0; fi < TU_N_FIXTURES; fi++) {
+        tu_setup s = tu_setup_open(&tu_fixtures[fi], RESID_POS_ALL, NULL);
         const resid_model *m = s.m;
         const resid_trace *tr = s.tr;
         const rs_hparams *hp = &m->hp;
@@ -127,7 +84,7 @@ static void test_preact_split(void **state) {
                     double up = ref_preact(m, x, ly->ffn_norm_w, ly->ffn_norm_b, ly->w_up, k,
                                            ly->b_up ? ly->b_up[k] : 0);
                     char what[96];
-                    snprintf(what, sizeof what, "%s up %d_%d @%d", fixtures[fi].path, l, k, pos);
+                    snprintf(what, sizeof what, "%s up %d_%d @%d", tu_fixtures[fi].path, l, k, pos);
                     resid_preact *p;
                     assert_int_equal(resid_preact_new(m, tr, RESID_SUBKEY_UP, l, k, pos, &p, &err),
                                      RESID_OK);
@@ -149,8 +106,8 @@ static void test_preact_split(void **state) {
                             RESID_E_ARG);
                     } else {
                         double gt = ref_preact(m, x, ly->ffn_norm_w, NULL, ly->w_gate, k, 0);
-                        snprintf(what, sizeof what, "%s gate %d_%d @%d", fixtures[fi].path, l,
-                                 k, pos);
+                        snprintf(what, sizeof what, "%s gate %d_%d @%d", tu_fixtures[fi].path, l, k,
+                                 pos);
                         assert_int_equal(
                             resid_preact_new(m, tr, RESID_SUBKEY_GATE, l, k, pos, &p, &err),
                             RESID_OK);
@@ -188,8 +145,8 @@ static void test_preact_split(void **state) {
                                      RESID_OK);
                     assert_int_equal(p->n_slots, 2 * l + 1);
                     char what[96];
-                    snprintf(what, sizeof what, "%s value %d_%d_%d @%d", fixtures[fi].path, l,
-                             h, n, pos);
+                    snprintf(what, sizeof what, "%s value %d_%d_%d @%d", tu_fixtures[fi].path, l, h,
+                             n, pos);
                     check_split(p, ref, what, &worst);
                     resid_preact_free(p);
                     n_checked++;
@@ -198,7 +155,7 @@ static void test_preact_split(void **state) {
         }
         printf("  split %-34s %3d neurons: pre (split, direct) vs recompute rel maxdiff %.2e; "
                "act(pre) vs model m %.2e; value vs model v %.2e\n",
-               fixtures[fi].path, n_checked, worst, worst_m, worst_v);
+               tu_fixtures[fi].path, n_checked, worst, worst_m, worst_v);
         /* bad input */
         resid_preact *p;
         assert_int_equal(resid_preact_new(m, tr, RESID_SUBKEY_UP, L, 0, 0, &p, &err), RESID_E_ARG);
@@ -208,7 +165,7 @@ static void test_preact_split(void **state) {
                                           hp->n_head * hp->d_head, 0, &p, &err),
                          RESID_E_ARG);
         assert_int_equal(resid_preact_new(m, tr, (resid_subkey)9, 0, 0, 0, &p, &err), RESID_E_ARG);
-        close_fixture(&s);
+        tu_setup_close(&s);
     }
 }
 
@@ -224,7 +181,7 @@ static double sum_of(const double *q, int n, double *abs_sum) {
 }
 
 /* The inner products of the lower vectors of one neuron, naively. */
-static void naive_dots(const setup *s, const float *K, int l, int row, bool with_attn,
+static void naive_dots(const tu_setup *s, const float *K, int l, int row, bool with_attn,
                        double *dot, int *n) {
     const resid_trace *tr = s->tr;
     const int D = tr->d_model;
@@ -246,8 +203,8 @@ static void naive_dots(const setup *s, const float *K, int l, int row, bool with
 
 static void test_query_layers(void **state) {
     (void)state;
-    for (int fi = 0; fi < N_FIXTURES; fi++) {
-        setup s = open_fixture(&fixtures[fi], RESID_POS_ALL);
+    for (int fi = 0; fi < TU_N_FIXTURES; fi++) {
+        tu_setup s = tu_setup_open(&tu_fixtures[fi], RESID_POS_ALL, NULL);
         resid_explainer *e = s.e;
         const rs_hparams *hp = &s.m->hp;
         const int L = hp->n_layer, D = hp->d_model;
@@ -311,7 +268,7 @@ static void test_query_layers(void **state) {
             for (int j = top_slot + 1; j < q->n_slots; j++) assert_true(q->q[j] == 0);
             printf("  Q%d %-34s N_v=%3d: sum Q_j %+.6f = sum LPI %+.6f (|diff| %.1e%s), "
                    "mean layer %.2f, small den %d\n",
-                   kind + 1, fixtures[fi].path, q->n_units, sq, q->lpi_sum,
+                   kind + 1, tu_fixtures[fi].path, q->n_units, sq, q->lpi_sum,
                    fabs(sq - q->lpi_sum), !gpt2 && !kind ? ", gate too" : "", q->mean_layer,
                    q->n_small_den);
             assert_true(q->q_mean == 0 && q->q_bias == 0);
@@ -386,7 +343,7 @@ static void test_query_layers(void **state) {
                          RESID_E_ARG);
         assert_int_equal(resid_query_layers_new(e, RESID_UNIT_FFN_NEURON, NULL, NULL, &err),
                          RESID_E_ARG);
-        close_fixture(&s);
+        tu_setup_close(&s);
     }
 }
 
@@ -394,8 +351,8 @@ static void test_query_layers(void **state) {
  * exactly when a value neuron sits at an earlier source position. */
 static void test_q2_needs_positions(void **state) {
     (void)state;
-    for (int fi = 0; fi < N_FIXTURES; fi++) {
-        setup all = open_fixture(&fixtures[fi], RESID_POS_ALL);
+    for (int fi = 0; fi < TU_N_FIXTURES; fi++) {
+        tu_setup all = tu_setup_open(&tu_fixtures[fi], RESID_POS_ALL, NULL);
         resid_query_layers *q;
         resid_error err;
         assert_int_equal(resid_query_layers_new(all.e, RESID_UNIT_ATTN_NEURON, NULL, &q, &err),
@@ -403,8 +360,8 @@ static void test_q2_needs_positions(void **state) {
         bool early = false;
         for (int i = 0; i < q->n_units; i++) early |= q->units[i].unit.pos < all.tr->n_tokens - 1;
         resid_query_layers_free(q);
-        close_fixture(&all);
-        setup last = open_fixture(&fixtures[fi], RESID_POS_LAST);
+        tu_setup_close(&all);
+        tu_setup last = tu_setup_open(&tu_fixtures[fi], RESID_POS_LAST, NULL);
         resid_status st = resid_query_layers_new(last.e, RESID_UNIT_ATTN_NEURON, NULL, &q, &err);
         if (early) {
             assert_int_equal(st, RESID_E_ARG);
@@ -421,7 +378,7 @@ static void test_q2_needs_positions(void **state) {
         resid_query_neurons *qn;
         assert_int_equal(resid_query_neurons_new(last.e, NULL, &qn, &err), RESID_E_ARG);
         assert_non_null(strstr(err.msg, "RESID_POS_ALL"));
-        close_fixture(&last);
+        tu_setup_close(&last);
     }
 }
 
@@ -431,8 +388,8 @@ static void test_q2_needs_positions(void **state) {
 
 static void test_query_neurons(void **state) {
     (void)state;
-    for (int fi = 0; fi < N_FIXTURES; fi++) {
-        setup s = open_fixture(&fixtures[fi], RESID_POS_ALL);
+    for (int fi = 0; fi < TU_N_FIXTURES; fi++) {
+        tu_setup s = tu_setup_open(&tu_fixtures[fi], RESID_POS_ALL, NULL);
         resid_explainer *e = s.e;
         const resid_trace *tr = s.tr;
         const rs_hparams *hp = &s.m->hp;
@@ -531,14 +488,14 @@ static void test_query_neurons(void **state) {
             assert_int_equal(sv + so, sq);
             printf("  Q3 %-34s N_a=%2d top %3d: q vs naive maxdiff %.2e (max |q| %.3g); "
                    "query %d = query-value %d + query-only %d; per layer query:",
-                   fixtures[fi].path, q->n_attn, ntop, md, mx, q->n_query, q->n_query_value,
+                   tu_fixtures[fi].path, q->n_attn, ntop, md, mx, q->n_query, q->n_query_value,
                    q->n_query_only);
             for (int l = 0; l < L; l++) printf(" %d", q->per_layer_query[l]);
             printf("\n");
             free(in_value), free(seen), free(pl), free(plv);
             resid_query_neurons_free(q);
         }
-        close_fixture(&s);
+        tu_setup_close(&s);
     }
 }
 

@@ -43,28 +43,10 @@ static const fixture fixtures[] = {
 /* A large vocabulary: exact scores are expensive (see the top comment). */
 static bool big_vocab(const resid_model *m) { return resid_model_get_info(m)->n_vocab > 10000; }
 
-static resid_trace *forward(resid_model *m, const int32_t *ids, int n) {
-    resid_trace_opts o = resid_trace_defaults();
-    o.capture = RESID_CAP_ALL;
-    resid_trace *tr;
-    resid_error err;
-    if (resid_forward(m, ids, n, &o, &tr, &err) != RESID_OK) {
-        print_error("resid_forward: %s\n", err.msg);
-        fail();
-    }
-    return tr;
-}
-
 static resid_explainer *explainer(resid_model *m, resid_trace *tr, int32_t contrast) {
     resid_explain_opts eo = resid_explain_defaults();
     eo.contrast = contrast;
-    resid_explainer *e;
-    resid_error err;
-    if (resid_explainer_new(m, tr, &eo, &e, &err) != RESID_OK) {
-        print_error("explainer: %s\n", err.msg);
-        fail();
-    }
-    return e;
+    return tu_explainer(m, tr, &eo);
 }
 
 /* The test's own ordering of exhaustive scores: by key, ties by index. */
@@ -148,7 +130,8 @@ static void test_certified_equals_exhaustive(void **state) {
         const bool big = big_vocab(m);
         const int n_prompts = big ? 1 : 2;
         for (int pi = 0; pi < n_prompts; pi++) {
-            resid_trace *tr = forward(m, fixtures[fi].ids[pi], fixtures[fi].n[pi]);
+            resid_trace *tr = tu_trace(m, fixtures[fi].ids[pi], fixtures[fi].n[pi], RESID_CAP_ALL,
+                                       RESID_POS_AUTO);
             /* The reference scores come from an explainer of their own: the
              * ranking explainer remembers the LPIs it has scored, and must
              * match scores it never saw, computed in other batches. */
@@ -194,7 +177,8 @@ static void test_other_keys(void **state) {
     (void)state;
     for (int fi = 0; fi < N_FIXTURES; fi++) {
         resid_model *m = tu_open_model(fixtures[fi].path);
-        resid_trace *tr = forward(m, fixtures[fi].ids[0], fixtures[fi].n[0]);
+        resid_trace *tr =
+            tu_trace(m, fixtures[fi].ids[0], fixtures[fi].n[0], RESID_CAP_ALL, RESID_POS_AUTO);
         resid_explainer *e = explainer(m, tr, 3), *eref = explainer(m, tr, 3);
         const resid_unit_kind kinds[] = {RESID_UNIT_FFN_NEURON, RESID_UNIT_ATTN_NEURON,
                                          RESID_UNIT_HEAD_POS};
@@ -254,7 +238,8 @@ static void test_ties(void **state) {
             resid_model_free(m);
             continue;
         }
-        resid_trace *tr = forward(m, fixtures[fi].ids[0], fixtures[fi].n[0]);
+        resid_trace *tr =
+            tu_trace(m, fixtures[fi].ids[0], fixtures[fi].n[0], RESID_CAP_ALL, RESID_POS_AUTO);
         const int N = tr->d_ffn;
         /* layer 0 at t*: every other neuron off; so is neuron 1 of layer 1 */
         float *mrow = tr->ffn_coef + (size_t)(tr->n_cap - 1) * N;
@@ -297,7 +282,7 @@ static void test_memo(void **state) {
     (void)state;
     const fixture *f = &fixtures[3]; /* tiny-gpt2-stories: V = 50257 */
     resid_model *m = tu_open_model(f->path);
-    resid_trace *tr = forward(m, f->ids[0], f->n[0]);
+    resid_trace *tr = tu_trace(m, f->ids[0], f->n[0], RESID_CAP_ALL, RESID_POS_AUTO);
     resid_explainer *e = explainer(m, tr, -1), *fresh = explainer(m, tr, -1);
     const resid_unit_kind kinds[] = {RESID_UNIT_FFN_NEURON, RESID_UNIT_ATTN_NEURON,
                                      RESID_UNIT_HEAD_POS};

@@ -97,6 +97,51 @@ resid_model *tu_open_model(const char *rel) {
     return m;
 }
 
+const tu_fixture tu_fixtures[TU_N_FIXTURES] = {
+    {"tinyllamas/stories260K.bin", {1, 403, 407, 261, 378, 432, 383, 286, 261, 376}, 10},
+    {"tiny-gpt2-stories", {7454, 2402, 257, 640, 11, 612, 373}, 7},
+    {"tiny-random-llama-2", {1, 42, 99, 7}, 4},
+    {"quant/tiny-llama-256.q8_0.gguf", {1, 403, 407, 261, 378}, 5},
+};
+
+resid_trace *tu_trace(resid_model *m, const int32_t *ids, int n, uint32_t cap,
+                      resid_positions pos) {
+    resid_trace_opts o = resid_trace_defaults();
+    o.capture = cap;
+    o.positions = pos;
+    resid_trace *tr = NULL;
+    resid_error err;
+    if (resid_forward(m, ids, n, &o, &tr, &err) != RESID_OK) {
+        print_error("resid_forward: %s\n", err.msg);
+        fail();
+    }
+    return tr;
+}
+
+resid_explainer *tu_explainer(const resid_model *m, const resid_trace *tr,
+                              const resid_explain_opts *eo) {
+    resid_explainer *e = NULL;
+    resid_error err;
+    if (resid_explainer_new(m, tr, eo, &e, &err) != RESID_OK) {
+        print_error("resid_explainer_new: %s\n", err.msg);
+        fail();
+    }
+    return e;
+}
+
+tu_setup tu_setup_open(const tu_fixture *f, resid_positions pos, const resid_explain_opts *eo) {
+    tu_setup s = {tu_open_model(f->path), NULL, NULL};
+    s.tr = tu_trace(s.m, f->ids, f->n, RESID_CAP_ALL, pos);
+    s.e = tu_explainer(s.m, s.tr, eo);
+    return s;
+}
+
+void tu_setup_close(tu_setup *s) {
+    resid_explainer_free(s->e);
+    resid_trace_free(s->tr);
+    resid_model_free(s->m);
+}
+
 int32_t tu_tokenize(const resid_model *m, const char *text, int32_t **ids) {
     const resid_tokenizer *tok = resid_model_tokenizer(m);
     resid_encode_opts eo = resid_encode_defaults(tok);

@@ -32,6 +32,31 @@ resid_model *tu_open_model(const char *rel);
 /* The model's own tokenization of text (BOS as the model wants) into
  * *ids (malloc'd); returns the count. Fails the test on an error. */
 int32_t tu_tokenize(const resid_model *m, const char *text, int32_t **ids);
+/* A fixture: a model under the models dir and a prompt as ids. */
+typedef struct tu_fixture {
+    const char *path;
+    int32_t ids[12];
+    int n;
+} tu_fixture;
+/* stories260K, tiny-gpt2-stories, tiny-random-llama-2 and a Q8_0 GGUF,
+ * each with a short prompt: a Llama, a GPT-2, rotate-half RoPE and a
+ * quantised file. */
+extern const tu_fixture tu_fixtures[];
+enum { TU_N_FIXTURES = 4 };
+/* The trace of ids[0..n) with the RESID_CAP_* flags `cap` at `pos`; fails
+ * the test on error. */
+resid_trace *tu_trace(resid_model *m, const int32_t *ids, int n, uint32_t cap, resid_positions pos);
+/* An explainer of tr with eo (NULL: the defaults); fails the test on error. */
+resid_explainer *tu_explainer(const resid_model *m, const resid_trace *tr,
+                              const resid_explain_opts *eo);
+/* A fixture opened: its model, the trace of its prompt and an explainer. */
+typedef struct tu_setup {
+    resid_model *m;
+    resid_trace *tr;
+    resid_explainer *e;
+} tu_setup;
+tu_setup tu_setup_open(const tu_fixture *f, resid_positions pos, const resid_explain_opts *eo);
+void tu_setup_close(tu_setup *s);
 /* Path of the built `resid` CLI ($RESID_CLI). */
 const char *tu_cli(void);
 /* Max |a-b| over n. */
