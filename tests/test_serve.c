@@ -314,38 +314,41 @@ static void test_errors(void **state) {
     n += (size_t)snprintf(p + n, cap - n, "\"}");
     expect_error("/api/explain", p, n, 413, "at most 512");
     free(p);
-    const char *u1 = "{\"layer\": 99, \"neuron\": 0}";
-    expect_error("/api/neuron", u1, strlen(u1), 400, "out of range");
-    const char *u2 = "{\"layer\": 0, \"neuron\": 100000}";
-    expect_error("/api/neuron", u2, strlen(u2), 400, "out of range");
-    const char *u3 = "{\"prompt\": \"Once upon\", \"layer\": 7, \"head\": 0}";
-    expect_error("/api/head", u3, strlen(u3), 400, "out of range");
-    const char *u4 = "{\"prompt\": 42}";
-    expect_error("/api/explain", u4, strlen(u4), 400, "must be a string");
-    const char *u5 = "{\"prompt\": \"Once upon\", \"target\": \"not one token\"}";
-    expect_error("/api/explain", u5, strlen(u5), 400, "tokens");
-    const char *u6 = "{\"ids\": [1, 99999]}";
-    expect_error("/api/explain", u6, strlen(u6), 400, "not a token id");
-    expect_error("/api/nothing", "{}", 2, 404, "not found");
-    const char *a1 = "{\"prompt\": \"Once upon\", \"units\": [\"n:3_x\"]}";
-    expect_error("/api/ablate", a1, strlen(a1), 400, "ablate");
-    const char *a2 = "{\"prompt\": \"Once upon\", \"units\": [\"n:99_0\"]}";
-    expect_error("/api/ablate", a2, strlen(a2), 400, "out of range");
-    const char *a3 = "{\"prompt\": \"Once upon\", \"units\": [\"1_2\"]}";
-    expect_error("/api/ablate", a3, strlen(a3), 400, "ambiguous");
-    const char *a4 = "{\"prompt\": \"Once upon\", \"units\": []}";
-    expect_error("/api/ablate", a4, strlen(a4), 400, "non-empty array");
-    const char *a5 = "{\"prompt\": \"Once upon\", \"units\": [\"h:1_0\"], \"mode\": \"steer\"}";
-    expect_error("/api/ablate", a5, strlen(a5), 400,
-                 "\"mode\" must be \"zero\", \"mean\", \"replace\" or \"add\"");
-    const char *a6 = "{\"prompt\": \"Once upon\", \"units\": [{\"kind\": \"bogus\"}]}";
-    expect_error("/api/ablate", a6, strlen(a6), 400, "unknown");
-    const char *a7 = "{\"prompt\": \"Once upon\", \"units\": [{\"kind\": \"head-pos\", "
-                     "\"layer\": 1, \"head\": 0}]}";
-    expect_error("/api/ablate", a7, strlen(a7), 400, "missing");
-    const char *a8 = "{\"prompt\": \"Once upon\", \"units\": [\"1_0_99\"]}";
-    expect_error("/api/ablate", a8, strlen(a8), 400, "source position");
-    expect_error("/api/ablate", "{}", 2, 400, "prompt");
+    /* Bad requests: path, body, status, a piece of the message. */
+    static const struct {
+        const char *path, *body;
+        int status;
+        const char *says;
+    } bad_reqs[] = {
+        {"/api/neuron", "{\"layer\": 99, \"neuron\": 0}", 400, "out of range"},
+        {"/api/neuron", "{\"layer\": 0, \"neuron\": 100000}", 400, "out of range"},
+        {"/api/head", "{\"prompt\": \"Once upon\", \"layer\": 7, \"head\": 0}", 400,
+         "out of range"},
+        {"/api/explain", "{\"prompt\": 42}", 400, "must be a string"},
+        {"/api/explain", "{\"prompt\": \"Once upon\", \"target\": \"not one token\"}", 400,
+         "tokens"},
+        {"/api/explain", "{\"ids\": [1, 99999]}", 400, "not a token id"},
+        {"/api/nothing", "{}", 404, "not found"},
+        {"/api/ablate", "{\"prompt\": \"Once upon\", \"units\": [\"n:3_x\"]}", 400, "ablate"},
+        {"/api/ablate", "{\"prompt\": \"Once upon\", \"units\": [\"n:99_0\"]}", 400,
+         "out of range"},
+        {"/api/ablate", "{\"prompt\": \"Once upon\", \"units\": [\"1_2\"]}", 400, "ambiguous"},
+        {"/api/ablate", "{\"prompt\": \"Once upon\", \"units\": []}", 400, "non-empty array"},
+        {"/api/ablate", "{\"prompt\": \"Once upon\", \"units\": [\"h:1_0\"], \"mode\": \"steer\"}",
+         400, "\"mode\" must be \"zero\", \"mean\", \"replace\" or \"add\""},
+        {"/api/ablate", "{\"prompt\": \"Once upon\", \"units\": [{\"kind\": \"bogus\"}]}", 400,
+         "unknown"},
+        {"/api/ablate",
+         "{\"prompt\": \"Once upon\", \"units\": [{\"kind\": \"head-pos\", "
+         "\"layer\": 1, \"head\": 0}]}",
+         400, "missing"},
+        {"/api/ablate", "{\"prompt\": \"Once upon\", \"units\": [\"1_0_99\"]}", 400,
+         "source position"},
+        {"/api/ablate", "{}", 400, "prompt"},
+    };
+    for (size_t i = 0; i < sizeof bad_reqs / sizeof bad_reqs[0]; i++)
+        expect_error(bad_reqs[i].path, bad_reqs[i].body, strlen(bad_reqs[i].body),
+                     bad_reqs[i].status, bad_reqs[i].says);
 
     /* A valid neuron request without a prompt: its tokens. */
     int st;
