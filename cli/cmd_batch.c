@@ -366,13 +366,7 @@ static void target_split_detail(const resid_tokenizer *tok, const char *text, in
     fputs("target ", f);
     cli_fput_quoted(f, text, strlen(text));
     fprintf(f, " is %d tokens: ", n);
-    for (int32_t i = 0; i < n; i++) {
-        size_t tl = 0;
-        const char *b = resid_token_bytes(tok, i ? ids[i - 1] : prev, ids[i], &tl);
-        if (i) fputs(" + ", f);
-        cli_fput_quoted(f, b ? b : "", b ? tl : 0);
-        fprintf(f, " (%d)", ids[i]);
-    }
+    cli_fput_pieces(f, tok, prev, ids, n);
     fputs("; give one token or its id", f);
     if (fclose(f) == 0 && buf) snprintf(err->msg, sizeof err->msg, "%s", buf);
     free(buf);

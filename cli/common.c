@@ -514,6 +514,17 @@ int cli_json_print(cJSON *root) {
 /* serve)                                                                    */
 /* ------------------------------------------------------------------------- */
 
+void cli_fput_pieces(FILE *f, const resid_tokenizer *tok, int32_t prev, const int32_t *ids,
+                     int32_t n) {
+    for (int32_t i = 0; i < n; i++) {
+        size_t len = 0;
+        const char *b = resid_token_bytes(tok, i ? ids[i - 1] : prev, ids[i], &len);
+        if (i) fputs(" + ", f);
+        cli_fput_quoted(f, b ? b : "", b ? len : 0);
+        fprintf(f, " (%d)", ids[i]);
+    }
+}
+
 int cli_resolve_token(const resid_tokenizer *tok, const char *what, const char *text,
                       int32_t prev, int32_t *out) {
     if (!tok)
@@ -532,13 +543,7 @@ int cli_resolve_token(const resid_tokenizer *tok, const char *what, const char *
     fprintf(stderr, "resid: %s ", what + 2);
     cli_fput_quoted(stderr, text, strlen(text));
     fprintf(stderr, " is %d tokens%s", n, n ? ": " : "");
-    for (int32_t i = 0; i < n; i++) {
-        size_t len = 0;
-        const char *b = resid_token_bytes(tok, i ? ids[i - 1] : prev, ids[i], &len);
-        if (i) fputs(" + ", stderr);
-        cli_fput_quoted(stderr, b ? b : "", b ? len : 0);
-        fprintf(stderr, " (%d)", ids[i]);
-    }
+    cli_fput_pieces(stderr, tok, prev, ids, n);
     fprintf(stderr, "; give one token or use %s-id\n", what);
     free(ids);
     return CLI_EXIT_ERR;

@@ -138,6 +138,10 @@ int cli_prompt_ids(const cli_command *cmd, const cli_args *args, const resid_tok
  * other control bytes and invalid UTF-8 bytes as \xNN, valid UTF-8 raw.
  * Returns the number of characters (code points) written, for padding. */
 int cli_fput_quoted(FILE *f, const char *s, size_t n);
+/* ids[0..n) as '"piece" (id) + "piece" (id) ...', each piece as it reads
+ * after the one before (the first after prev). */
+void cli_fput_pieces(FILE *f, const resid_tokenizer *tok, int32_t prev, const int32_t *ids,
+                     int32_t n);
 /* Writes s padded with spaces to `width` characters (code points). */
 void cli_fput_padded(FILE *f, const char *s, int width);
 
