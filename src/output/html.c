@@ -585,13 +585,6 @@ done:
 /* Neurons                                                                   */
 /* ------------------------------------------------------------------------- */
 
-static void slot_name(int32_t j, char *buf, size_t n) {
-    if (j == 0)
-        snprintf(buf, n, "emb");
-    else
-        snprintf(buf, n, "%c%d", (j % 2) ? 'a' : 'f', (j - 1) / 2);
-}
-
 /* One input key of a neuron: its pre-activation split by slot. */
 static resid_status add_key(rs_web_ctx *c, cJSON *keys, const char *name, resid_subkey key,
                             int32_t layer, int32_t index, int32_t pos, double *sigma,
@@ -610,7 +603,7 @@ static resid_status add_key(rs_web_ctx *c, cJSON *keys, const char *name, resid_
          (slots = cJSON_AddArrayToObject(e, "slots")) != NULL;
     for (int32_t j = 0; ok && j < p->n_slots; j++) {
         char lab[16];
-        slot_name(j, lab, sizeof lab);
+        rs_report_slot_name(j, lab, sizeof lab);
         cJSON *s = cJSON_CreateObject();
         ok = s != NULL;
         if (ok) cJSON_AddItemToArray(slots, s);

@@ -518,7 +518,7 @@ static bool add_tokens(const report *r, cJSON *obj, const char *name, const resi
     return true;
 }
 
-static void slot_name(int32_t j, char *buf, size_t n) {
+void rs_report_slot_name(int32_t j, char *buf, size_t n) {
     if (j == 0)
         snprintf(buf, n, "emb");
     else
@@ -791,7 +791,7 @@ static cJSON *build_json(const report *r, resid_status *st, resid_error *err) {
             const resid_query_layers *q = r->q1;
             for (int32_t j = 0; ok && j < q->n_slots; j++) {
                 char lab[16];
-                slot_name(j, lab, sizeof lab);
+                rs_report_slot_name(j, lab, sizeof lab);
                 cJSON *e = cJSON_CreateObject();
                 ok = e != NULL;
                 if (!ok) break;

@@ -50,6 +50,8 @@ void rs_explain_session_free(rs_explain_session *s);
  * "bytes" = their hex when anything was replaced; no "text" without a
  * tokenizer. NULL on out of memory. Same as the CLI's cli_json_token. */
 cJSON *rs_report_token(const resid_tokenizer *tok, int32_t prev, int32_t id);
+/* The label of query slot j (0 = "emb", 2i+1 = "ai", 2i+2 = "fi") into buf[n]. */
+void rs_report_slot_name(int32_t j, char *buf, size_t n);
 
 /* Adds obj[name] = bytes s[0..n) sanitised as above, and "bytes" (their
  * hex) when anything was replaced. false on out of memory. */
