@@ -31,7 +31,9 @@ static uint32_t rnd(void) {
     rng_state ^= rng_state >> 27;
     return (uint32_t)((rng_state * 2685821657736338717ull) >> 32);
 }
-static float rnd_unit(void) { return (float)(rnd() / 4294967296.0) * 2.0f - 1.0f; }
+static float rnd_unit(void) {
+    return (float)(rnd() / 4294967296.0) * 2.0f - 1.0f;
+}
 
 /* ---------------------------------------------------------------------- */
 /* Geometry                                                               */
@@ -43,8 +45,8 @@ static void test_dtype_geometry(void **state) {
         resid_dtype t;
         int64_t be;
         size_t bb;
-    } g[] = {{RESID_DTYPE_F32, 1, 4},   {RESID_DTYPE_F16, 1, 2},    {RESID_DTYPE_BF16, 1, 2},
-             {RESID_DTYPE_Q8_0, 32, 34}, {RESID_DTYPE_Q4_0, 32, 18}, {RESID_DTYPE_Q4_K, 256, 144},
+    } g[] = {{RESID_DTYPE_F32, 1, 4},     {RESID_DTYPE_F16, 1, 2},    {RESID_DTYPE_BF16, 1, 2},
+             {RESID_DTYPE_Q8_0, 32, 34},  {RESID_DTYPE_Q4_0, 32, 18}, {RESID_DTYPE_Q4_K, 256, 144},
              {RESID_DTYPE_Q6_K, 256, 210}};
     for (size_t i = 0; i < sizeof g / sizeof g[0]; i++) {
         assert_int_equal(rs_dtype_block_elems(g[i].t), g[i].be);
@@ -76,7 +78,8 @@ static void test_f16_all_values(void **state) {
     (void)state;
     uint16_t *h = malloc(65536 * 2);
     float *y = malloc(65536 * sizeof(float));
-    for (uint32_t i = 0; i < 65536; i++) h[i] = (uint16_t)i;
+    for (uint32_t i = 0; i < 65536; i++)
+        h[i] = (uint16_t)i;
     rs_dequantize(RESID_DTYPE_F16, h, y, 65536);
     int n_nan = 0, n_inf = 0, n_sub = 0;
     for (uint32_t i = 0; i < 65536; i++) {
@@ -122,7 +125,8 @@ static void test_bf16_all_values(void **state) {
     (void)state;
     uint16_t *h = malloc(65536 * 2);
     float *y = malloc(65536 * sizeof(float));
-    for (uint32_t i = 0; i < 65536; i++) h[i] = (uint16_t)i;
+    for (uint32_t i = 0; i < 65536; i++)
+        h[i] = (uint16_t)i;
     rs_dequantize(RESID_DTYPE_BF16, h, y, 65536);
     for (uint32_t i = 0; i < 65536; i++) {
         assert_int_equal(f32_bits(y[i]), i << 16); /* bf16 is the top half */
@@ -145,10 +149,12 @@ static void test_q8_0_block(void **state) {
     uint8_t b[34];
     uint16_t d = 0x3800; /* 0.5 */
     memcpy(b, &d, 2);
-    for (int j = 0; j < 32; j++) b[2 + j] = (uint8_t)(int8_t)(j - 16);
+    for (int j = 0; j < 32; j++)
+        b[2 + j] = (uint8_t)(int8_t)(j - 16);
     float y[32];
     rs_dequantize(RESID_DTYPE_Q8_0, b, y, 32);
-    for (int j = 0; j < 32; j++) assert_true(y[j] == (j - 16) * 0.5f);
+    for (int j = 0; j < 32; j++)
+        assert_true(y[j] == (j - 16) * 0.5f);
 }
 
 static void test_q4_0_block(void **state) {
@@ -156,7 +162,8 @@ static void test_q4_0_block(void **state) {
     uint8_t b[18];
     uint16_t d = 0x4000; /* 2.0 */
     memcpy(b, &d, 2);
-    for (int j = 0; j < 16; j++) b[2 + j] = (uint8_t)((j & 15) | (((15 - j) & 15) << 4));
+    for (int j = 0; j < 16; j++)
+        b[2 + j] = (uint8_t)((j & 15) | (((15 - j) & 15) << 4));
     float y[32];
     rs_dequantize(RESID_DTYPE_Q4_0, b, y, 32);
     for (int j = 0; j < 16; j++) {
@@ -168,8 +175,8 @@ static void test_q4_0_block(void **state) {
 /* Q4_K: 8 sub-blocks of 32, each with a 6-bit scale and min, packed into
  * 12 bytes; element values = d*sc*q - dmin*m. Encoded here from the
  * description of the format (ggml-common.h). */
-static void make_q4_K(uint8_t blk[144], const int sc[8], const int mn[8], uint16_t d,
-                      uint16_t dmin, int (*qfn)(int)) {
+static void make_q4_K(uint8_t blk[144], const int sc[8], const int mn[8], uint16_t d, uint16_t dmin,
+                      int (*qfn)(int)) {
     memset(blk, 0, 144);
     memcpy(blk, &d, 2);
     memcpy(blk + 2, &dmin, 2);
@@ -196,7 +203,9 @@ static void make_q4_K(uint8_t blk[144], const int sc[8], const int mn[8], uint16
     }
 }
 
-static int q4_pattern(int e) { return (e * 7 + e / 64) % 16; }
+static int q4_pattern(int e) {
+    return (e * 7 + e / 64) % 16;
+}
 
 static void test_q4_K_block(void **state) {
     (void)state;
@@ -239,12 +248,15 @@ static int q6_scale_index(int e) {
     return 8 * n + l / 16 + 2 * g;
 }
 
-static int q6_pattern(int e) { return (e * 7 + 3) % 64; }
+static int q6_pattern(int e) {
+    return (e * 7 + 3) % 64;
+}
 
 static void test_q6_K_block(void **state) {
     (void)state;
     int8_t scales[16];
-    for (int i = 0; i < 16; i++) scales[i] = (int8_t)(i * 9 - 70);
+    for (int i = 0; i < 16; i++)
+        scales[i] = (int8_t)(i * 9 - 70);
     uint8_t blk[210];
     make_q6_K(blk, scales, 0x3400 /* 0.25 */, q6_pattern);
     float y[256];
@@ -263,13 +275,15 @@ static void test_q6_K_block(void **state) {
 /* ---------------------------------------------------------------------- */
 
 /* A random fp16 scale in [2^-7, 2^-3] (always normal, positive). */
-static uint16_t rnd_scale16(void) { return (uint16_t)(0x2000 + rnd() % 0x1000); }
+static uint16_t rnd_scale16(void) {
+    return (uint16_t)(0x2000 + rnd() % 0x1000);
+}
 
 /* Random storage for a [n_rows][n_cols] tensor (transposed: [n_cols][n_rows])
  * with plausible magnitudes. Caller frees t->data. */
 static rs_tensor make_tensor(resid_dtype dt, int64_t n_rows, int64_t n_cols, bool transposed) {
-    rs_tensor t = {.name = "w", .dtype = dt, .n_rows = n_rows, .n_cols = n_cols,
-                   .transposed = transposed};
+    rs_tensor t = {
+        .name = "w", .dtype = dt, .n_rows = n_rows, .n_cols = n_cols, .transposed = transposed};
     size_t nb;
     assert_true(rs_dtype_nbytes(dt, n_rows, n_cols, &nb));
     uint8_t *p = malloc(nb ? nb : 1);
@@ -277,7 +291,8 @@ static rs_tensor make_tensor(resid_dtype dt, int64_t n_rows, int64_t n_cols, boo
     const int64_t nblk = n / rs_dtype_block_elems(dt);
     switch (dt) {
     case RESID_DTYPE_F32:
-        for (int64_t i = 0; i < n; i++) ((float *)p)[i] = rnd_unit();
+        for (int64_t i = 0; i < n; i++)
+            ((float *)p)[i] = rnd_unit();
         break;
     case RESID_DTYPE_F16:
         for (int64_t i = 0; i < n; i++) {
@@ -298,14 +313,16 @@ static rs_tensor make_tensor(resid_dtype dt, int64_t n_rows, int64_t n_cols, boo
             uint8_t *q = p + b * bb;
             uint16_t d = rnd_scale16();
             memcpy(q, &d, 2);
-            for (size_t k = 2; k < bb; k++) q[k] = (uint8_t)rnd();
+            for (size_t k = 2; k < bb; k++)
+                q[k] = (uint8_t)rnd();
         }
         break;
     }
     case RESID_DTYPE_Q4_K:
         for (int64_t b = 0; b < nblk; b++) {
             uint8_t *q = p + b * 144;
-            for (int k = 0; k < 144; k++) q[k] = (uint8_t)rnd();
+            for (int k = 0; k < 144; k++)
+                q[k] = (uint8_t)rnd();
             uint16_t d = rnd_scale16(), dm = rnd_scale16();
             memcpy(q, &d, 2);
             memcpy(q + 2, &dm, 2);
@@ -314,7 +331,8 @@ static rs_tensor make_tensor(resid_dtype dt, int64_t n_rows, int64_t n_cols, boo
     case RESID_DTYPE_Q6_K:
         for (int64_t b = 0; b < nblk; b++) {
             uint8_t *q = p + b * 210;
-            for (int k = 0; k < 208; k++) q[k] = (uint8_t)rnd();
+            for (int k = 0; k < 208; k++)
+                q[k] = (uint8_t)rnd();
             uint16_t d = rnd_scale16();
             memcpy(q + 208, &d, 2);
         }
@@ -335,34 +353,47 @@ static bool is_float_dtype(resid_dtype t) {
     return t == RESID_DTYPE_F32 || t == RESID_DTYPE_F16 || t == RESID_DTYPE_BF16;
 }
 
-/* rows / col / get agree with each other for every dtype and layout. */
+/* rows / col / cols / get agree with each other for every dtype and
+ * layout, at shapes below, across and not a multiple of rs_tensor_cols'
+ * 32-row tiles and 256-column chunks. */
 static void test_access_consistency(void **state) {
     (void)state;
+    static const int64_t shapes[][2] = {{9, 512}, {45, 768}, {32, 256}};
     for (size_t k = 0; k < sizeof ALL_DTYPES / sizeof ALL_DTYPES[0]; k++) {
-        for (int tr = 0; tr < 2; tr++) {
-            resid_dtype dt = ALL_DTYPES[k];
-            if (tr && !is_float_dtype(dt)) continue;
-            const int64_t R = 9, C = 512;
-            rs_tensor t = make_tensor(dt, R, C, tr);
-            float *all = malloc((size_t)(R * C) * sizeof(float));
-            rs_tensor_rows(&t, 0, R, all);
-            float *two = malloc((size_t)(2 * C) * sizeof(float));
-            rs_tensor_rows(&t, 3, 2, two);
-            assert_memory_equal(two, all + 3 * C, (size_t)(2 * C) * sizeof(float));
-            float col[9];
-            for (int64_t c = 0; c < C; c += 37) {
-                rs_tensor_col(&t, c, col);
-                for (int64_t r = 0; r < R; r++) {
-                    assert_true(f32_bits(col[r]) == f32_bits(all[r * C + c]));
-                    assert_true(f32_bits(rs_tensor_get(&t, r, c)) ==
-                                f32_bits(all[r * C + c]));
+        for (int tr = 0; tr < 2; tr++)
+            for (int sh = 0; sh < 3; sh++) {
+                resid_dtype dt = ALL_DTYPES[k];
+                if (tr && !is_float_dtype(dt)) continue;
+                const int64_t R = shapes[sh][0], C = shapes[sh][1];
+                rs_tensor t = make_tensor(dt, R, C, tr);
+                float *all = malloc((size_t)(R * C) * sizeof(float));
+                rs_tensor_rows(&t, 0, R, all);
+                float *cols = malloc((size_t)(R * C) * sizeof(float));
+                rs_tensor_cols(&t, cols);
+                for (int64_t r = 0; r < R; r++)
+                    for (int64_t c = 0; c < C; c++)
+                        if (f32_bits(cols[c * R + r]) != f32_bits(all[r * C + c]))
+                            fail_msg("%s%s %lldx%lld: cols[%lld][%lld] differs", DT_NAME[k],
+                                     tr ? " transposed" : "", (long long)R, (long long)C,
+                                     (long long)c, (long long)r);
+                free(cols);
+                float *two = malloc((size_t)(2 * C) * sizeof(float));
+                rs_tensor_rows(&t, 3, 2, two);
+                assert_memory_equal(two, all + 3 * C, (size_t)(2 * C) * sizeof(float));
+                float col[45];
+                for (int64_t c = 0; c < C; c += 37) {
+                    rs_tensor_col(&t, c, col);
+                    for (int64_t r = 0; r < R; r++) {
+                        assert_true(f32_bits(col[r]) == f32_bits(all[r * C + c]));
+                        assert_true(f32_bits(rs_tensor_get(&t, r, c)) == f32_bits(all[r * C + c]));
+                    }
                 }
+                for (int64_t i = 0; i < R * C; i++)
+                    assert_true(isfinite(all[i]));
+                free(two);
+                free(all);
+                free((void *)t.data);
             }
-            for (int64_t i = 0; i < R * C; i++) assert_true(isfinite(all[i]));
-            free(two);
-            free(all);
-            free((void *)t.data);
-        }
     }
 }
 
@@ -412,9 +443,12 @@ static double check_matmul(const rs_tensor *w, int64_t T, bool with_bias, const 
     float *y = malloc((size_t)(T * R) * sizeof(float));
     float *yr = malloc((size_t)(T * R) * sizeof(float));
     float *wrow = malloc((size_t)C * sizeof(float));
-    for (int64_t i = 0; i < T * C; i++) x[i] = rnd_unit();
-    for (int64_t i = 0; i < R; i++) bias[i] = rnd_unit();
-    for (int64_t i = 0; i < T * R; i++) y[i] = NAN; /* must all be written */
+    for (int64_t i = 0; i < T * C; i++)
+        x[i] = rnd_unit();
+    for (int64_t i = 0; i < R; i++)
+        bias[i] = rnd_unit();
+    for (int64_t i = 0; i < T * R; i++)
+        y[i] = NAN; /* must all be written */
     rs_matmul(w, x, T, y, with_bias ? bias : NULL);
     rs_matmul_ref(w, x, T, yr, with_bias ? bias : NULL);
     double worst = 0, maxdiff = 0;
@@ -422,11 +456,12 @@ static double check_matmul(const rs_tensor *w, int64_t T, bool with_bias, const 
         rs_tensor_rows(w, r, 1, wrow);
         for (int64_t t = 0; t < T; t++) {
             double mag = with_bias ? fabs(bias[r]) : 0;
-            for (int64_t c = 0; c < C; c++) mag += fabs((double)x[t * C + c] * wrow[c]);
+            for (int64_t c = 0; c < C; c++)
+                mag += fabs((double)x[t * C + c] * wrow[c]);
             double diff = fabs((double)y[t * R + r] - yr[t * R + r]);
             if (!(diff <= 2e-6 * mag + 1e-30)) {
-                print_error("%s: y[%lld][%lld] = %.9g, ref %.9g (scale %.3g)\n", what,
-                            (long long)t, (long long)r, y[t * R + r], yr[t * R + r], mag);
+                print_error("%s: y[%lld][%lld] = %.9g, ref %.9g (scale %.3g)\n", what, (long long)t,
+                            (long long)r, y[t * R + r], yr[t * R + r], mag);
                 fail();
             }
             if (diff > maxdiff) maxdiff = diff;
@@ -469,7 +504,8 @@ static void test_matmul_all_dtypes(void **state) {
             }
         }
     }
-    print_message("%d matmul configurations within 2e-6 (relative to sum |x w|) of the reference\n", n);
+    print_message("%d matmul configurations within 2e-6 (relative to sum |x w|) of the reference\n",
+                  n);
 }
 
 /* Small F32 shapes that hit the hand-written T == 1 loops, and a column
@@ -496,9 +532,14 @@ static void test_matmul_ref_known(void **state) {
     uint8_t b[34];
     uint16_t d = 0x3800;
     memcpy(b, &d, 2);
-    for (int j = 0; j < 32; j++) b[2 + j] = (uint8_t)(int8_t)(j - 16);
-    rs_tensor w = {.name = "q", .dtype = RESID_DTYPE_Q8_0, .n_rows = 1, .n_cols = 32,
-                   .data = b, .n_bytes = 34};
+    for (int j = 0; j < 32; j++)
+        b[2 + j] = (uint8_t)(int8_t)(j - 16);
+    rs_tensor w = {.name = "q",
+                   .dtype = RESID_DTYPE_Q8_0,
+                   .n_rows = 1,
+                   .n_cols = 32,
+                   .data = b,
+                   .n_bytes = 34};
     float x[64], y[2], yr[2];
     double want1 = 0, want2 = 0;
     for (int j = 0; j < 32; j++) {
@@ -517,18 +558,12 @@ static void test_matmul_ref_known(void **state) {
 
 int main(void) {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_dtype_geometry),
-        cmocka_unit_test(test_f16_all_values),
-        cmocka_unit_test(test_bf16_all_values),
-        cmocka_unit_test(test_q8_0_block),
-        cmocka_unit_test(test_q4_0_block),
-        cmocka_unit_test(test_q4_K_block),
-        cmocka_unit_test(test_q6_K_block),
-        cmocka_unit_test(test_access_consistency),
-        cmocka_unit_test(test_transposed_layout),
-        cmocka_unit_test(test_matmul_ref_known),
-        cmocka_unit_test(test_matmul_all_dtypes),
-        cmocka_unit_test(test_matmul_odd_shapes),
+        cmocka_unit_test(test_dtype_geometry),    cmocka_unit_test(test_f16_all_values),
+        cmocka_unit_test(test_bf16_all_values),   cmocka_unit_test(test_q8_0_block),
+        cmocka_unit_test(test_q4_0_block),        cmocka_unit_test(test_q4_K_block),
+        cmocka_unit_test(test_q6_K_block),        cmocka_unit_test(test_access_consistency),
+        cmocka_unit_test(test_transposed_layout), cmocka_unit_test(test_matmul_ref_known),
+        cmocka_unit_test(test_matmul_all_dtypes), cmocka_unit_test(test_matmul_odd_shapes),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

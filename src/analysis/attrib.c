@@ -201,24 +201,26 @@ resid_status resid_unit_at(const resid_explainer *e, resid_unit_kind kind, int64
 }
 
 resid_status rs_unit_check(const resid_explainer *e, const resid_unit *u, resid_error *err) {
-    char id[64];
     if ((unsigned)u->kind >= RESID_UNIT_KIND_COUNT)
         return rs_err(err, RESID_E_ARG, "unit kind %d unknown", (int)u->kind);
-    resid_unit_format(u, id, sizeof id);
     const resid_unit_kind k = u->kind;
     bool head = k == RESID_UNIT_HEAD || k == RESID_UNIT_HEAD_POS || k == RESID_UNIT_ATTN_NEURON;
     bool pos = k == RESID_UNIT_HEAD_POS || k == RESID_UNIT_ATTN_NEURON || k == RESID_UNIT_POS;
+    char id[64];
+    /* the id is formatted only for an error: this runs for every unit */
+#define UNIT_ID (resid_unit_format(u, id, sizeof id), id)
     if (u->layer < 0 || u->layer >= e->L)
-        return rs_err(err, RESID_E_ARG, "unit %s: layer out of range [0, %d)", id, e->L);
+        return rs_err(err, RESID_E_ARG, "unit %s: layer out of range [0, %d)", UNIT_ID, e->L);
     if (head && (u->head < 0 || u->head >= e->H))
-        return rs_err(err, RESID_E_ARG, "unit %s: head out of range [0, %d)", id, e->H);
+        return rs_err(err, RESID_E_ARG, "unit %s: head out of range [0, %d)", UNIT_ID, e->H);
     if (pos && (u->pos < 0 || u->pos >= e->T))
-        return rs_err(err, RESID_E_ARG, "unit %s: position out of range [0, %d)", id, e->T);
+        return rs_err(err, RESID_E_ARG, "unit %s: position out of range [0, %d)", UNIT_ID, e->T);
     if (k == RESID_UNIT_ATTN_NEURON && (u->index < 0 || u->index >= e->dh))
-        return rs_err(err, RESID_E_ARG, "unit %s: head dimension out of range [0, %d)", id,
+        return rs_err(err, RESID_E_ARG, "unit %s: head dimension out of range [0, %d)", UNIT_ID,
                       e->dh);
     if (k == RESID_UNIT_FFN_NEURON && (u->index < 0 || u->index >= e->N))
-        return rs_err(err, RESID_E_ARG, "unit %s: FFN neuron out of range [0, %d)", id, e->N);
+        return rs_err(err, RESID_E_ARG, "unit %s: FFN neuron out of range [0, %d)", UNIT_ID, e->N);
+#undef UNIT_ID
     return RESID_OK;
 }
 
@@ -241,17 +243,9 @@ static inline const float *value_at(const resid_explainer *e, int32_t l, int32_t
 static const float *wo_t(resid_explainer *e, int32_t l) {
     if (e->wo_t[l]) return e->wo_t[l];
     const rs_tensor *wo = e->m->layers[l].wo;
-    const int64_t D = e->D, HD = (int64_t)e->H * e->dh;
-    float *tmp = malloc((size_t)(D * HD) * sizeof(float));
-    float *t = malloc((size_t)(D * HD) * sizeof(float));
-    if (!tmp || !t) {
-        free(tmp), free(t);
-        return NULL;
-    }
-    rs_tensor_rows(wo, 0, D, tmp);
-    for (int64_t d = 0; d < D; d++)
-        for (int64_t c = 0; c < HD; c++) t[c * D + d] = tmp[d * HD + c];
-    free(tmp);
+    float *t = malloc((size_t)(wo->n_rows * wo->n_cols) * sizeof(float));
+    if (!t) return NULL;
+    rs_tensor_cols(wo, t);
     e->wo_t[l] = t;
     return t;
 }
@@ -333,8 +327,11 @@ rs_dirstats *rs_dirs(resid_explainer *e, resid_unit_kind k, int32_t l, resid_err
     rs_dirstats *ds = ffn ? &e->ffn_dirs[l] : &e->attn_dirs[l];
     if (ds->n) return ds;
     const int64_t D = e->D, n = ffn ? e->N : (int64_t)e->H * e->dh;
-    /* rows[n][D]: the directions as rows. */
-    float *rows = malloc((size_t)(n * D) * sizeof(float));
+    /* rows[n][D]: the directions as rows: W_Oᵀ, or w_down's columns, read
+     * in place when stored that way (GPT-2 F32) */
+    const rs_tensor *wd = ffn ? e->m->layers[l].w_down : NULL;
+    const bool in_place = !ffn || (wd->transposed && wd->dtype == RESID_DTYPE_F32);
+    float *own = in_place ? NULL : malloc((size_t)(n * D) * sizeof(float));
     rs_dirstats t;
     memset(&t, 0, sizeof t);
     t.n = n;
@@ -344,37 +341,14 @@ rs_dirstats *rs_dirs(resid_explainer *e, resid_unit_kind k, int32_t l, resid_err
     t.pmax = malloc((size_t)n * sizeof(float));
     t.pmin = malloc((size_t)n * sizeof(float));
     t.dc = e->gc ? malloc((size_t)n * sizeof(float)) : NULL;
-    if (!rows || !t.dg || !t.dw || !t.nd || !t.pmax || !t.pmin || (e->gc && !t.dc) ||
+    if ((!in_place && !own) || !t.dg || !t.dw || !t.nd || !t.pmax || !t.pmin || (e->gc && !t.dc) ||
         (!ffn && !wo_t(e, l))) {
-        free(rows), free(t.dg), free(t.dw), free(t.nd), free(t.pmax), free(t.pmin), free(t.dc);
+        free(own), free(t.dg), free(t.dw), free(t.nd), free(t.pmax), free(t.pmin), free(t.dc);
         rs_err(err, RESID_E_NOMEM, "direction statistics: out of memory");
         return NULL;
     }
-    if (ffn) {
-        const rs_tensor *wd = e->m->layers[l].w_down; /* [D][N] */
-        if (wd->transposed) {
-            /* stored [N][D]: column k is contiguous */
-            for (int64_t c = 0; c < n; c++) rs_tensor_col(wd, c, rows + c * D);
-        } else {
-            float *tmp = malloc((size_t)(n * D) * sizeof(float));
-            if (!tmp) {
-                free(rows), free(t.dg), free(t.dw), free(t.nd), free(t.pmax), free(t.pmin);
-                free(t.dc);
-                rs_err(err, RESID_E_NOMEM, "direction statistics: out of memory");
-                return NULL;
-            }
-            rs_tensor_rows(wd, 0, D, tmp);
-            /* transpose in 32 x 32 tiles (cache lines, not strides) */
-            for (int64_t d0 = 0; d0 < D; d0 += 32)
-                for (int64_t c0 = 0; c0 < n; c0 += 32)
-                    for (int64_t d = d0; d < d0 + 32 && d < D; d++)
-                        for (int64_t c = c0; c < c0 + 32 && c < n; c++)
-                            rows[c * D + d] = tmp[d * n + c];
-            free(tmp);
-        }
-    } else {
-        memcpy(rows, e->wo_t[l], (size_t)(n * D) * sizeof(float));
-    }
+    if (own) rs_tensor_cols(wd, own); /* w_down is [D][N] */
+    const float *rows = own ? own : ffn ? (const float *)wd->data : e->wo_t[l];
     const float *g = e->ctx[2 * l + (ffn ? 1 : 0)].g;
 #pragma omp parallel for schedule(static) if (n * D >= RS_PAR_MIN_WORK)
     for (int64_t c = 0; c < n; c++) {
@@ -407,7 +381,7 @@ rs_dirstats *rs_dirs(resid_explainer *e, resid_unit_kind k, int32_t l, resid_err
         t.pmax[c] = NAN;
         t.pmin[c] = NAN;
     }
-    free(rows);
+    free(own);
     *ds = t;
     return ds;
 }

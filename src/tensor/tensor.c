@@ -307,6 +307,38 @@ void rs_tensor_rows(const rs_tensor *t, int64_t r0, int64_t n, float *out) {
             out[r * t->n_cols + c] = float_at(t, c * t->n_rows + r0 + r);
 }
 
+void rs_tensor_cols(const rs_tensor *t, float *out) {
+    const int64_t R = t->n_rows, C = t->n_cols;
+    if (t->transposed) { /* stored [n_cols][n_rows] already */
+        rs_dequantize(t->dtype, t->data, out, R * C);
+        return;
+    }
+    /* 32 logical rows at a time, scattered in 32 x 32 tiles (cache lines,
+     * not strides) */
+    enum { TILE = 32 };
+    float tile[TILE * 256];
+    const int64_t cw = C < 256 ? C : 256;
+    const size_t rb = row_bytes(t);
+    const int64_t be = rs_dtype_block_elems(t->dtype);
+    for (int64_t r0 = 0; r0 < R; r0 += TILE) {
+        const int64_t nr = R - r0 < TILE ? R - r0 : TILE;
+        /* columns in chunks of 256 (a multiple of every block size) */
+        for (int64_t c0 = 0; c0 < C; c0 += cw) {
+            const int64_t nc = C - c0 < cw ? C - c0 : cw;
+            for (int64_t r = 0; r < nr; r++) {
+                const uint8_t *row = (const uint8_t *)t->data + (size_t)(r0 + r) * rb;
+                if (be == 1 || nc % be == 0)
+                    rs_dequantize(t->dtype, row + (size_t)(c0 / be) * rs_dtype_block_bytes(t->dtype),
+                                  tile + r * cw, nc);
+                else
+                    for (int64_t c = 0; c < nc; c++) tile[r * cw + c] = rs_tensor_get(t, r0 + r, c0 + c);
+            }
+            for (int64_t c = 0; c < nc; c++)
+                for (int64_t r = 0; r < nr; r++) out[(c0 + c) * R + r0 + r] = tile[r * cw + c];
+        }
+    }
+}
+
 void rs_tensor_col(const rs_tensor *t, int64_t c, float *out) {
     if (t->transposed) {
         if (t->dtype == RESID_DTYPE_F32) {

@@ -44,6 +44,11 @@ void rs_tensor_rows(const rs_tensor *t, int64_t r0, int64_t n, float *out);
 /* Logical column c as float32 into out[n_rows] (e.g. a Llama down_proj
  * column, the FFN subvalue). */
 void rs_tensor_col(const rs_tensor *t, int64_t c, float *out);
+/* The whole matrix transposed, as float32: out[n_cols][n_rows], so row c
+ * of out is logical column c (e.g. W_O^h[n,:], an FFN output row). A
+ * contiguous read when the storage is already transposed (GPT-2 Conv1D),
+ * else a transpose a tile of rows at a time. */
+void rs_tensor_cols(const rs_tensor *t, float *out);
 /* One element. Slow; for tests and small vectors. */
 float rs_tensor_get(const rs_tensor *t, int64_t r, int64_t c);
 
