@@ -37,6 +37,18 @@
 /* Below this many floats of work a loop runs on one thread. */
 #define RS_PAR_MIN_WORK (1 << 18)
 
+/* Attributes of the hot loops (canon.c, lens.c): optimised even in Debug
+ * builds (the test suite scores hundreds of thousands of units through
+ * them); RS_AVX2 ones are compiled for AVX2+FMA and called only when
+ * rs_kernels_avx2(). */
+#if defined(__clang__) /* clang has no per-function optimize attribute */
+#define RS_HOT
+#define RS_AVX2 __attribute__((target("avx2,fma")))
+#else
+#define RS_HOT __attribute__((optimize("O2")))
+#define RS_AVX2 __attribute__((optimize("O2"), target("avx2,fma")))
+#endif
+
 typedef struct rs_context {
     float *logp;  /* [V] log p_t = b_t − lse(b), in the lens */
     double pw;    /* p(w|x) */
@@ -113,6 +125,17 @@ void rs_lpimemo_free(rs_lpimemo *c);
 void rs_lpimemo_put(resid_explainer *e, const resid_unit *u, double lpi);
 bool rs_lpimemo_get(const resid_explainer *e, const resid_unit *u, double *lpi);
 
+/* ---- canon.c --------------------------------------------------------- */
+
+/* c[n][V] = y[n][D]·W_Uᵀ computed so that each row's result depends on
+ * that row alone (a fixed operation order, independent of n, tiles and
+ * threads): the definition of an exact score. */
+void rs_project_canon(resid_explainer *e, const float *y, int n, float *c);
+/* For tests: true selects the generic canonical kernels (and lse), false
+ * the CPU's best again. Returns whether the AVX2 kernels are now in use.
+ * Not to be called while anything is being scored. */
+bool rs_canon_use_generic(bool generic);
+
 /* ---- lens.c ---------------------------------------------------------- */
 
 /* y[D] = γ ⊙ centre(v) / s. */
@@ -120,16 +143,14 @@ void rs_lensmap(const resid_explainer *e, const float *v, float *y);
 /* c[n][V] = y[n][D]·W_Uᵀ for n <= RS_PROJ_ROWS rows, through one GEMM of
  * exactly RS_PROJ_ROWS rows. `pad` is scratch [RS_PROJ_ROWS][D]. */
 void rs_project(resid_explainer *e, const float *y, int n, float *pad, float *c);
-/* The same product, computed so that each row's result depends on that row
- * alone (a fixed operation order, independent of n, tiles and threads): the
- * definition of an exact score. c[n][V]. */
-void rs_project_canon(resid_explainer *e, const float *y, int n, float *c);
 /* log Σ_t exp(z_t) over z[n], shifted by the max (AVX2 when available). */
 double rs_logsumexp(const float *z, int n);
-/* For tests: true selects the generic canonical kernels (and lse), false
- * the CPU's best again. Returns whether the AVX2 kernels are now in use.
- * Not to be called while anything is being scored. */
-bool rs_canon_use_generic(bool generic);
+/* The kernel choice of the exact scores (canon.c and the log-sum-exp):
+ * true when the AVX2+FMA kernels are in use (the CPU is checked once per
+ * process). */
+bool rs_kernels_avx2(void);
+/* true: the generic kernels from now on; false: the CPU's best again. */
+void rs_kernels_set_generic(bool generic);
 /* log Σ_t p_t·exp(κ c_t) for the context, double accumulation, through a
  * fixed, vectorised exp (deterministic within a process). cmax is ignored
  * (kept for the signature). */
