@@ -30,6 +30,11 @@
  * W_U once per call, so fewer, larger calls are faster; c is
  * RS_CANON_ROWS × V floats). */
 #define RS_CANON_ROWS 128
+/* The canonical projection's blocks of d: a score is the sum, in order, of
+ * one sequential chain per block of this many d (canon.c). Part of the
+ * definition of an exact score, and the packed W_U panel's depth
+ * (16 tokens × 256 d = 16 KB, in L1). */
+#define RS_CANON_KBLOCK 256
 /* The certified ranking scores the first K candidates (which any ranking
  * must score) in one batch of up to this many rows, then RS_PROJ_ROWS at a
  * time while the bounds decide. */
@@ -151,6 +156,9 @@ double rs_logsumexp(const float *z, int n);
 bool rs_kernels_avx2(void);
 /* true: the generic kernels from now on; false: the CPU's best again. */
 void rs_kernels_set_generic(bool generic);
+/* y[i] = exp(x[i]) for x[i] <= 0 (log-probabilities): the AVX2 kernel of
+ * the exact scores' log-sum-exp (~1 ulp) when the CPU has it, else expf. */
+void rs_exp_array(const float *x, float *y, int n);
 /* log Σ_t p_t·exp(κ c_t) for the context, double accumulation, through a
  * fixed, vectorised exp (deterministic within a process). cmax is ignored
  * (kept for the signature). */

@@ -186,6 +186,17 @@ RS_AVX2 static double lse_avx2(const float *lp, const float *c, float kappa, int
     double sum = ((d[0] + d[1]) + (d[2] + d[3])) + ((d[4] + d[5]) + (d[6] + d[7]));
     return (double)M + log(sum);
 }
+/* y = exp(x) for x <= 0, 8 at a time (the tail padded with -inf -> 0) */
+RS_AVX2 static void exp_array_avx2(const float *x, float *y, int n) {
+    int i = 0;
+    for (; i + 8 <= n; i += 8) _mm256_storeu_ps(y + i, exp8_avx2(_mm256_loadu_ps(x + i)));
+    if (i < n) {
+        float t[8];
+        for (int q = 0; q < 8; q++) t[q] = i + q < n ? x[i + q] : 0.0f;
+        _mm256_storeu_ps(t, exp8_avx2(_mm256_loadu_ps(t)));
+        for (int q = 0; i + q < n; q++) y[i + q] = t[q];
+    }
+}
 #else
 #define lse_avx2(lp, c, k, V) 0.0
 #endif
@@ -211,6 +222,16 @@ double rs_lse_shift(const resid_explainer *e, const rs_context *cx, const float 
 double rs_logsumexp(const float *z, int n) {
     /* κ = 0: fma(0, z, z) = z, the same kernel as the exact scores' */
     return use_avx2() ? lse_avx2(z, z, 0.0f, n) : lse_generic(z, z, 0.0f, n);
+}
+
+void rs_exp_array(const float *x, float *y, int n) {
+#if defined(__x86_64__) || defined(__i386__)
+    if (use_avx2()) {
+        exp_array_avx2(x, y, n);
+        return;
+    }
+#endif
+    for (int i = 0; i < n; i++) y[i] = expf(x[i]);
 }
 
 double rs_lpi_from(const resid_explainer *e, const rs_context *cx, const float *c,
@@ -297,6 +318,31 @@ static void gvec(const resid_explainer *e, const double *u, float *g) {
     for (int d = 0; d < D; d++) g[d] = (float)((e->gamma[d] * u[d] - mean) / e->s);
 }
 
+/* pq[n][D] = P[n][V]·W_U: W_U's rows weighted by n distributions. BLAS
+ * splits this short, wide product poorly across threads, so the vocabulary
+ * is cut into WUT_CHUNKS fixed ranges, one single-threaded GEMM each, summed
+ * in order: the same bits whatever the thread count. -1: out of memory. */
+#define WUT_CHUNKS 8
+static int wut_p(const resid_explainer *e, const float *P, int n, float *pq) {
+    const int D = e->D, V = e->V;
+    const size_t part = (size_t)n * D;
+    float *acc = malloc(WUT_CHUNKS * part * sizeof(float));
+    if (!acc) return -1;
+#pragma omp parallel for schedule(dynamic) if ((int64_t)n * V * D >= RS_PAR_MIN_WORK)
+    for (int k = 0; k < WUT_CHUNKS; k++) {
+        const int t0 = (int)((int64_t)V * k / WUT_CHUNKS), t1 = (int)((int64_t)V * (k + 1) / WUT_CHUNKS);
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, D, t1 - t0, 1.0f, P + t0, V,
+                    e->wu + (size_t)t0 * D, D, 0.0f, acc + k * part, D);
+    }
+    for (size_t i = 0; i < part; i++) {
+        float s = acc[i];
+        for (int k = 1; k < WUT_CHUNKS; k++) s += acc[k * part + i];
+        pq[i] = s;
+    }
+    free(acc);
+    return 0;
+}
+
 resid_status resid_explainer_new(const resid_model *m, const resid_trace *tr,
                                  const resid_explain_opts *opts, resid_explainer **out,
                                  resid_error *err) {
@@ -361,38 +407,27 @@ resid_status resid_explainer_new(const resid_model *m, const resid_trace *tr,
         if (!e->wu_beta) goto nomem;
     }
     {
-        /* One pass over W_U: the largest row norm and W_U·β_f. */
-        const float *beta = m->out_norm_b;
-        double *wb = e->wu_beta;
-        double mx = 0;
+        /* The largest row norm of W_U, for the lower bounds: float sums of
+         * squares (8 lanes), each at most γ_D = D·u/(1 − D·u) below the
+         * true value, so 1 + 2γ_D keeps the result an upper bound. */
+        float mx = 0;
 #pragma omp parallel for schedule(static) reduction(max : mx) if ((int64_t)V * D >= RS_PAR_MIN_WORK)
         for (int t = 0; t < V; t++) {
             const float *row = e->wu + (size_t)t * D;
-            /* four independent double sums: the adds pipeline */
-            double s4[4] = {0, 0, 0, 0}, b4[4] = {0, 0, 0, 0};
-            int d = 0;
-            for (; d + 4 <= D; d += 4)
-                for (int q = 0; q < 4; q++) {
-                    const double x = row[d + q];
-                    s4[q] += x * x;
-                    if (beta) b4[q] += x * beta[d + q];
-                }
-            double ss = (s4[0] + s4[1]) + (s4[2] + s4[3]), acc = (b4[0] + b4[1]) + (b4[2] + b4[3]);
-            for (; d < D; d++) {
-                ss += (double)row[d] * row[d];
-                if (beta) acc += (double)row[d] * beta[d];
-            }
-            if (beta) wb[t] = acc;
+            float ss = 0;
+#pragma omp simd reduction(+ : ss)
+            for (int d = 0; d < D; d++) ss += row[d] * row[d];
             if (ss > mx) mx = ss;
         }
-        /* a hair above the true value so the bounds stay valid */
-        e->mnorm = sqrt(mx) * (1 + 1e-6);
+        const double gd = D * 0x1p-24 / (1 - D * 0x1p-24);
+        e->mnorm = sqrt((double)mx * (1 + 2 * gd)) * (1 + 1e-6);
     }
 
     /* Lens values of every context: b = W_U·lensmap(x) (+ W_U·β_f in the
      * exact lens). */
-    float *y = malloc((size_t)nctx * D * sizeof(float));
-    float *b = malloc((size_t)nctx * V * sizeof(float));
+    const int nrow = nctx + (e->wu_beta ? 1 : 0); /* W_U·β_f: one more row */
+    float *y = malloc((size_t)nrow * D * sizeof(float));
+    float *b = malloc((size_t)nrow * V * sizeof(float));
     double *q = malloc((size_t)D * sizeof(double));
     float *pq = malloc((size_t)nctx * D * sizeof(float));
     if (!y || !b || !q || !pq) {
@@ -400,8 +435,11 @@ resid_status resid_explainer_new(const resid_model *m, const resid_trace *tr,
         goto nomem;
     }
     for (int ci = 0; ci < nctx; ci++) rs_lensmap(e, ctx_vector(e, ci), y + (size_t)ci * D);
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, nctx, V, D, 1.0f, y, D, e->wu, D,
-                0.0f, b, V);
+    if (e->wu_beta) memcpy(y + (size_t)nctx * D, m->out_norm_b, (size_t)D * sizeof(float));
+    /* the contexts' lens values, as every exact score's projection */
+    rs_project_canon(e, y, nrow, b);
+    if (e->wu_beta)
+        for (int t = 0; t < V; t++) e->wu_beta[t] = b[(size_t)nctx * V + t];
     bool add_beta = e->wu_beta && o.lens == RESID_LENS_EXACT;
     /* Target: the model's argmax at t* (its own logits when captured; else
      * the exact lens of x_L, which equals them). */
@@ -430,25 +468,20 @@ resid_status resid_explainer_new(const resid_model *m, const resid_trace *tr,
     for (int ci = 0; ci < nctx; ci++) {
         rs_context *cx = &e->ctx[ci];
         float *bc = b + (size_t)ci * V;
-        double mx = -INFINITY;
-        for (int t = 0; t < V; t++) {
-            double z = bc[t] + (add_beta ? e->wu_beta[t] : 0);
-            if (z > mx) mx = z;
-        }
-        double sum = 0;
-        for (int t = 0; t < V; t++) sum += exp(bc[t] + (add_beta ? e->wu_beta[t] : 0) - mx);
-        double lse = mx + log(sum);
-        for (int t = 0; t < V; t++) {
-            double lp = bc[t] + (add_beta ? e->wu_beta[t] : 0) - lse;
-            cx->logp[t] = (float)lp;
-            bc[t] = (float)exp(lp); /* b now holds p, for W_Uᵀp below */
-        }
+        if (add_beta)
+            for (int t = 0; t < V; t++) bc[t] = (float)((double)bc[t] + e->wu_beta[t]);
+        /* the log-sum-exp of the exact scores (rs_logsumexp) */
+        const double lse = rs_logsumexp(bc, V);
+        for (int t = 0; t < V; t++) cx->logp[t] = (float)((double)bc[t] - lse);
+        rs_exp_array(cx->logp, bc, V); /* b now holds p, for W_Uᵀp below */
         cx->logpw = (double)cx->logp[e->target];
         cx->pw = exp(cx->logpw);
     }
     /* Jensen vectors g = centre(γ ⊙ (W_U[w] − W_Uᵀp))/s. */
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, nctx, D, V, 1.0f, b, V, e->wu, D,
-                0.0f, pq, D);
+    if (wut_p(e, b, nctx, pq) != 0) {
+        free(y), free(b), free(q), free(pq);
+        goto nomem;
+    }
     const float *wrow = e->wu + (size_t)e->target * D;
     for (int ci = 0; ci < nctx; ci++) {
         for (int d = 0; d < D; d++) q[d] = (double)wrow[d] - pq[(size_t)ci * D + d];

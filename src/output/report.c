@@ -285,13 +285,16 @@ static resid_status compute(report *r, resid_error *err) {
     /* Probabilities in the lens, and the contrast's logit differences. */
     const float *x0 = tr->x_in + (size_t)(tr->n_cap - 1) * (size_t)D;
     const float *xl = tr->x_in + ((size_t)L * (size_t)tr->n_cap + (size_t)(tr->n_cap - 1)) * D;
-    float *bs = malloc((size_t)V * sizeof *bs);
-    if (!bs) return rs_err(err, RESID_E_NOMEM, "explain: out of memory");
-    st = resid_lens_apply(m, rq->lens, s, xl, bs, err);
-    if (st == RESID_OK) {
-        r->prob = rq->lens == RESID_LENS_LOGIT ? exp(log_softmax_at(bs, V, r->target))
-                                               : resid_explainer_target_prob(r->ex);
-        if (r->contrast >= 0) {
+    /* The paper and exact lenses' p(target) is the explainer's x_L context;
+     * the logit lens and the contrast need x_L's lens values. */
+    r->prob = resid_explainer_target_prob(r->ex);
+    if (rq->lens == RESID_LENS_LOGIT || r->contrast >= 0) {
+        float *bs = malloc((size_t)V * sizeof *bs);
+        if (!bs) return rs_err(err, RESID_E_NOMEM, "explain: out of memory");
+        st = resid_lens_apply(m, rq->lens, s, xl, bs, err);
+        if (st == RESID_OK && rq->lens == RESID_LENS_LOGIT)
+            r->prob = exp(log_softmax_at(bs, V, r->target));
+        if (st == RESID_OK && r->contrast >= 0) {
             r->c_prob = exp(log_softmax_at(bs, V, r->contrast));
             /* The logit difference is the same in the paper and exact lens. */
             st = resid_lens_apply(m, RESID_LENS_PAPER, s, xl, bs, err);
@@ -301,9 +304,9 @@ static resid_status compute(report *r, resid_error *err) {
                 if (st == RESID_OK) r->c_diff_initial = (double)bs[r->target] - bs[r->contrast];
             }
         }
+        free(bs);
+        if (st != RESID_OK) return st;
     }
-    free(bs);
-    if (st != RESID_OK) return st;
 
     /* The layer table, in the lens asked for. */
     stage(rq, 3, "layer table");
