@@ -231,6 +231,30 @@ static void stage(const resid_explain_request *rq, int step, const char *name) {
     if (rq->progress) rq->progress(rq->progress_user, name, step, n_stages(rq));
 }
 
+static resid_status prescore_layers_heads(resid_explainer *e, int32_t L, int32_t H,
+                                          resid_error *err) {
+    const int64_t n = (int64_t)L * (2 + H);
+    resid_unit *u = malloc((size_t)n * sizeof *u);
+    const resid_unit **p = malloc((size_t)n * sizeof *p);
+    double *lpi = malloc((size_t)n * sizeof *lpi);
+    resid_status st = RESID_OK;
+    if (!u || !p || !lpi) {
+        st = rs_err(err, RESID_E_NOMEM, "explain: out of memory");
+        goto done;
+    }
+    int64_t k = 0;
+    for (int32_t l = 0; l < L; l++) {
+        u[k++] = (resid_unit){RESID_UNIT_ATTN_LAYER, l, -1, -1, -1};
+        u[k++] = (resid_unit){RESID_UNIT_FFN_LAYER, l, -1, -1, -1};
+        for (int32_t h = 0; h < H; h++) u[k++] = (resid_unit){RESID_UNIT_HEAD, l, h, -1, -1};
+    }
+    for (int64_t i = 0; i < n; i++) p[i] = &u[i];
+    if ((st = rs_units_prepare(e, u, n, err)) == RESID_OK) st = rs_exact_lpi(e, p, n, lpi, err);
+done:
+    free(u), free(p), free(lpi);
+    return st;
+}
+
 static resid_status compute(report *r, resid_error *err) {
     const resid_model *m = r->m;
     const resid_explain_request *rq = r->rq;
@@ -310,6 +334,10 @@ static resid_status compute(report *r, resid_error *err) {
 
     /* The layer table, in the lens asked for. */
     stage(rq, 3, "layer table");
+    /* The layers and the heads, every one of which is scored, in one batch
+     * of projections (the LPI memo then serves the table and the list). */
+    if (rq->lens != RESID_LENS_LOGIT && (st = prescore_layers_heads(r->ex, L, r->info->n_head, err)))
+        return st;
     r->rows = calloc((size_t)L, sizeof *r->rows);
     if (!r->rows) return rs_err(err, RESID_E_NOMEM, "explain: out of memory");
     if (rq->lens == RESID_LENS_LOGIT) {
