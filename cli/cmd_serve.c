@@ -173,10 +173,9 @@ static enum MHD_Result send_json(struct MHD_Connection *c, unsigned status, cJSO
     return send_buf(c, status, "application/json", text, strlen(text), true);
 }
 
-static enum MHD_Result send_error(struct MHD_Connection *c, unsigned status, const char *fmt,
-                                  ...) __attribute__((format(printf, 3, 4)));
-static enum MHD_Result send_error(struct MHD_Connection *c, unsigned status, const char *fmt,
-                                  ...) {
+static enum MHD_Result send_error(struct MHD_Connection *c, unsigned status, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+static enum MHD_Result send_error(struct MHD_Connection *c, unsigned status, const char *fmt, ...) {
     char msg[768];
     va_list ap;
     va_start(ap, fmt);
@@ -364,8 +363,8 @@ static bool int_field(const cJSON *b, const char *name, long lo, long hi, long d
  * the HTTP status with msg filled; *out is malloc'd either way (may be
  * NULL), the caller frees it. */
 static unsigned prompt_tokens(server *s, const cJSON *text, const cJSON *ids, const char *tname,
-                              const char *iname, const char *label, int32_t **out,
-                              int32_t *n_out, char *msg, size_t n) {
+                              const char *iname, const char *label, int32_t **out, int32_t *n_out,
+                              char *msg, size_t n) {
     const int32_t V = s->info->n_vocab;
     *out = NULL;
     *n_out = 0;
@@ -374,7 +373,8 @@ static unsigned prompt_tokens(server *s, const cJSON *text, const cJSON *ids, co
         if (!cJSON_IsString(text)) return snprintf(msg, n, "\"%s\" must be a string", tname), 400;
         if (!s->tok)
             return snprintf(msg, n, "the model has no tokenizer: send \"%s\" (token ids)",
-                            iname ? iname : tname), 400;
+                            iname ? iname : tname),
+                   400;
         resid_encode_opts eo = resid_encode_defaults(s->tok);
         if (resid_tokenize(s->tok, text->valuestring, -1, &eo, out, n_out, &err) != RESID_OK)
             return snprintf(msg, n, "%s: %s", label, err.msg), 400;
@@ -383,26 +383,34 @@ static unsigned prompt_tokens(server *s, const cJSON *text, const cJSON *ids, co
             return snprintf(msg, n, "\"%s\" must be an array of token ids", iname), 400;
         const int na = cJSON_GetArraySize(ids);
         if (na > s->o.max_tokens)
-            return snprintf(msg, n, "%s is %d tokens; this server accepts at most %ld "
-                                    "(--max-tokens)", label, na, s->o.max_tokens), 413;
+            return snprintf(msg, n,
+                            "%s is %d tokens; this server accepts at most %ld "
+                            "(--max-tokens)",
+                            label, na, s->o.max_tokens),
+                   413;
         if (!(*out = malloc((size_t)(na + 1) * sizeof **out)))
             return snprintf(msg, n, "out of memory"), 500;
         const cJSON *e;
         cJSON_ArrayForEach(e, ids) {
             if (!cJSON_IsNumber(e) || e->valuedouble < 0 || e->valuedouble >= V ||
                 e->valuedouble != floor(e->valuedouble))
-                return snprintf(msg, n, "\"%s\"[%d] is not a token id in [0, %d)", iname,
-                                *n_out, V), 400;
+                return snprintf(msg, n, "\"%s\"[%d] is not a token id in [0, %d)", iname, *n_out,
+                                V),
+                       400;
             (*out)[(*n_out)++] = (int32_t)e->valuedouble;
         }
     }
     if (*n_out < 1) return snprintf(msg, n, "%s is empty", label), 400;
     if (*n_out > s->o.max_tokens)
-        return snprintf(msg, n, "%s is %d tokens; this server accepts at most %ld "
-                                "(--max-tokens)", label, *n_out, s->o.max_tokens), 413;
+        return snprintf(msg, n,
+                        "%s is %d tokens; this server accepts at most %ld "
+                        "(--max-tokens)",
+                        label, *n_out, s->o.max_tokens),
+               413;
     if (*n_out > s->info->n_ctx)
         return snprintf(msg, n, "%s is %d tokens; the model's context is %d", label, *n_out,
-                        s->info->n_ctx), 400;
+                        s->info->n_ctx),
+               400;
     return 0;
 }
 
@@ -416,11 +424,12 @@ static unsigned parse_req(server *s, const cJSON *b, bool need_prompt, req *r, c
     const cJSON *p = field(b, "prompt"), *ids = field(b, "ids");
     if (p && ids) return snprintf(msg, n, "give \"prompt\" or \"ids\", not both"), 400;
     if (!p && !ids) {
-        if (need_prompt) return snprintf(msg, n, "missing \"prompt\" (text) or \"ids\" (array)"), 400;
+        if (need_prompt)
+            return snprintf(msg, n, "missing \"prompt\" (text) or \"ids\" (array)"), 400;
         return 0;
     }
-    unsigned code = prompt_tokens(s, p, p ? NULL : ids, "prompt", "ids", "the prompt", &r->ids,
-                                  &r->n, msg, n);
+    unsigned code =
+        prompt_tokens(s, p, p ? NULL : ids, "prompt", "ids", "the prompt", &r->ids, &r->n, msg, n);
     if (code) return code;
     resid_error err;
     long v;
@@ -435,7 +444,8 @@ static unsigned parse_req(server *s, const cJSON *b, bool need_prompt, req *r, c
         const cJSON *t = field(b, tn[i]);
         if (!t || cJSON_IsNull(t) || (cJSON_IsString(t) && !t->valuestring[0])) continue;
         if (!cJSON_IsString(t)) return snprintf(msg, n, "\"%s\" must be a string", tn[i]), 400;
-        if (!s->tok) return snprintf(msg, n, "the model has no tokenizer: use \"%s_id\"", tn[i]), 400;
+        if (!s->tok)
+            return snprintf(msg, n, "the model has no tokenizer: use \"%s_id\"", tn[i]), 400;
         if (rs_report_resolve_token(s->tok, i ? "--vs" : "--target", t->valuestring,
                                     r->ids[r->n - 1], to[i], &err) != RESID_OK)
             return snprintf(msg, n, "%s", err.msg), 400;
@@ -460,9 +470,11 @@ static enum MHD_Result api_explain(server *s, struct MHD_Connection *c, const cJ
     long layer = -1, head = -1;
     if (!strcmp(what, "head") &&
         (!int_field(b, "layer", 0, INT32_MAX, -1, &layer, msg, sizeof msg) ||
-         !int_field(b, "head", 0, INT32_MAX, -1, &head, msg, sizeof msg) || layer < 0 || head < 0)) {
+         !int_field(b, "head", 0, INT32_MAX, -1, &head, msg, sizeof msg) || layer < 0 ||
+         head < 0)) {
         free(r.ids);
-        return send_error(c, 400, "head: %s", layer < 0 || head < 0 ? "needs \"layer\" and \"head\"" : msg);
+        return send_error(c, 400, "head: %s",
+                          layer < 0 || head < 0 ? "needs \"layer\" and \"head\"" : msg);
     }
     /* explain: "compare_scores": true adds the scoring-method comparison */
     const cJSON *cmp = field(b, "compare_scores");
@@ -563,8 +575,7 @@ static bool ablate_unit(server *s, const cJSON *e, const char *kind, int32_t T, 
         /* through the id syntax, so objects and strings get the same checks */
         cli_unit_format(&v, id, sizeof id);
         if (layer < 0 || strchr(id, '-')) {
-            snprintf(msg, n, "unit %s: missing or negative field for kind %s", id,
-                     k->valuestring);
+            snprintf(msg, n, "unit %s: missing or negative field for kind %s", id, k->valuestring);
             return false;
         }
     } else {
@@ -606,49 +617,64 @@ static unsigned parse_mode_inputs(server *s, const cJSON *b, ablate_req *a, char
     static const struct {
         const char *name;
         resid_iv_mode mode;
-    } own[] = {{"clean", RESID_IV_REPLACE}, {"clean_ids", RESID_IV_REPLACE},
-               {"mean_prompts", RESID_IV_MEAN}, {"scale", RESID_IV_ADD},
+    } own[] = {{"clean", RESID_IV_REPLACE},
+               {"clean_ids", RESID_IV_REPLACE},
+               {"mean_prompts", RESID_IV_MEAN},
+               {"scale", RESID_IV_ADD},
                {"layers", RESID_IV_ADD}};
     for (size_t i = 0; i < sizeof own / sizeof *own; i++)
         if (a->mode != own[i].mode && present(b, own[i].name))
             return snprintf(msg, n, "\"%s\" goes with \"mode\": \"%s\"", own[i].name,
-                            resid_iv_mode_name(own[i].mode)), 400;
+                            resid_iv_mode_name(own[i].mode)),
+                   400;
     if (present(b, "means"))
-        return snprintf(msg, n, "\"means\" (raw unit means) is not served: give \"mode\": "
-                                "\"mean\" with \"mean_prompts\" (texts the means are computed "
-                                "over), or use resid ablate --means FILE"), 400;
+        return snprintf(msg, n,
+                        "\"means\" (raw unit means) is not served: give \"mode\": "
+                        "\"mean\" with \"mean_prompts\" (texts the means are computed "
+                        "over), or use resid ablate --means FILE"),
+               400;
     if (present(b, "vector"))
-        return snprintf(msg, n, "\"vector\" is not served: \"mode\": \"add\" here adds each "
-                                "unit's own vector at the last position; a d_model vector goes "
-                                "to resid ablate --mode add --vector FILE"), 400;
+        return snprintf(msg, n,
+                        "\"vector\" is not served: \"mode\": \"add\" here adds each "
+                        "unit's own vector at the last position; a d_model vector goes "
+                        "to resid ablate --mode add --vector FILE"),
+               400;
     unsigned code = 0;
     if (a->mode == RESID_IV_REPLACE) {
         const cJSON *ct = field(b, "clean"), *ci = field(b, "clean_ids");
         if (present(b, "clean") && present(b, "clean_ids"))
             return snprintf(msg, n, "give \"clean\" or \"clean_ids\", not both"), 400;
         if (!present(b, "clean") && !present(b, "clean_ids"))
-            return snprintf(msg, n, "mode \"replace\" needs one of \"clean\" (text) or "
-                                    "\"clean_ids\" (array): the prompt whose activations are "
-                                    "patched in, with as many tokens as the prompt"), 400;
+            return snprintf(msg, n,
+                            "mode \"replace\" needs one of \"clean\" (text) or "
+                            "\"clean_ids\" (array): the prompt whose activations are "
+                            "patched in, with as many tokens as the prompt"),
+                   400;
         if ((code = prompt_tokens(s, present(b, "clean") ? ct : NULL,
                                   present(b, "clean") ? NULL : ci, "clean", "clean_ids",
                                   "the clean prompt", &a->clean, &a->n_clean, msg, n)))
             return code;
         if (a->n_clean != a->r.n)
-            return snprintf(msg, n, "the clean prompt has %d tokens but the prompt has %d: "
-                                    "replace needs the same length", a->n_clean, a->r.n), 400;
+            return snprintf(msg, n,
+                            "the clean prompt has %d tokens but the prompt has %d: "
+                            "replace needs the same length",
+                            a->n_clean, a->r.n),
+                   400;
     } else if (a->mode == RESID_IV_MEAN) {
         const cJSON *mp = field(b, "mean_prompts");
         if (!cJSON_IsArray(mp) || cJSON_GetArraySize(mp) < 1)
-            return snprintf(msg, n, "mode \"mean\" needs \"mean_prompts\": a non-empty array "
-                                    "of prompts (texts or id arrays) to compute the unit means "
-                                    "over"), 400;
+            return snprintf(msg, n,
+                            "mode \"mean\" needs \"mean_prompts\": a non-empty array "
+                            "of prompts (texts or id arrays) to compute the unit means "
+                            "over"),
+                   400;
         int64_t width;
         if (!cli_iv_mean_width(s->m, a->u, a->nu, &width, msg, n)) return 400;
         const int np = cJSON_GetArraySize(mp);
         if (np > MAX_MEAN_PROMPTS)
             return snprintf(msg, n, "%d mean prompts; this server takes at most %d", np,
-                            MAX_MEAN_PROMPTS), 413;
+                            MAX_MEAN_PROMPTS),
+                   413;
         a->mp = calloc((size_t)np, sizeof *a->mp);
         a->mp_n = calloc((size_t)np, sizeof *a->mp_n);
         if (!a->mp || !a->mp_n) return snprintf(msg, n, "out of memory"), 500;
@@ -661,9 +687,8 @@ static unsigned parse_mode_inputs(server *s, const cJSON *b, ablate_req *a, char
             if (!cJSON_IsString(e) && !cJSON_IsArray(e))
                 return snprintf(msg, n, "\"%s\" must be a text or an array of token ids", name),
                        400;
-            if ((code = prompt_tokens(s, cJSON_IsString(e) ? e : NULL,
-                                      cJSON_IsString(e) ? NULL : e, name, name, label,
-                                      &a->mp[i], &a->mp_n[i], msg, n)))
+            if ((code = prompt_tokens(s, cJSON_IsString(e) ? e : NULL, cJSON_IsString(e) ? NULL : e,
+                                      name, name, label, &a->mp[i], &a->mp_n[i], msg, n)))
                 return code;
         }
     } else if (a->mode == RESID_IV_ADD) {
@@ -680,19 +705,21 @@ static unsigned parse_mode_inputs(server *s, const cJSON *b, ablate_req *a, char
                 return snprintf(msg, n, "out of memory"), 500;
             a->layers[a->n_layers++] = L;
         } else {
-            if (!cJSON_IsArray(la) || cJSON_GetArraySize(la) < 1 ||
-                cJSON_GetArraySize(la) > L + 1)
-                return snprintf(msg, n, "\"layers\" must be an array of 1 to %d residual "
-                                        "inputs in [0, %d] (%d = the final residual)",
-                                L + 1, L, L), 400;
+            if (!cJSON_IsArray(la) || cJSON_GetArraySize(la) < 1 || cJSON_GetArraySize(la) > L + 1)
+                return snprintf(msg, n,
+                                "\"layers\" must be an array of 1 to %d residual "
+                                "inputs in [0, %d] (%d = the final residual)",
+                                L + 1, L, L),
+                       400;
             if (!(a->layers = malloc((size_t)cJSON_GetArraySize(la) * sizeof *a->layers)))
                 return snprintf(msg, n, "out of memory"), 500;
             const cJSON *e;
             cJSON_ArrayForEach(e, la) {
                 if (!cJSON_IsNumber(e) || e->valuedouble != floor(e->valuedouble) ||
                     e->valuedouble < 0 || e->valuedouble > L)
-                    return snprintf(msg, n, "\"layers\"[%d] is not a layer in [0, %d]",
-                                    a->n_layers, L), 400;
+                    return snprintf(msg, n, "\"layers\"[%d] is not a layer in [0, %d]", a->n_layers,
+                                    L),
+                           400;
                 a->layers[a->n_layers++] = (int32_t)e->valuedouble;
             }
         }
@@ -712,10 +739,9 @@ static unsigned parse_ablate(server *s, const cJSON *b, ablate_req *a, char *msg
     a->mode = RESID_IV_ZERO;
     if (mode && !cJSON_IsNull(mode) &&
         (!cJSON_IsString(mode) || resid_iv_mode_parse(mode->valuestring, &a->mode, &err)))
-        return snprintf(msg, n, "\"mode\" must be \"zero\", \"mean\", \"replace\" or \"add\""),
-               400;
-    if (kind && !(cJSON_IsString(kind) && (!strcmp(kind->valuestring, "neuron") ||
-                                           !strcmp(kind->valuestring, "head"))))
+        return snprintf(msg, n, "\"mode\" must be \"zero\", \"mean\", \"replace\" or \"add\""), 400;
+    if (kind && !(cJSON_IsString(kind) &&
+                  (!strcmp(kind->valuestring, "neuron") || !strcmp(kind->valuestring, "head"))))
         return snprintf(msg, n, "\"kind\" must be \"neuron\" or \"head\""), 400;
     if (!cJSON_IsArray(units) || cJSON_GetArraySize(units) < 1)
         return snprintf(msg, n, "\"units\" must be a non-empty array"), 400;
@@ -736,8 +762,9 @@ static unsigned parse_ablate(server *s, const cJSON *b, ablate_req *a, char *msg
         cJSON_ArrayForEach(e, positions) {
             if (!cJSON_IsNumber(e) || e->valuedouble != floor(e->valuedouble) ||
                 e->valuedouble < 0 || e->valuedouble >= a->r.n)
-                return snprintf(msg, n, "\"positions\"[%d] is not a position in [0, %d)",
-                                a->n_pos, a->r.n), 400;
+                return snprintf(msg, n, "\"positions\"[%d] is not a position in [0, %d)", a->n_pos,
+                                a->r.n),
+                       400;
             a->pos[a->n_pos++] = (int32_t)e->valuedouble;
         }
     }
@@ -770,8 +797,8 @@ static enum MHD_Result api_ablate(server *s, struct MHD_Connection *c, const cJS
     if (a.mode == RESID_IV_MEAN) compute_stage(s, "unit means", 1, n_steps);
     if (a.mode == RESID_IV_ADD) compute_stage(s, "unit vectors", 1, n_steps);
     if (a.mode == RESID_IV_MEAN)
-        st = resid_unit_means(s->m, (const int32_t *const *)a.mp, a.mp_n, a.n_mp, a.u, a.nu,
-                              &means, &n_means, &err);
+        st = resid_unit_means(s->m, (const int32_t *const *)a.mp, a.mp_n, a.n_mp, a.u, a.nu, &means,
+                              &n_means, &err);
     if (st == RESID_OK && a.mode == RESID_IV_ADD)
         st = cli_iv_unit_vectors(s->m, r->ids, r->n, a.u, a.nu, &vecs, &err);
     compute_stage(s, "unedited run", n_steps - 1, n_steps);
@@ -780,15 +807,21 @@ static enum MHD_Result api_ablate(server *s, struct MHD_Connection *c, const cJS
                                     NULL, &err);
     compute_stage(s, "edited run", n_steps, n_steps);
     if (st == RESID_OK) st = resid_intervention_new(s->m, &iv, &err);
-    if (st == RESID_OK && a.clean)
-        st = resid_intervention_set_clean(iv, a.clean, a.n_clean, &err);
-    const cli_iv_spec spec = {.mode = a.mode, .units = a.u, .n_units = a.nu, .pos = a.pos,
-                              .n_pos = a.n_pos, .means = means, .vecs = vecs, .n_vecs = a.nu,
-                              .scale = a.scale, .layers = a.layers, .n_layers = a.n_layers};
+    if (st == RESID_OK && a.clean) st = resid_intervention_set_clean(iv, a.clean, a.n_clean, &err);
+    const cli_iv_spec spec = {.mode = a.mode,
+                              .units = a.u,
+                              .n_units = a.nu,
+                              .pos = a.pos,
+                              .n_pos = a.n_pos,
+                              .means = means,
+                              .vecs = vecs,
+                              .n_vecs = a.nu,
+                              .scale = a.scale,
+                              .layers = a.layers,
+                              .n_layers = a.n_layers};
     if (st == RESID_OK) st = cli_iv_build(s->m, iv, &spec, &err);
     if (st == RESID_OK)
-        st = resid_intervention_run(s->m, iv, r->ids, r->n, target, &after, NULL, NULL, NULL,
-                                    &err);
+        st = resid_intervention_run(s->m, iv, r->ids, r->n, target, &after, NULL, NULL, NULL, &err);
     compute_end(s);
     resid_intervention_free(iv);
     free(means), free(vecs);
@@ -836,10 +869,12 @@ static enum MHD_Result api_neuron(server *s, struct MHD_Connection *c, const cJS
     const bool ffn = k >= 0;
     if (layer < 0 || (ffn ? head >= 0 : (head < 0 || dim < 0 || pos < 0))) {
         free(r.ids);
-        return send_error(c, 400, "neuron: give {\"layer\", \"neuron\"} (FFN) or {\"layer\", "
-                                  "\"head\", \"dim\", \"pos\"} (attention, with a prompt)");
+        return send_error(c, 400,
+                          "neuron: give {\"layer\", \"neuron\"} (FFN) or {\"layer\", "
+                          "\"head\", \"dim\", \"pos\"} (attention, with a prompt)");
     }
-    if (layer >= in->n_layer || (ffn && k >= in->d_ffn) || (!ffn && (head >= in->n_head || dim >= in->d_head))) {
+    if (layer >= in->n_layer || (ffn && k >= in->d_ffn) ||
+        (!ffn && (head >= in->n_head || dim >= in->d_head))) {
         free(r.ids);
         return send_error(c, 400,
                           "neuron: unit out of range: the model has %d layers, %d FFN neurons "
@@ -885,14 +920,16 @@ static enum MHD_Result api_neuron(server *s, struct MHD_Connection *c, const cJS
     cJSON *tt = st == RESID_OK ? cJSON_AddArrayToObject(out, "top_tokens") : NULL;
     cJSON *bt = tt ? cJSON_AddArrayToObject(out, "bottom_tokens") : NULL;
     for (int32_t i = 0; bt && i < nk; i++) {
-        cJSON *a = rs_web_token(s->tok, prev, top[i].id), *z = rs_web_token(s->tok, prev, bot[i].id);
+        cJSON *a = rs_web_token(s->tok, prev, top[i].id),
+              *z = rs_web_token(s->tok, prev, bot[i].id);
         if (a) cJSON_AddNumberToObject(a, "bs", top[i].value), cJSON_AddItemToArray(tt, a);
         if (z) cJSON_AddNumberToObject(z, "bs", bot[i].value), cJSON_AddItemToArray(bt, z);
     }
     free(r.ids);
     if (st != RESID_OK) {
         cJSON_Delete(out);
-        return send_error(c, lib_status(st), "neuron: %s", st == RESID_E_NOMEM ? "out of memory" : err.msg);
+        return send_error(c, lib_status(st), "neuron: %s",
+                          st == RESID_E_NOMEM ? "out of memory" : err.msg);
     }
     return send_json(c, 200, out);
 }
@@ -993,8 +1030,11 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
     int which = -1;
     for (int i = 0; i < 4; i++)
         if (!strcmp(url, api[i])) which = i;
-    if (which < 0) return send_error(c, 404, "%s: not found (POST /api/explain, /api/head, "
-                                             "/api/neuron, /api/ablate)", url);
+    if (which < 0)
+        return send_error(c, 404,
+                          "%s: not found (POST /api/explain, /api/head, "
+                          "/api/neuron, /api/ablate)",
+                          url);
     const char *end = NULL;
     cJSON *b = k->body ? cJSON_ParseWithOpts(k->body, &end, true) : NULL;
     if (!cJSON_IsObject(b)) {
