@@ -38,6 +38,7 @@
       else e.setAttribute(k, v === true ? '' : v);
     }
   }
+  const $ = (id) => document.getElementById(id);
   const fmt = (x, d = 3) => (x == null || Number.isNaN(x) ? '–' : Number(x).toFixed(d));
   const sgn = (x, d = 3) => (x == null ? '–' : (x >= 0 ? '+' : '') + Number(x).toFixed(d));
   const pct = (p) => (p == null ? '–' : (100 * p).toPrecision(3) + '%');
@@ -361,23 +362,76 @@
 
   /* ---- Ablation (resid serve only) -------------------------------------- */
 
-  /* A button that zeroes `units` (ids in the resid ablate syntax) through
-   * /api/ablate and shows p(target) before -> after. Only in the served
-   * page: a report file has no server to ask. */
+  /* The mode every ablate button uses, chosen in one shared control under
+   * the request form (#ablate-opts, built by live(): a report file has no
+   * server, so neither the control nor the buttons exist there). The
+   * modes are those of /api/ablate (docs/serve.md): zero; mean over
+   * reference prompts; replace (activation patching) from a clean prompt
+   * of the same length; add the unit's own vector at t*, scaled, to x_L. */
+  const MAX_MEAN_PROMPTS = 16;   /* the server's limit (cmd_serve.c) */
+
+  function ablateOptions() {
+    const field = (mode, ...kids) => h('label', { class: 'ab-field', 'data-mode': mode, hidden: true }, ...kids);
+    const fields = [
+      field('mean', 'reference prompts, one per line (1 to ' + MAX_MEAN_PROMPTS + ') ',
+        h('textarea', { id: 'ab-mean', rows: 3, cols: 60, placeholder: 'Lily went to the park\nThe cat sat on the mat' })),
+      field('replace', 'clean prompt (as many tokens as the prompt) ',
+        h('input', { id: 'ab-clean', size: 60, placeholder: 'Once upon a time, there was a girl named Tim. Tim had a big red' })),
+      field('add', 'scale ', h('input', { id: 'ab-scale', type: 'number', step: 'any', value: 2 }),
+        h('span', { class: 'muted' }, " × the unit's own vector at t*, added to x_L")),
+    ];
+    const select = h('select', { id: 'ab-mode', onchange: () => {
+      for (const f of fields) f.hidden = f.dataset.mode !== select.value;
+      for (const b of document.querySelectorAll('button.ablate')) b.textContent = `ablate (${select.value})`;
+    } }, ['zero', 'mean', 'replace', 'add'].map((m) => h('option', null, m)));
+    return h('div', { id: 'ablate-opts', class: 'row' }, h('label', null, 'ablate buttons: mode ', select), ...fields);
+  }
+
+  /* The chosen mode as /api/ablate fields and a label for the result;
+   * throws an Error naming what to fix when the fields are not valid. */
+  function ablateMode() {
+    const mode = $('ab-mode').value;
+    if (mode === 'mean') {
+      const prompts = $('ab-mean').value.split('\n').map((l) => l.replace(/\r$/, '')).filter((l) => l.trim());
+      if (!prompts.length) throw new Error('mode mean: type 1 to ' + MAX_MEAN_PROMPTS + ' reference prompts, one per line');
+      if (prompts.length > MAX_MEAN_PROMPTS)
+        throw new Error(`mode mean: at most ${MAX_MEAN_PROMPTS} reference prompts, one per line; there are ${prompts.length}`);
+      return { fields: { mode, mean_prompts: prompts }, label: `mean over ${prompts.length} prompt${prompts.length > 1 ? 's' : ''}` };
+    }
+    if (mode === 'replace') {
+      const clean = $('ab-clean').value;
+      if (!clean.trim()) throw new Error('mode replace: type the clean prompt, with as many tokens as the prompt');
+      return { fields: { mode, clean }, label: 'replace from the clean prompt' };
+    }
+    if (mode === 'add') {
+      const scale = $('ab-scale').valueAsNumber;
+      if (!Number.isFinite(scale)) throw new Error('mode add: the scale must be a number');
+      return { fields: { mode, scale }, label: `add ×${scale}` };
+    }
+    return { fields: { mode: 'zero' }, label: 'zero' };
+  }
+
+  /* A button that ablates `units` (ids in the resid ablate syntax) in the
+   * chosen mode through /api/ablate and shows p(target) before -> after.
+   * Only in the served page. */
   function ablateButton(units, id) {
     if (!request) return null;
     const out = h('span', { class: 'ablate-result', id: id + '-result', role: 'status' });
     const btn = h('button', {
-      type: 'button', class: 'ablate', id, title: 'zero ' + units.join(', ') + ' (resid ablate, mode zero)',
+      type: 'button', class: 'ablate', id, title: 'ablate ' + units.join(', ') + ' in the mode chosen under the form (resid ablate)',
       onclick: async () => {
+        delete out.dataset.before; delete out.dataset.after; delete out.dataset.mode;
+        let m;
+        try { m = ablateMode(); } catch (e) { out.replaceChildren(errBox(e)); return; }
         btn.disabled = true;
         const st = h('span', { class: 'muted' }, 'computing…');
         out.replaceChildren(st);
         try {
-          const a = await api('/api/ablate', Object.assign({}, request, { units, mode: 'zero' }), st);
+          const a = await api('/api/ablate', Object.assign({}, request, { units }, m.fields), st);
+          out.dataset.mode = a.mode;
           out.dataset.before = a.before.prob;
           out.dataset.after = a.after.prob;
-          out.replaceChildren('p(target) ', h('b', { class: 'before' }, fmt(a.before.prob, 4)), ' → ', h('b', { class: 'after' }, fmt(a.after.prob, 4)),
+          out.replaceChildren(h('span', { class: 'ablate-mode' }, m.label), ': p(target) ', h('b', { class: 'before' }, fmt(a.before.prob, 4)), ' → ', h('b', { class: 'after' }, fmt(a.after.prob, 4)),
             ` (${sgn(a.after.prob - a.before.prob, 4)}; rank ${a.before.rank} → ${a.after.rank}; paper lens; the model: ${fmt(a.before.model_prob, 4)} → ${fmt(a.after.model_prob, 4)})`);
         } catch (e) {
           out.replaceChildren(errBox(e));
@@ -385,7 +439,7 @@
           btn.disabled = false;
         }
       },
-    }, 'ablate (zero)');
+    }, `ablate (${$('ab-mode').value})`);
     return h('p', { class: 'ablate-row' }, btn, ' ', out);
   }
 
@@ -449,6 +503,7 @@
   function live() {
     const form = document.getElementById('ask');
     form.hidden = false;
+    form.after(ablateOptions());
     app.replaceChildren(h('p', { class: 'muted' }, 'Type a prompt and press Explain.'));
     const status = document.getElementById('status');
     form.addEventListener('submit', async (ev) => {

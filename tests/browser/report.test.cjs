@@ -1,8 +1,8 @@
 // report.test.cjs - the self-contained report of `resid explain --html` in
 // headless Chromium: opened from disk, it shows the target, the lens grid
 // ((2L+1) x the last 4 positions), the layer chart (2L bars), the head map (L x H cells);
-// clicking a head and a neuron opens their details (no ablate button: no
-// server); the scoring-method comparison is hidden without --compare-scores
+// clicking a head and a neuron opens their details (no ablate button nor
+// ablation-mode control: no server); the scoring-method comparison is hidden without --compare-scores
 // and shows 8 methods + original + random with it; no console errors, no
 // network. Screenshots: browser-report*.png in the working directory.
 'use strict';
@@ -65,8 +65,10 @@ test('report of stories260K opens from disk and is interactive', async () => {
     await page.click(`#attn-table tr[data-id="${a0.id}"]`);
     assert.match(await page.textContent('#neuron-detail h3'), new RegExp('Neuron ' + a0.id));
     await page.locator('#neurons').screenshot({ path: 'browser-report-neuron.png' });
-    // A report file has no server: no ablate button in the detail panels.
+    // A report file has no server: no ablate button in the detail panels,
+    // and no ablation-mode control.
     assert.strictEqual(await page.locator('button.ablate').count(), 0);
+    assert.strictEqual(await page.locator('#ablate-opts, #ab-mode').count(), 0);
     assert.deepStrictEqual(errors, []);
   } finally {
     await browser.close();

@@ -2,7 +2,11 @@
 // prompt typed into the form is explained (spinner, then the views), the
 // DOM matches the CLI's JSON, a head without precomputed details is fetched
 // from /api/head, a neuron opens its details; the ablate buttons of a
-// neuron and a head show /api/ablate's p(target) before -> after; the
+// neuron and a head show /api/ablate's p(target) before -> after, in mode
+// zero and in the modes chosen in the page (mean over two prompts, replace
+// from a clean prompt, add at two scales), each equal to /api/ablate's
+// answer to the same request, and the mode's errors (client-side and the
+// server's 400) shown in the page; the
 // "compare scores" box adds the comparison panel; while a long request
 // runs the status shows its stage from /api/progress ("FFN neurons (6/13)
 // · 0.4 s"), or "waiting for another request" behind another client's,
@@ -99,13 +103,95 @@ test('resid serve: explain a typed prompt, open a head and a neuron', async () =
     assert.deepStrictEqual(hshown.units, ['h:' + worst.id]);
     assert.strictEqual(await page.locator('#head-ablate-result .after').textContent(), hshown.after.prob.toFixed(4));
 
+    // The other modes, chosen in the shared control under the form: the
+    // page sends the mode's fields, and shows the numbers /api/ablate (and
+    // `resid ablate --json`) give for the same request, naming the mode.
+    let sent = 0;
+    const countAblate = (r) => { if (r.url().endsWith('/api/ablate')) sent++; };
+    page.on('request', countAblate);
+    const nunit = ['n:' + n0.id];
+    const post = async (b) => (await fetch(srv.url + 'api/ablate', { method: 'POST', body: JSON.stringify(b) })).json();
+    const ablateVia = async (button, check) => {
+      const done = page.waitForResponse((r) => r.url().endsWith('/api/ablate'));
+      await page.click('#' + button);
+      const r = await done;
+      assert.strictEqual(r.status(), 200);
+      const sentBody = JSON.parse(r.request().postData());
+      await page.waitForSelector(`#${button}-result .after`);
+      const res = page.locator(`#${button}-result`);
+      const ref = await post(check.body);
+      assert.ok(!ref.error, ref.error);
+      for (const [k, v] of Object.entries(check.body)) if (k !== 'prompt') assert.deepStrictEqual(sentBody[k], v, 'sent ' + k);
+      assert.strictEqual(await res.getAttribute('data-mode'), check.body.mode);
+      assert.strictEqual(Number(await res.getAttribute('data-before')), ref.before.prob);
+      assert.strictEqual(Number(await res.getAttribute('data-after')), ref.after.prob);
+      assert.strictEqual(await res.locator('.before').textContent(), ref.before.prob.toFixed(4));
+      assert.strictEqual(await res.locator('.after').textContent(), ref.after.prob.toFixed(4));
+      assert.match(await res.textContent(), check.label);
+      console.log(`# ${button} ${check.body.mode}: shown ${await res.locator('.before').textContent()} -> ${await res.locator('.after').textContent()} == /api/ablate`);
+      return ref;
+    };
+
+    // Mean over two reference prompts (a blank line is skipped).
+    const MEAN = ['Lily went to the park', 'The cat sat on the mat'];
+    await page.selectOption('#ab-mode', 'mean');
+    assert.strictEqual(await page.textContent('#neuron-ablate'), 'ablate (mean)');
+    assert.ok(await page.locator('#ab-clean').isHidden());
+    await page.fill('#ab-mean', MEAN[0] + '\n\n' + MEAN[1] + '\n');
+    const mean = await ablateVia('neuron-ablate', { body: { prompt: PROMPT, units: nunit, mode: 'mean', mean_prompts: MEAN }, label: /^mean over 2 prompts: p\(target\)/ });
+    assert.strictEqual(mean.n_mean_prompts, 2);
+    assert.ok(mean.after.prob !== direct.after.prob, 'mean ablation differs from zeroing');
+
+    // More than 16 prompts, or none: said in the page, nothing sent.
+    const before = sent;
+    await page.fill('#ab-mean', Array.from({ length: 17 }, (_, i) => 'Tim saw ' + i).join('\n'));
+    await page.click('#neuron-ablate');
+    assert.match(await page.textContent('#neuron-ablate-result .error'), /mode mean: at most 16 reference prompts, one per line; there are 17/);
+    await page.fill('#ab-mean', ' \n');
+    await page.click('#neuron-ablate');
+    assert.match(await page.textContent('#neuron-ablate-result .error'), /mode mean: type 1 to 16 reference prompts/);
+    assert.strictEqual(await page.locator('#neuron-ablate-result').getAttribute('data-after'), null);
+    assert.strictEqual(sent, before, 'an invalid mean request is not sent');
+
+    // Replace from a clean prompt of the same length (21 tokens), also
+    // against the CLI.
+    const CLEAN = 'Once upon a time, there was a girl named Tim. Tim had a big red';
+    await page.selectOption('#ab-mode', 'replace');
+    await page.fill('#ab-clean', CLEAN);
+    const rep = await ablateVia('neuron-ablate', { body: { prompt: PROMPT, units: nunit, mode: 'replace', clean: CLEAN }, label: /^replace from the clean prompt: p\(target\)/ });
+    const repCli = JSON.parse(cli(['ablate', STORIES, '-p', PROMPT, '--units', nunit[0], '--mode', 'replace', '--clean', CLEAN, '--json']));
+    assert.deepStrictEqual(rep.after, repCli.after);
+    assert.strictEqual(Number(await page.locator('#neuron-ablate-result').getAttribute('data-after')), repCli.after.prob);
+    assert.ok(rep.after.prob !== rep.before.prob, 'patching from the clean prompt changes p(target)');
+    // A clean prompt of another length: the server's 400 message in the page.
+    await page.fill('#ab-clean', 'Once upon a time, there was a dog named Tim. Tim had a big red');
+    const bad = page.waitForResponse((r) => r.url().endsWith('/api/ablate'));
+    await page.click('#neuron-ablate');
+    assert.strictEqual((await bad).status(), 400);
+    await page.waitForSelector('#neuron-ablate-result .error');
+    assert.match(await page.textContent('#neuron-ablate-result .error'), /clean prompt has 20 tokens but the prompt has 21/);
+
+    // Add the head's own vector, scale 2 (the default) then -1.5.
+    await page.selectOption('#ab-mode', 'add');
+    assert.strictEqual(await page.textContent('#head-ablate'), 'ablate (add)');
+    const hunit = ['h:' + worst.id];
+    const add = await ablateVia('head-ablate', { body: { prompt: PROMPT, units: hunit, mode: 'add', scale: 2 }, label: /^add ×2: p\(target\)/ });
+    assert.strictEqual(add.scale, 2);
+    await page.fill('#ab-scale', '-1.5');
+    await ablateVia('head-ablate', { body: { prompt: PROMPT, units: hunit, mode: 'add', scale: -1.5 }, label: /^add ×-1\.5: p\(target\)/ });
+    await page.locator('#neurons').screenshot({ path: 'browser-serve-ablate-modes.png' });
+    await page.selectOption('#ab-mode', 'zero');
+    page.off('request', countAblate);
+
     // An attention neuron: its id (L_H_N_J) goes as it is.
     const a0 = json.attn_neurons[0];
     await page.click(`#attn-table tr[data-id="${a0.id}"]`);
     await page.waitForSelector('#neuron-ablate');
     const nb = page.waitForResponse((r) => r.url().endsWith('/api/ablate'));
     await page.click('#neuron-ablate');
-    const nshown = await (await nb).json();
+    const nresp = await nb;
+    assert.strictEqual(JSON.parse(nresp.request().postData()).mode, 'zero');
+    const nshown = await nresp.json();
     assert.deepStrictEqual(nshown.units, [a0.id]);
     await page.waitForSelector('#neuron-ablate-result .after');
     assert.strictEqual(Number(await page.locator('#neuron-ablate-result').getAttribute('data-after')), nshown.after.prob);
