@@ -267,13 +267,21 @@ static void test_identity6(void **state) {
 /* §8 identity 7: LPI(0) = 0, shift invariance, LPI(v;x) = −LPI(−v;x+v)    */
 /* ---------------------------------------------------------------------- */
 
+/* The library's LPI of κ·c in context cx, with c's range as the explainer
+ * passes it (the one-pass log-sum-exp). */
+static double lpi_ranged(resid_explainer *e, const rs_context *cx, const float *c, float kappa) {
+    float mx, mn;
+    rs_minmax(c, e->V, &mx, &mn);
+    return rs_lpi_from(e, cx, c, kappa, mx, mn);
+}
+
 static double lib_lpi_vec(resid_explainer *e, int ci, const float *v) {
     float *y = malloc(sizeof(float) * RS_PROJ_ROWS * e->D);
     float *pad = malloc(sizeof(float) * RS_PROJ_ROWS * e->D);
     float *c = malloc(sizeof(float) * RS_PROJ_ROWS * (size_t)e->V);
     rs_lensmap(e, v, y);
     rs_project(e, y, 1, pad, c);
-    double r = rs_lpi_from(e, &e->ctx[ci], c, 1.0f);
+    double r = lpi_ranged(e, &e->ctx[ci], c, 1.0f);
     free(y), free(pad), free(c);
     return r;
 }
@@ -300,7 +308,7 @@ static void test_identity7(void **state) {
             rs_lensmap(e, trow(s.tr, s.tr->attn_out, l), y);
             rs_project(e, y, 1, pad, cc);
             for (int t = 0; t < V; t++) c[t] = cc[t] + 7.0f;
-            shift = fmax(shift, fabs(rs_lpi_from(e, &e->ctx[2 * l], c, 1.0f) - sc.lpi));
+            shift = fmax(shift, fabs(lpi_ranged(e, &e->ctx[2 * l], c, 1.0f) - sc.lpi));
             /* anti-symmetry: context x_mid[l] = x_in[l] + a[l] */
             const float *a = trow(s.tr, s.tr->attn_out, l);
             for (int d = 0; d < D; d++) v[d] = -a[d];
@@ -339,25 +347,38 @@ static void test_identity8(void **state) {
     for (int t = 0; t < V; t++) sum += exp(b[t] - mx);
     for (int t = 0; t < V; t++) lp[t] = (float)(b[t] - mx - log(sum));
     cx.logp = lp;
+    float lpmin;
+    rs_minmax(lp, V, &cx.lpmax, &lpmin);
     double A = exp(b[W]), B = 0;
     for (int t = 0; t < V; t++)
         if (t != W) B += exp(b[t]);
-    double md = 0, mdd = 0;
+    double md = 0, mdd = 0, m12 = 0;
     for (double l = -4; l <= 8; l += 0.5) {
         c[W] = (float)l;
-        double lpi = rs_lpi_from(&e, &cx, c, 1.0f);
+        double lpi = lpi_ranged(&e, &cx, c, 1.0f);
+        /* the one-pass sum (shift from c's range) and the two-pass one */
+        m12 = fmax(m12, fabs(lpi - rs_lpi_from(&e, &cx, c, 1.0f, NAN, NAN)));
         double F = A * exp(l) / (A * exp(l) + B), F0 = A / (A + B);
         md = fmax(md, fabs(lpi - (log(F) - log(F0))));
         const double h = 1e-2;
         c[W] = (float)(l + h);
-        double up = rs_lpi_from(&e, &cx, c, 1.0f);
+        double up = lpi_ranged(&e, &cx, c, 1.0f);
         c[W] = (float)(l - h);
-        double dn = rs_lpi_from(&e, &cx, c, 1.0f);
+        double dn = lpi_ranged(&e, &cx, c, 1.0f);
         mdd = fmax(mdd, fabs((up - dn) / (2 * h) - (1 - F)));
     }
-    printf("  id8 LPI = log F(l) - log F(0): maxdiff %.2e; dLPI/dl = 1-p: maxdiff %.2e\n", md,
-           mdd);
-    assert_true(md <= 1e-5 && mdd <= 1e-3);
+    /* A shift bound far above the largest term (a big boost of a token
+     * the context all but rules out: M' − max z ≈ 150) must fall back to
+     * the two-pass sum rather than lose every term to underflow. */
+    memset(c, 0, sizeof(float) * V);
+    lp[3] = -150.0f;
+    c[3] = 150.0f;
+    const double far = lpi_ranged(&e, &cx, c, 1.0f), two = rs_lpi_from(&e, &cx, c, 1.0f, NAN, NAN);
+    printf("  id8 LPI = log F(l) - log F(0): maxdiff %.2e; dLPI/dl = 1-p: maxdiff %.2e; "
+           "one-pass vs two-pass %.1e; far shift %.9g vs %.9g\n",
+           md, mdd, m12, far, two);
+    assert_true(md <= 1e-5 && mdd <= 1e-3 && m12 <= 1e-6);
+    assert_true(isfinite(far) && fabs(far - two) <= 1e-6);
     free(lp), free(c);
 }
 

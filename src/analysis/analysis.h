@@ -56,6 +56,7 @@
 
 typedef struct rs_context {
     float *logp;  /* [V] log p_t = b_t − lse(b), in the lens */
+    float lpmax;  /* max_t logp[t] */
     double pw;    /* p(w|x) */
     double logpw; /* log p(w|x) */
     float *g;     /* [D] U(v) = v·g: centre(γ ⊙ (W_U[w] − W_Uᵀp)) / s */
@@ -160,13 +161,17 @@ void rs_kernels_set_generic(bool generic);
  * the exact scores' log-sum-exp (~1 ulp) when the CPU has it, else expf. */
 void rs_exp_array(const float *x, float *y, int n);
 /* log Σ_t p_t·exp(κ c_t) for the context, double accumulation, through a
- * fixed, vectorised exp (deterministic within a process). cmax is ignored
- * (kept for the signature). */
-double rs_lse_shift(const resid_explainer *e, const rs_context *cx,
-                    const float *c, float kappa, double cmax);
+ * fixed, vectorised exp (deterministic within a process). cmax and cmin,
+ * the largest and smallest c_t, give the shift of a one-pass sum; NAN (or
+ * a sum too small for it) falls back to two passes. The result depends on
+ * (c, κ, cmax, cmin) alone: pass the values rs_minmax gives. */
+double rs_lse_shift(const resid_explainer *e, const rs_context *cx, const float *c,
+                    float kappa, float cmax, float cmin);
 /* LPI of κ·c in the context: κ c_w − rs_lse_shift. */
 double rs_lpi_from(const resid_explainer *e, const rs_context *cx, const float *c,
-                   float kappa);
+                   float kappa, float cmax, float cmin);
+/* The largest and smallest of c[0..n) (NaN-free input). */
+void rs_minmax(const float *c, int n, float *mx, float *mn);
 double rs_dot(const float *a, const float *b, int64_t n);
 
 /* ---- attrib.c -------------------------------------------------------- */

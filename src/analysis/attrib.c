@@ -449,7 +449,10 @@ static resid_status exact_vectors(resid_explainer *e, const resid_unit *const *u
         rs_project_canon(e, y, nb, c);
 #pragma omp parallel for schedule(static) if ((int64_t)nb * V >= RS_PAR_MIN_WORK)
         for (int r = 0; r < nb; r++) {
-            lpi[i0 + r] = rs_lpi_from(e, &e->ctx[rs_unit_ctx(u[i0 + r])], c + (size_t)r * V, 1.0f);
+            float cmax, cmin;
+            rs_minmax(c + (size_t)r * V, V, &cmax, &cmin);
+            lpi[i0 + r] = rs_lpi_from(e, &e->ctx[rs_unit_ctx(u[i0 + r])], c + (size_t)r * V, 1.0f,
+                                      cmax, cmin);
             if (kt)
                 rs_tokcache_extremes(e, c + (size_t)r * V, 1.0, tv + (size_t)r * 2 * kt,
                                      tv + ((size_t)r * 2 + 1) * kt);
@@ -566,19 +569,12 @@ static resid_status exact_directional(resid_explainer *e, const resid_unit *cons
             rs_unit_coef(e, u0, &row);
             rs_dirstats *ds = u0->kind == RESID_UNIT_FFN_NEURON ? &e->ffn_dirs[u0->layer]
                                                                 : &e->attn_dirs[u0->layer];
-            if (isnan(ds->pmax[row])) {
-                float mx = -INFINITY, mn = INFINITY;
-                for (int t = 0; t < V; t++) {
-                    if (P[t] > mx) mx = P[t];
-                    if (P[t] < mn) mn = P[t];
-                }
-                ds->pmax[row] = mx;
-                ds->pmin[row] = mn;
-            }
+            if (isnan(ds->pmax[row])) rs_minmax(P, V, &ds->pmax[row], &ds->pmin[row]);
             for (int64_t q = first[r]; q < first[r + 1]; q++) {
                 const resid_unit *uq = u[refs[q].unit];
                 float a = (float)rs_unit_coef(e, uq, NULL);
-                lpi[refs[q].unit] = rs_lpi_from(e, &e->ctx[rs_unit_ctx(uq)], P, a);
+                lpi[refs[q].unit] =
+                    rs_lpi_from(e, &e->ctx[rs_unit_ctx(uq)], P, a, ds->pmax[row], ds->pmin[row]);
             }
             /* P is the row's paper lens at the explainer's scale s */
             if (kt)

@@ -145,8 +145,8 @@ RS_AVX2 __attribute__((always_inline)) static inline __m256 exp8_avx2(__m256 x) 
     return _mm256_mul_ps(p, _mm256_castsi256_ps(e));
 }
 
-/* log Σ_t exp(lp_t + κ c_t), z_t = fma(κ, c_t, lp_t), shifted by M = max z. */
-RS_AVX2 static double lse_avx2(const float *lp, const float *c, float kappa, int V) {
+/* max_t z_t, z_t = fma(κ, c_t, lp_t) */
+RS_AVX2 static float lse_max_avx2(const float *lp, const float *c, float kappa, int V) {
     const __m256 k8 = _mm256_set1_ps(kappa);
     const int V8 = V / 8 * 8;
     __m256 mx = _mm256_set1_ps(-INFINITY);
@@ -160,7 +160,13 @@ RS_AVX2 static double lse_avx2(const float *lp, const float *c, float kappa, int
         float z = __builtin_fmaf(kappa, c[t], lp[t]);
         M = z > M ? z : M;
     }
-    if (!isfinite(M)) return M; /* NaN or ±inf input: propagate */
+    return M;
+}
+
+/* Σ_t exp(z_t − M) in double, z_t = fma(κ, c_t, lp_t) (M finite) */
+RS_AVX2 static double lse_sum_avx2(const float *lp, const float *c, float kappa, int V, float M) {
+    const __m256 k8 = _mm256_set1_ps(kappa);
+    const int V8 = V / 8 * 8;
     const __m256 m8 = _mm256_set1_ps(M);
     __m256d s0 = _mm256_setzero_pd(), s1 = s0;
     for (int t = 0; t < V8; t += 8) {
@@ -183,9 +189,9 @@ RS_AVX2 static double lse_avx2(const float *lp, const float *c, float kappa, int
     double d[8];
     _mm256_storeu_pd(d, s0);
     _mm256_storeu_pd(d + 4, s1);
-    double sum = ((d[0] + d[1]) + (d[2] + d[3])) + ((d[4] + d[5]) + (d[6] + d[7]));
-    return (double)M + log(sum);
+    return ((d[0] + d[1]) + (d[2] + d[3])) + ((d[4] + d[5]) + (d[6] + d[7]));
 }
+
 /* y = exp(x) for x <= 0, 8 at a time (the tail padded with -inf -> 0) */
 RS_AVX2 static void exp_array_avx2(const float *x, float *y, int n) {
     int i = 0;
@@ -198,30 +204,58 @@ RS_AVX2 static void exp_array_avx2(const float *x, float *y, int n) {
     }
 }
 #else
-#define lse_avx2(lp, c, k, V) 0.0
+#define lse_max_avx2(lp, c, k, V) 0.0f
+#define lse_sum_avx2(lp, c, k, V, M) 0.0
 #endif
 
-RS_HOT static double lse_generic(const float *lp, const float *c, float kappa, int V) {
+RS_HOT static float lse_max_generic(const float *lp, const float *c, float kappa, int V) {
     float M = -INFINITY;
     for (int t = 0; t < V; t++) {
         float z = lp[t] + kappa * c[t];
         if (z > M) M = z;
     }
-    if (!isfinite(M)) return M;
-    double sum = 0;
-    for (int t = 0; t < V; t++) sum += expf(lp[t] + kappa * c[t] - M);
-    return (double)M + log(sum);
+    return M;
 }
 
+RS_HOT static double lse_sum_generic(const float *lp, const float *c, float kappa, int V,
+                                     float M) {
+    double sum = 0;
+    for (int t = 0; t < V; t++) sum += expf(lp[t] + kappa * c[t] - M);
+    return sum;
+}
+
+/* log Σ_t exp(z_t), z_t = lp_t + κ c_t, shifted by M = max_t z_t: two
+ * passes, the largest term exactly e^0. */
+static double lse_exact_shift(const float *lp, const float *c, float kappa, int V) {
+    const bool v = use_avx2();
+    const float M = v ? lse_max_avx2(lp, c, kappa, V) : lse_max_generic(lp, c, kappa, V);
+    if (!isfinite(M)) return M; /* NaN or ±inf input: propagate */
+    return (double)M + log(v ? lse_sum_avx2(lp, c, kappa, V, M) : lse_sum_generic(lp, c, kappa, V, M));
+}
+
+/* Sums below this (the largest term under e^-41.6·V⁻¹) would leave the
+ * leading terms near float's underflow: take the exact shift instead. */
+#define LSE_MIN_SUM 0x1p-60
+
 double rs_lse_shift(const resid_explainer *e, const rs_context *cx, const float *c,
-                    float kappa, double cmax) {
-    (void)cmax; /* the shift is always max_t (log p_t + κ c_t): exact e^0 term */
-    return use_avx2() ? lse_avx2(cx->logp, c, kappa, e->V) : lse_generic(cx->logp, c, kappa, e->V);
+                    float kappa, float cmax, float cmin) {
+    /* One pass, shifted by a bound of max_t z_t when c's range is known:
+     * M' = max_t lp_t + max(κ·cmax, κ·cmin) >= max_t z_t (up to the
+     * rounding of z, harmless for exp). The leading terms, e^(M − M') >=
+     * sum/V, are then normal floats with full precision; terms flushed
+     * below e^-87 weigh under V·e^-87/(sum/V) of the sum. */
+    const float Mb = cx->lpmax + (kappa >= 0 ? kappa * cmax : kappa * cmin);
+    if (isfinite(Mb)) {
+        const double sum = use_avx2() ? lse_sum_avx2(cx->logp, c, kappa, e->V, Mb)
+                                      : lse_sum_generic(cx->logp, c, kappa, e->V, Mb);
+        if (sum >= LSE_MIN_SUM && isfinite(sum)) return (double)Mb + log(sum);
+    }
+    return lse_exact_shift(cx->logp, c, kappa, e->V);
 }
 
 double rs_logsumexp(const float *z, int n) {
     /* κ = 0: fma(0, z, z) = z, the same kernel as the exact scores' */
-    return use_avx2() ? lse_avx2(z, z, 0.0f, n) : lse_generic(z, z, 0.0f, n);
+    return lse_exact_shift(z, z, 0.0f, n);
 }
 
 void rs_exp_array(const float *x, float *y, int n) {
@@ -235,8 +269,18 @@ void rs_exp_array(const float *x, float *y, int n) {
 }
 
 double rs_lpi_from(const resid_explainer *e, const rs_context *cx, const float *c,
-                   float kappa) {
-    return (double)(kappa * c[e->target]) - rs_lse_shift(e, cx, c, kappa, NAN);
+                   float kappa, float cmax, float cmin) {
+    return (double)(kappa * c[e->target]) - rs_lse_shift(e, cx, c, kappa, cmax, cmin);
+}
+
+void rs_minmax(const float *c, int n, float *mx, float *mn) {
+    float a = -INFINITY, b = INFINITY;
+#pragma omp simd reduction(max : a) reduction(min : b)
+    for (int t = 0; t < n; t++) {
+        a = c[t] > a ? c[t] : a;
+        b = c[t] < b ? c[t] : b;
+    }
+    *mx = a, *mn = b;
 }
 
 /* ---------------------------------------------------------------------- */
@@ -474,6 +518,9 @@ resid_status resid_explainer_new(const resid_model *m, const resid_trace *tr,
         const double lse = rs_logsumexp(bc, V);
         for (int t = 0; t < V; t++) cx->logp[t] = (float)((double)bc[t] - lse);
         rs_exp_array(cx->logp, bc, V); /* b now holds p, for W_Uᵀp below */
+        float lpmax = -INFINITY, lpmin;
+        rs_minmax(cx->logp, V, &lpmax, &lpmin);
+        cx->lpmax = lpmax;
         cx->logpw = (double)cx->logp[e->target];
         cx->pw = exp(cx->logpw);
     }
