@@ -5,96 +5,140 @@
  * computes it, so the certified top-K and the exhaustive ranking agree.
  * The exact scores' log-sum-exp and the kernel choice (AVX2 or generic)
  * are in lens.c.
+ *
+ * The definition. d = 0..D−1 is cut into blocks of RS_CANON_KBLOCK in
+ * order (the last one shorter when D is not a multiple). Block j gives one
+ * sequential chain over its d, in order, from +0:
+ *
+ *     s ← fma(y_d, w_d, s)       AVX2+FMA kernels (one rounding per step)
+ *     s ← s + y_d·w_d            generic kernels (the product rounded, then
+ *                                the sum: two roundings per step)
+ *
+ * and the score is c = (((s_0 + s_1) + s_2) + …) (c = s_0 when
+ * D <= RS_CANON_KBLOCK). The order depends on D alone, never on n, tiles or
+ * threads. Within one process every score uses the same kernels, so the
+ * certified and exhaustive rankings stay bit-identical; across machines
+ * (FMA or not) the last bits of a score may differ.
+ *
+ * Accuracy: with p_d = y_d·w_d, K = min(D, RS_CANON_KBLOCK) and B blocks,
+ * a term passes through at most m = K + B − 1 roundings (its block's chain
+ * from its step on, with or without FMA, then the folds), so |c − Σp| <=
+ * γ_m Σ|p_d|, γ_m = m·u/(1 − m·u), u = 2⁻²⁴, barring underflow
+ * (tests/test_canon.c derives it): ~1.5e-5·Σ|p| for GPT-2 (K = 256,
+ * B = 3), where one chain over all 768 terms would allow 4.6e-5.
+ *
+ * The kernels (BLAS-style outer products). Tokens go in panels of
+ * CANON_NR = 16, which threads take in turn. For each panel and d-block
+ * the W_U rows are packed transposed into wp[kc][16] (16 KB on the thread's
+ * stack, in L1), and tiles of up to CANON_MR = 6 rows of y run over it:
+ * 12 ymm accumulators (6 rows × 2 × 8 tokens), y broadcast, 2 loads of W
+ * per d, each lane one (row, token) chain; at the end of the block their
+ * sums are folded into c (the first block's stored as is). The block's
+ * first tile, of up to CANON_PACK_ROWS rows, packs the panel 8 d ahead of
+ * its own FMAs, so the loads of W_U (from memory: each element is used by
+ * all n rows once) and the transposes overlap FMA work, and it prefetches
+ * the panel CANON_PREFETCH_PANELS ahead at the same pace. For few rows the
+ * packing is most of the work; for many it is amortised over the tiles.
+ *
+ * The hot loops are optimised even in Debug builds (RS_HOT, RS_AVX2 in
+ * analysis.h).
  */
 #include <stdbool.h>
 #include <stdint.h>
 
 #include "analysis/analysis.h"
 
-/*
- * The canonical dot product y·w (the definition of an exact score): 8 lanes
- * accumulated in order over d, a fixed reduction tree, then the tail. Every
- * exact score goes through this exact sequence of float operations,
- * whatever the batch, the tile or the thread that computes it.
- *
- * Two implementations, chosen once per process: AVX2 with FMA (lane update
- * acc = fma(y, w, acc)) when the CPU has it, else generic vectors (acc +=
- * y·w, rounded twice). Within one process every score uses the same one, so
- * the certified and exhaustive rankings stay bit-identical; across machines
- * the last bits of a score may differ.
- *
- * The hot loops are optimised even in Debug builds (the test suite scores
- * hundreds of thousands of units through them).
- */
-
-typedef float v8f __attribute__((vector_size(32)));
-typedef float v8f_u __attribute__((vector_size(32), aligned(4), may_alias));
-/* (macros, not functions: vector arguments would change the ABI without AVX) */
-#define reduce8(a) ((((a)[0] + (a)[1]) + ((a)[2] + (a)[3])) + (((a)[4] + (a)[5]) + ((a)[6] + (a)[7])))
-#define load8(p) (*(const v8f_u *)(p))
+/* Tokens per panel (two 8-float vectors) and rows of y per tile: the
+ * 6 × 2 accumulators, two W vectors and a broadcast fill 15 of the 16 ymm
+ * registers. */
+#define CANON_NR 16
+#define CANON_MR 6
+/* Rows of the tile that packs a block: few, so that the transposes have
+ * registers to work in and the FMA chains (2 per row) leave room for them. */
+#define CANON_PACK_ROWS 4
+/* Panels ahead whose W_U rows are prefetched into L2 (the hardware
+ * prefetchers see 16 short strided streams and stop at page boundaries). */
+#define CANON_PREFETCH_PANELS 2
 
 bool rs_canon_use_generic(bool generic) {
     rs_kernels_set_generic(generic);
     return rs_kernels_avx2();
 }
 
-/* Tokens per block: the block's W_U rows (4·D floats, 12 KB for GPT-2)
- * stay in L1 while every row of y streams past them from L2, so each W_U
- * row is read from memory once per call (a multiple of 4 and of 2, the
- * micro-kernels' token counts). */
-#define CANON_TOKEN_BLOCK 4
+/* c = s (first block) or c + s (later blocks): the fold of the definition. */
+#define CANON_FOLD(first, c, s) ((first) ? (s) : (c) + (s))
 
 /* ---- generic vectors ---- */
 
-RS_HOT static float dot_canon(const float *a, const float *b, int D) {
-    v8f acc = {0};
-    int d = 0;
-    for (; d + 8 <= D; d += 8) acc += load8(a + d) * load8(b + d);
-    float s = reduce8(acc);
-    for (; d < D; d++) s += a[d] * b[d];
-    return s;
+typedef float v8f __attribute__((vector_size(32)));
+typedef float v8f_u __attribute__((vector_size(32), aligned(4), may_alias));
+
+/* wp[d][k] = w[k][d] for k < nt tokens (row stride D), 0 for k >= nt,
+ * d < kc. */
+RS_HOT static void canon_pack_generic(const float *w, int D, int nt, int kc, float *wp) {
+    for (int d = 0; d < kc; d++)
+        for (int k = 0; k < CANON_NR; k++)
+            wp[(size_t)d * CANON_NR + k] = k < nt ? w[(size_t)k * D + d] : 0.0f;
 }
 
-RS_HOT static void canon_block_generic(const float *y, int n, const float *wu, int D, int V,
-                                       int t0, int t1, float *c) {
-    const int D8 = D / 8 * 8;
-    int r = 0;
-    /* 4 rows x 2 tokens: eight independent accumulators, each doing the
-     * same operations as dot_canon */
-    for (; r + 4 <= n; r += 4) {
-        const float *y0 = y + (size_t)r * D, *y1 = y0 + D, *y2 = y1 + D, *y3 = y2 + D;
-        int t = t0;
-        for (; t + 2 <= t1; t += 2) {
-            const float *w0 = wu + (size_t)t * D, *w1 = w0 + D;
-            v8f a00 = {0}, a01 = {0}, a10 = {0}, a11 = {0};
-            v8f a20 = {0}, a21 = {0}, a30 = {0}, a31 = {0};
-            for (int d = 0; d < D8; d += 8) {
-                v8f x0 = load8(w0 + d), x1 = load8(w1 + d);
-                v8f z0 = load8(y0 + d), z1 = load8(y1 + d);
-                v8f z2 = load8(y2 + d), z3 = load8(y3 + d);
-                a00 += z0 * x0, a01 += z0 * x1, a10 += z1 * x0, a11 += z1 * x1;
-                a20 += z2 * x0, a21 += z2 * x1, a30 += z3 * x0, a31 += z3 * x1;
-            }
-            float s[8] = {reduce8(a00), reduce8(a01), reduce8(a10), reduce8(a11),
-                          reduce8(a20), reduce8(a21), reduce8(a30), reduce8(a31)};
-            const float *yy[4] = {y0, y1, y2, y3};
-            for (int q = 0; q < 4; q++)
-                for (int d = D8; d < D; d++) {
-                    s[2 * q] += yy[q][d] * w0[d];
-                    s[2 * q + 1] += yy[q][d] * w1[d];
-                }
-            for (int q = 0; q < 4; q++) {
-                c[(size_t)(r + q) * V + t] = s[2 * q];
-                c[(size_t)(r + q) * V + t + 1] = s[2 * q + 1];
-            }
+/* One tile: R <= 6 rows of y (stride D, offset to the block) against the
+ * packed panel wp[kc][16]; folds the block sums into c (row stride V,
+ * tokens k < nt). R is a constant after inlining. */
+RS_HOT __attribute__((always_inline)) static inline void
+canon_tile_generic(const float *y, int D, const float *wp, int kc, float *c, int V, int nt,
+                   bool first, const int R) {
+    v8f acc[CANON_MR][2];
+#pragma GCC unroll 6
+    for (int q = 0; q < R; q++) acc[q][0] = acc[q][1] = (v8f){0};
+    for (int d = 0; d < kc; d++) {
+        const v8f w0 = *(const v8f *)(wp + (size_t)d * CANON_NR);
+        const v8f w1 = *(const v8f *)(wp + (size_t)d * CANON_NR + 8);
+#pragma GCC unroll 6
+        for (int q = 0; q < R; q++) {
+            const float x = y[(size_t)q * D + d];
+            const v8f b = {x, x, x, x, x, x, x, x};
+            acc[q][0] = acc[q][0] + b * w0; /* (no contraction: -ffp-contract=off) */
+            acc[q][1] = acc[q][1] + b * w1;
         }
-        for (; t < t1; t++)
-            for (int q = 0; q < 4; q++)
-                c[(size_t)(r + q) * V + t] = dot_canon(y + (size_t)(r + q) * D, wu + (size_t)t * D, D);
     }
-    for (; r < n; r++)
-        for (int t = t0; t < t1; t++)
-            c[(size_t)r * V + t] = dot_canon(y + (size_t)r * D, wu + (size_t)t * D, D);
+#pragma GCC unroll 6
+    for (int q = 0; q < R; q++) {
+        float *cq = c + (size_t)q * V;
+        if (nt == CANON_NR) {
+            v8f_u *c0 = (v8f_u *)cq, *c1 = (v8f_u *)(cq + 8);
+            *c0 = first ? acc[q][0] : (v8f)*c0 + acc[q][0];
+            *c1 = first ? acc[q][1] : (v8f)*c1 + acc[q][1];
+        } else {
+            for (int k = 0; k < nt; k++)
+                cq[k] = CANON_FOLD(first, cq[k], acc[q][k / 8][k % 8]);
+        }
+    }
+}
+
+/* c[n][t0 .. t0+16) for one panel (fewer tokens at the end of V). */
+RS_HOT static void canon_panel_generic(const float *y, int n, const float *wu, int D, int V,
+                                       int t0, float *c) {
+    float wp[RS_CANON_KBLOCK * CANON_NR] __attribute__((aligned(32)));
+    const int nt = V - t0 < CANON_NR ? V - t0 : CANON_NR;
+    for (int k0 = 0; k0 < D; k0 += RS_CANON_KBLOCK) {
+        const int kc = D - k0 < RS_CANON_KBLOCK ? D - k0 : RS_CANON_KBLOCK;
+        const bool first = k0 == 0;
+        canon_pack_generic(wu + (size_t)t0 * D + k0, D, nt, kc, wp);
+        int r = 0;
+        for (; r + CANON_MR <= n; r += CANON_MR)
+            canon_tile_generic(y + (size_t)r * D + k0, D, wp, kc, c + (size_t)r * V + t0, V, nt,
+                               first, CANON_MR);
+        const float *yr = y + (size_t)r * D + k0;
+        float *cr = c + (size_t)r * V + t0;
+        switch (n - r) {
+        case 5: canon_tile_generic(yr, D, wp, kc, cr, V, nt, first, 5); break;
+        case 4: canon_tile_generic(yr, D, wp, kc, cr, V, nt, first, 4); break;
+        case 3: canon_tile_generic(yr, D, wp, kc, cr, V, nt, first, 3); break;
+        case 2: canon_tile_generic(yr, D, wp, kc, cr, V, nt, first, 2); break;
+        case 1: canon_tile_generic(yr, D, wp, kc, cr, V, nt, first, 1); break;
+        default: break;
+        }
+    }
 }
 
 /* ---- AVX2 + FMA ---- */
@@ -102,124 +146,184 @@ RS_HOT static void canon_block_generic(const float *y, int n, const float *wu, i
 #if defined(__x86_64__) || defined(__i386__)
 #include <immintrin.h>
 
-/* reduce8 of four accumulators at once: lane j of the result is reduce8 of
- * the j-th argument, bit for bit. hadd adds neighbours within each 128-bit
- * half, so two rounds leave (x0+x1)+(x2+x3) in the low half and
- * (x4+x5)+(x6+x7) in the high half, and the final add joins them. */
-RS_AVX2 __attribute__((always_inline)) static inline __m128 reduce8x4(__m256 a, __m256 b, __m256 c,
-                                                                      __m256 d) {
-    __m256 h = _mm256_hadd_ps(_mm256_hadd_ps(a, b), _mm256_hadd_ps(c, d));
-    return _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
+/* The 8 × 8 block at w (row stride D) transposed into wp (row stride 16):
+ * wp[j][i] = w[i][j]. Rows i and i+4 share a register (halves loaded
+ * apart), so two rounds of in-lane shuffles finish the transpose. */
+RS_AVX2 __attribute__((always_inline)) static inline void canon_transpose8_avx2(const float *w,
+                                                                               size_t D, float *wp) {
+#define CANON_LOAD2(i, j)                                                                   \
+    _mm256_insertf128_ps(_mm256_castps128_ps256(_mm_loadu_ps(w + (i) * D + (j))), \
+                         _mm_loadu_ps(w + ((i) + 4) * D + (j)), 1)
+    const __m256 r0 = CANON_LOAD2(0, 0), r1 = CANON_LOAD2(1, 0);
+    const __m256 r2 = CANON_LOAD2(2, 0), r3 = CANON_LOAD2(3, 0);
+    const __m256 r4 = CANON_LOAD2(0, 4), r5 = CANON_LOAD2(1, 4);
+    const __m256 r6 = CANON_LOAD2(2, 4), r7 = CANON_LOAD2(3, 4);
+#undef CANON_LOAD2
+    const __m256 t0 = _mm256_unpacklo_ps(r0, r1), t1 = _mm256_unpackhi_ps(r0, r1);
+    const __m256 t2 = _mm256_unpacklo_ps(r2, r3), t3 = _mm256_unpackhi_ps(r2, r3);
+    const __m256 t4 = _mm256_unpacklo_ps(r4, r5), t5 = _mm256_unpackhi_ps(r4, r5);
+    const __m256 t6 = _mm256_unpacklo_ps(r6, r7), t7 = _mm256_unpackhi_ps(r6, r7);
+    _mm256_store_ps(wp + 0 * CANON_NR, _mm256_shuffle_ps(t0, t2, 0x44));
+    _mm256_store_ps(wp + 1 * CANON_NR, _mm256_shuffle_ps(t0, t2, 0xee));
+    _mm256_store_ps(wp + 2 * CANON_NR, _mm256_shuffle_ps(t1, t3, 0x44));
+    _mm256_store_ps(wp + 3 * CANON_NR, _mm256_shuffle_ps(t1, t3, 0xee));
+    _mm256_store_ps(wp + 4 * CANON_NR, _mm256_shuffle_ps(t4, t6, 0x44));
+    _mm256_store_ps(wp + 5 * CANON_NR, _mm256_shuffle_ps(t4, t6, 0xee));
+    _mm256_store_ps(wp + 6 * CANON_NR, _mm256_shuffle_ps(t5, t7, 0x44));
+    _mm256_store_ps(wp + 7 * CANON_NR, _mm256_shuffle_ps(t5, t7, 0xee));
 }
 
-/*
- * c[q][k] = y_q·w_k for R <= 3 rows of y (stride D) and T <= 4 tokens of
- * W_U (stride D), c with row stride V. R, T and PF are constants after
- * inlining: the R·T accumulators, R rows and one W vector fill the 16 ymm
- * registers at 3 x 4 (7 loads per 12 FMAs). Each accumulator does the
- * operations of dot_canon in its order, with the lane update
- * acc = fma(y, w, acc): 8 lanes over d, reduce8, then the scalar tail.
- * PF: also prefetch the 4 W_U rows at pf (4·D floats) into L2.
- */
-RS_AVX2 __attribute__((always_inline)) static inline void
-canon_tile_avx2(const float *y, const float *w, int D, int V, float *c, const int R, const int T,
-                const int PF, const float *pf) {
-    const int D8 = D / 8 * 8;
-    __m256 acc[3][4];
-#pragma GCC unroll 3
-    for (int q = 0; q < R; q++)
-#pragma GCC unroll 4
-        for (int k = 0; k < T; k++)
-            acc[q][k] = _mm256_setzero_ps();
-    for (int d = 0; d < D8; d += 8) {
-        if (PF) {
-            _mm_prefetch((const char *)(pf + 4 * d), _MM_HINT_T1);
-            _mm_prefetch((const char *)(pf + 4 * d + 16), _MM_HINT_T1);
-        }
-        __m256 z[3];
-#pragma GCC unroll 3
-        for (int q = 0; q < R; q++) {
-            z[q] = _mm256_loadu_ps(y + (size_t)q * D + d);
-            __asm__("" : "+x"(z[q])); /* (see x below) */
-        }
-#pragma GCC unroll 4
-        for (int k = 0; k < T; k++) {
-            __m256 x = _mm256_loadu_ps(w + (size_t)k * D + d);
-            /* keep x and z in registers: tuned for Zen, GCC otherwise
-             * folds the loads into the FMAs (15 loads per 12 FMAs) */
-            __asm__("" : "+x"(x));
-#pragma GCC unroll 3
-            for (int q = 0; q < R; q++)
-                acc[q][k] = _mm256_fmadd_ps(z[q], x, acc[q][k]);
-        }
+/* The 16 rows at w (stride D), d = d0 .. d0+8, into wp (stride 16, at d0). */
+RS_AVX2 __attribute__((always_inline)) static inline void canon_pack8_avx2(const float *w, int D,
+                                                                          int d0, float *wp) {
+    /* (an opaque stride: GCC would otherwise keep 16 row pointers, more
+     * than the registers, and reload them from the stack) */
+    size_t ld = (size_t)D;
+    __asm__("" : "+r"(ld));
+    canon_transpose8_avx2(w + d0, ld, wp + (size_t)d0 * CANON_NR);
+    canon_transpose8_avx2(w + 8 * ld + d0, ld, wp + (size_t)d0 * CANON_NR + 8);
+}
+
+/* The R·2 accumulators over d = 0 .. nd of wp (row stride 16) and of the R
+ * rows of y (stride D), lane update fma(y, w, acc). */
+#define CANON_STEPS_AVX2(acc, y, D, wp, nd, R)                                         \
+    for (int d_ = 0; d_ < (nd); d_++) {                                                \
+        __m256 w0_ = _mm256_load_ps((wp) + (size_t)d_ * CANON_NR);                     \
+        __m256 w1_ = _mm256_load_ps((wp) + (size_t)d_ * CANON_NR + 8);                 \
+        __asm__("" : "+x"(w0_), "+x"(w1_)); /* (loaded once, not once per FMA) */      \
+        _Pragma("GCC unroll 6") for (int q_ = 0; q_ < (R); q_++) {                     \
+            const __m256 b_ = _mm256_broadcast_ss((y) + (size_t)q_ * (D) + d_);        \
+            acc[q_][0] = _mm256_fmadd_ps(b_, w0_, acc[q_][0]);                         \
+            acc[q_][1] = _mm256_fmadd_ps(b_, w1_, acc[q_][1]);                         \
+        }                                                                              \
     }
-#pragma GCC unroll 3
+
+/* Folds the R rows' block sums acc into c (row stride V), tokens < nt. */
+RS_AVX2 __attribute__((always_inline)) static inline void
+canon_fold_avx2(__m256 acc[][2], float *c, int V, int nt, bool first, const int R) {
+#pragma GCC unroll 6
     for (int q = 0; q < R; q++) {
         float *cq = c + (size_t)q * V;
-        if (T == 4) {
-            _mm_storeu_ps(cq, reduce8x4(acc[q][0], acc[q][1], acc[q][2], acc[q][3]));
+        if (nt == CANON_NR) {
+            if (first) {
+                _mm256_storeu_ps(cq, acc[q][0]);
+                _mm256_storeu_ps(cq + 8, acc[q][1]);
+            } else {
+                _mm256_storeu_ps(cq, _mm256_add_ps(_mm256_loadu_ps(cq), acc[q][0]));
+                _mm256_storeu_ps(cq + 8, _mm256_add_ps(_mm256_loadu_ps(cq + 8), acc[q][1]));
+            }
         } else {
-            float l[4];
-            _mm_storeu_ps(l, reduce8x4(acc[q][0], acc[q][T > 1], acc[q][T > 2 ? 2 : 0], acc[q][0]));
-            for (int k = 0; k < T; k++)
-                cq[k] = l[k];
-        }
-        for (int k = 0; D8 < D && k < T; k++) {
-            float s = cq[k];
-            for (int d = D8; d < D; d++)
-                s += y[(size_t)q * D + d] * w[(size_t)k * D + d];
-            cq[k] = s;
+            float s[CANON_NR];
+            _mm256_storeu_ps(s, acc[q][0]);
+            _mm256_storeu_ps(s + 8, acc[q][1]);
+            for (int k = 0; k < nt; k++) cq[k] = CANON_FOLD(first, cq[k], s[k]);
         }
     }
 }
 
-RS_AVX2 static void canon_block_avx2(const float *y, int n, const float *wu, int D, int V, int t0,
-                                     int t1, float *c) {
-    int t = t0;
-    /* 4 tokens at a time, every row passing over them 3 at a time; the
-     * first tile also prefetches the 4 tokens 16 ahead (the hardware
-     * prefetchers stop at page boundaries, and at 32 rows a block takes
-     * only ~2 µs) */
-    for (; t + 4 <= t1; t += 4) {
-        const float *w = wu + (size_t)t * D, *pf = wu + (size_t)(t + 20 <= V ? t + 16 : t) * D;
-        float *ct = c + t;
-        int r = n < 3 ? n : 3;
-        if (r == 3) canon_tile_avx2(y, w, D, V, ct, 3, 4, 1, pf);
-        if (r == 2) canon_tile_avx2(y, w, D, V, ct, 2, 4, 1, pf);
-        if (r == 1) canon_tile_avx2(y, w, D, V, ct, 1, 4, 1, pf);
-        for (; r + 3 <= n; r += 3)
-            canon_tile_avx2(y + (size_t)r * D, w, D, V, ct + (size_t)r * V, 3, 4, 0, NULL);
-        if (n - r == 2)
-            canon_tile_avx2(y + (size_t)r * D, w, D, V, ct + (size_t)r * V, 2, 4, 0, NULL);
-        if (n - r == 1)
-            canon_tile_avx2(y + (size_t)r * D, w, D, V, ct + (size_t)r * V, 1, 4, 0, NULL);
+/* canon_tile_generic with the lane update fma(y, w, acc), 8 d at a time.
+ * With PACK (the block's first tile), each 8 d of the full panel's W_U rows
+ * w (stride D) are first transposed into wp, so the loads of W_U and the
+ * transposes overlap the FMAs, and the 8 matching cache lines of the panel
+ * ahead (pf, or NULL) are prefetched into L2. R and PACK are constants
+ * after inlining. */
+RS_AVX2 __attribute__((always_inline)) static inline void
+canon_tile_avx2(const float *y, int D, const float *w, float *wp, int kc, float *c, int V, int nt,
+                bool first, const float *pf, const int R, const int PACK) {
+    __m256 acc[CANON_MR][2];
+#pragma GCC unroll 6
+    for (int q = 0; q < R; q++) acc[q][0] = acc[q][1] = _mm256_setzero_ps();
+    const int k8 = kc / 8 * 8;
+    if (!PACK) {
+        CANON_STEPS_AVX2(acc, y, D, wp, kc, R)
+    } else {
+        /* software-pipelined: the 8 d after the current ones are packed
+         * (and the lines of the panel ahead prefetched) before the FMAs of
+         * the current ones, which wait for nothing */
+        if (k8 > 0) canon_pack8_avx2(w, D, 0, wp);
+        for (int d = 0; d < k8; d += 8) {
+            if (d + 8 < k8) canon_pack8_avx2(w, D, d + 8, wp);
+            if (pf) {
+#pragma GCC unroll 8
+                for (int i = 0; i < 8; i++)
+                    _mm_prefetch((const char *)(pf + (size_t)(d + i) * 16), _MM_HINT_T1);
+            }
+            CANON_STEPS_AVX2(acc, y + d, D, wp + (size_t)d * CANON_NR, 8, R)
+        }
+        for (int e = k8; e < kc; e++) /* the tail of D */
+            for (int k = 0; k < CANON_NR; k++) wp[(size_t)e * CANON_NR + k] = w[(size_t)k * D + e];
+        CANON_STEPS_AVX2(acc, y + k8, D, wp + (size_t)k8 * CANON_NR, kc - k8, R)
     }
-    for (; t < t1; t++) {
-        const float *w = wu + (size_t)t * D;
-        int r = 0;
-        for (; r + 3 <= n; r += 3)
-            canon_tile_avx2(y + (size_t)r * D, w, D, V, c + (size_t)r * V + t, 3, 1, 0, NULL);
-        for (; r < n; r++)
-            canon_tile_avx2(y + (size_t)r * D, w, D, V, c + (size_t)r * V + t, 1, 1, 0, NULL);
+    canon_fold_avx2(acc, c, V, nt, first, R);
+}
+
+/* The tiles of one block: the first, of up to CANON_PACK_ROWS rows, packs
+ * the block (PACK) unless wp already holds it (packed); then the other rows
+ * in tiles of up to 6, as even as can be. */
+RS_AVX2 __attribute__((always_inline)) static inline void
+canon_tiles_avx2(const float *y, int n, int D, const float *w, float *wp, int kc, float *c, int V,
+                 int nt, bool first, const float *pf, bool packed) {
+    int r = 0;
+    if (!packed) {
+        r = n < CANON_PACK_ROWS ? n : CANON_PACK_ROWS;
+        switch (r) {
+        case 4: canon_tile_avx2(y, D, w, wp, kc, c, V, nt, first, pf, 4, 1); break;
+        case 3: canon_tile_avx2(y, D, w, wp, kc, c, V, nt, first, pf, 3, 1); break;
+        case 2: canon_tile_avx2(y, D, w, wp, kc, c, V, nt, first, pf, 2, 1); break;
+        default: canon_tile_avx2(y, D, w, wp, kc, c, V, nt, first, pf, 1, 1); break;
+        }
+    }
+    const int m = n - r, ntile = (m + CANON_MR - 1) / CANON_MR;
+    for (int i = 0; i < ntile; i++) {
+        const int R = m / ntile + (i < m % ntile);
+        const float *yr = y + (size_t)r * D;
+        float *cr = c + (size_t)r * V;
+        switch (R) {
+        case 6: canon_tile_avx2(yr, D, w, wp, kc, cr, V, nt, first, pf, 6, 0); break;
+        case 5: canon_tile_avx2(yr, D, w, wp, kc, cr, V, nt, first, pf, 5, 0); break;
+        case 4: canon_tile_avx2(yr, D, w, wp, kc, cr, V, nt, first, pf, 4, 0); break;
+        case 3: canon_tile_avx2(yr, D, w, wp, kc, cr, V, nt, first, pf, 3, 0); break;
+        case 2: canon_tile_avx2(yr, D, w, wp, kc, cr, V, nt, first, pf, 2, 0); break;
+        default: canon_tile_avx2(yr, D, w, wp, kc, cr, V, nt, first, pf, 1, 0); break;
+        }
+        r += R;
+    }
+}
+
+/* c[n][t0 .. t0+16) for one panel (fewer tokens at the end of V). */
+RS_AVX2 static void canon_panel_avx2(const float *y, int n, const float *wu, int D, int V, int t0,
+                                     float *c) {
+    float wp[RS_CANON_KBLOCK * CANON_NR] __attribute__((aligned(32)));
+    const int nt = V - t0 < CANON_NR ? V - t0 : CANON_NR;
+    const int tp = t0 + CANON_PREFETCH_PANELS * CANON_NR; /* prefetched panel */
+    const float *pf = tp + CANON_NR <= V ? wu + (size_t)tp * D : NULL;
+    for (int k0 = 0; k0 < D; k0 += RS_CANON_KBLOCK) {
+        const int kc = D - k0 < RS_CANON_KBLOCK ? D - k0 : RS_CANON_KBLOCK;
+        const float *w = wu + (size_t)t0 * D + k0;
+        /* a partial panel is packed beforehand (its missing rows as 0); the
+         * panel's 16 rows are contiguous, so block k0 prefetches lines
+         * k0 .. k0+kc of the D lines of the panel ahead */
+        if (nt < CANON_NR) canon_pack_generic(w, D, nt, kc, wp);
+        canon_tiles_avx2(y + k0, n, D, w, wp, kc, c + t0, V, nt, k0 == 0,
+                         pf ? pf + (size_t)k0 * 16 : NULL, nt < CANON_NR);
     }
 }
 #else
-#define canon_block_avx2 canon_block_generic
+#define canon_panel_avx2 canon_panel_generic
 #endif
 
 RS_HOT void rs_project_canon(resid_explainer *e, const float *y, int n, float *c) {
     const int D = e->D, V = e->V;
     const float *wu = e->wu;
-    const int nblk = (V + CANON_TOKEN_BLOCK - 1) / CANON_TOKEN_BLOCK;
+    const int npanel = (V + CANON_NR - 1) / CANON_NR;
     const bool avx2 = rs_kernels_avx2();
+    if (n <= 0) return;
 #pragma omp parallel for schedule(static) if ((int64_t)n * V * D >= RS_PAR_MIN_WORK)
-    for (int b = 0; b < nblk; b++) {
-        const int t0 = b * CANON_TOKEN_BLOCK;
-        const int t1 = t0 + CANON_TOKEN_BLOCK < V ? t0 + CANON_TOKEN_BLOCK : V;
+    for (int p = 0; p < npanel; p++) {
         if (avx2)
-            canon_block_avx2(y, n, wu, D, V, t0, t1, c);
+            canon_panel_avx2(y, n, wu, D, V, p * CANON_NR, c);
         else
-            canon_block_generic(y, n, wu, D, V, t0, t1, c);
+            canon_panel_generic(y, n, wu, D, V, p * CANON_NR, c);
     }
     e->n_proj += n;
 }
