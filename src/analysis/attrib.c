@@ -432,19 +432,21 @@ static resid_status exact_vectors(resid_explainer *e, const resid_unit *const *u
     const int D = e->D, V = e->V, B = RS_CANON_ROWS;
     float *y = malloc((size_t)B * D * sizeof(float));
     float *c = malloc((size_t)B * V * sizeof(float));
-    float *v = malloc((size_t)D * sizeof(float));
     /* the exact projections double as the units' token lists */
     const int32_t kt = rs_tokcache_k(e);
     resid_token_value *tv = kt ? malloc((size_t)B * 2 * kt * sizeof *tv) : NULL;
-    if (!y || !c || !v || (kt && !tv)) {
-        free(y), free(c), free(v), free(tv);
+    if (!y || !c || (kt && !tv)) {
+        free(y), free(c), free(tv);
         return rs_err(err, RESID_E_NOMEM, "scoring: out of memory");
     }
     for (int64_t i0 = 0; i0 < n; i0 += B) {
         int nb = (int)(n - i0 < B ? n - i0 : B);
+        /* the rows' vectors, independent: in parallel */
+#pragma omp parallel for schedule(static) if ((int64_t)nb * D * e->dh >= RS_PAR_MIN_WORK)
         for (int r = 0; r < nb; r++) {
-            rs_unit_vector(e, u[i0 + r], v);
-            rs_lensmap(e, v, y + (size_t)r * D);
+            float vr[D];
+            rs_unit_vector(e, u[i0 + r], vr);
+            rs_lensmap(e, vr, y + (size_t)r * D);
         }
         rs_project_canon(e, y, nb, c);
 #pragma omp parallel for schedule(static) if ((int64_t)nb * V >= RS_PAR_MIN_WORK)
@@ -460,7 +462,7 @@ static resid_status exact_vectors(resid_explainer *e, const resid_unit *const *u
         for (int r = 0; kt && r < nb; r++)
             rs_tokcache_put(e, u[i0 + r], tv + (size_t)r * 2 * kt, tv + ((size_t)r * 2 + 1) * kt);
     }
-    free(y), free(c), free(v), free(tv);
+    free(y), free(c), free(tv);
     return RESID_OK;
 }
 

@@ -171,7 +171,9 @@ static resid_status score_exact(rank_job *j, const int64_t *idx, int64_t m, resi
     }
     for (int64_t i = 0; i < m; i++) p[i] = &j->u[idx[i]];
     resid_status st = rs_exact_lpi(j->e, p, m, l, err);
-    if (!st)
+    if (!st) {
+        /* the linear parts recompute vector units' vectors: in parallel */
+#pragma omp parallel for schedule(static) if (m * (int64_t)j->e->D * j->e->dh >= RS_PAR_MIN_WORK)
         for (int64_t i = 0; i < m; i++) {
             resid_score sc;
             rs_score_linear(j->e, p[i], &sc);
@@ -179,7 +181,8 @@ static resid_status score_exact(rank_job *j, const int64_t *idx, int64_t m, resi
             j->lpi[idx[i]] = l[i];
             j->sk[idx[i]] = signed_key(j, key_of(j->o->key, &sc));
         }
-    j->n_exact += st ? 0 : m;
+        j->n_exact += m;
+    }
     free(p), free(l);
     return st;
 }
@@ -377,6 +380,7 @@ resid_status resid_rank(resid_explainer *e, const resid_rank_opts *opts, resid_s
         if ((st = certified(&j, &h, err))) goto done;
     }
     qsort(h.a, (size_t)h.n, sizeof(kv), cmp_best_first);
+#pragma omp parallel for schedule(static) if (h.n * (int64_t)e->D * e->dh >= RS_PAR_MIN_WORK)
     for (int64_t q = 0; q < h.n; q++) {
         rs_score_linear(e, &j.u[h.a[q].i], &res[q]);
         rs_score_finish(e, &res[q], j.lpi[h.a[q].i]);
