@@ -90,13 +90,10 @@ void rs_project(resid_explainer *e, const float *y, int n, float *pad, float *c)
     e->n_proj += n;
 }
 
-
 /* ---------------------------------------------------------------------- */
-/* The canonical kernels                                                  */
+/* Log-sum-exp (the exact scores') and the kernel choice it shares with   */
+/* the canonical projection (canon.c)                                     */
 /* ---------------------------------------------------------------------- */
-
-/* The exact scores' log-sum-exp, and the kernel choice it shares with the
- * canonical projection (canon.c). */
 
 static int g_avx2 = -1; /* 1: AVX2+FMA kernels; set once (idempotent race) */
 
