@@ -439,10 +439,20 @@ typedef struct resid_score {
 #define RESID_EXPLAIN_CAPTURE                                                 \
     (RESID_CAP_RESID | RESID_CAP_ATTN | RESID_CAP_VALUES | RESID_CAP_COEF)
 
+/* A model's direction ranges (resid_ranges_build / resid_ranges_load,
+ * at the end of this header). */
+typedef struct resid_ranges resid_ranges;
+
 typedef struct resid_explain_opts {
     resid_lens lens;  /* default RESID_LENS_PAPER */
     int32_t target;   /* w; -1: the model's argmax at t* (default) */
     int32_t contrast; /* c for the contrast score; -1: none (default) */
+    /* Optional (default NULL): the model's direction ranges, which tighten
+     * the lower bounds of FFN and attention neurons (the bottom-K search
+     * scores far fewer of them exactly). Scores and rankings are the same
+     * bits with or without. Must be of this model (its shape is checked;
+     * resid_ranges_load checked its weights) and outlive the explainer. */
+    const resid_ranges *ranges;
 } resid_explain_opts;
 
 resid_explain_opts resid_explain_defaults(void);
@@ -1127,6 +1137,9 @@ typedef struct resid_explain_request {
      * built). */
     resid_progress_fn progress;
     void *progress_user;
+    /* Optional (default NULL): direction ranges for the explainer
+     * (resid_explain_opts.ranges); the report is the same, found faster. */
+    const resid_ranges *ranges;
 } resid_explain_request;
 
 resid_explain_request resid_explain_request_defaults(void);
@@ -1138,6 +1151,49 @@ resid_explain_request resid_explain_request_defaults(void);
  * range; RESID_E_NOMEM. */
 resid_status resid_explain_json(const resid_model *m, const resid_explain_request *rq,
                                 char **json, resid_error *err);
+
+/* ------------------------------------------------------------------------- */
+/* Direction ranges (src/analysis/ranges.c)                                  */
+/* ------------------------------------------------------------------------- */
+
+/*
+ * For every FFN direction (column k of W_down) and every W_O row of every
+ * layer, the largest and smallest entry over the vocabulary of its
+ * projection at scale 1, P1 = W_U·(γ_f ⊙ centre(row)) (centre = minus the
+ * row's own mean for GPT-2, the identity for Llama), computed by the exact
+ * scores' canonical projection. They depend on the model alone (METHOD.md
+ * §10), so they are built once (one projection of every row: minutes on
+ * GPT-2 small) and kept on disk (8 bytes per row); an explainer given them
+ * (resid_explain_opts.ranges) bounds every neuron's LPI from below without
+ * projecting it.
+ *
+ *     resid_ranges *r;
+ *     resid_ranges_build(m, NULL, NULL, &r, &err);   // or resid_ranges_load
+ *     resid_ranges_save(r, "gpt2.ranges", &err);
+ *     eo.ranges = r;  ...  resid_ranges_free(r);
+ */
+
+/* Builds the ranges of m. progress (may be NULL) is called once per layer
+ * with the stage "FFN and W_O rows". *out is owned by the caller
+ * (resid_ranges_free). Errors: RESID_E_UNSUPPORTED for a head geometry the
+ * explainer does not take, RESID_E_NOMEM. */
+resid_status resid_ranges_build(const resid_model *m, resid_progress_fn progress, void *user,
+                                resid_ranges **out, resid_error *err);
+
+/* Writes r to path: a header (magic, version, the model's shape and a
+ * fingerprint of its weights), the floats, and a checksum of them
+ * (docs/cli.md, `resid ranges`). Errors: RESID_E_IO. */
+resid_status resid_ranges_save(const resid_ranges *r, const char *path, resid_error *err);
+
+/* Reads path for model m, checking the magic, the version, the shape, the
+ * weights' fingerprint (a hash of m's W_U, final-norm gain and bias, W_down
+ * and W_O, ~0.1 s on GPT-2 small) and the checksum. Errors: RESID_E_IO (the
+ * file cannot be read), RESID_E_FORMAT (not a ranges file, another version,
+ * truncated or corrupt), RESID_E_ARG (the ranges of another model). */
+resid_status resid_ranges_load(const resid_model *m, const char *path, resid_ranges **out,
+                               resid_error *err);
+
+void resid_ranges_free(resid_ranges *r);
 
 #ifdef __cplusplus
 }

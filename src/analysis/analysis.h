@@ -72,7 +72,23 @@ typedef struct rs_dirstats {
     float *nd;     /* [n] ‖γ ⊙ centre(d)‖ / s */
     float *pmax;   /* [n] max_t P_t / s once projected, else NAN */
     float *pmin;   /* [n] min_t P_t / s once projected, else NAN */
+    /* Bounds only, from the explainer's direction ranges (NULL without):
+     * bmax >= max_t P_t / s and bmin <= min_t P_t / s of the explainer's
+     * own float projection, the cached values widened by a rounding
+     * allowance. Never fed to an exact score (those use pmax/pmin). */
+    float *bmax;   /* [n] */
+    float *bmin;   /* [n] */
 } rs_dirstats;
+
+/* resid_ranges (ranges.c): per layer, the max and min over the vocabulary
+ * of every direction's projection at scale 1, P1 = W_U·(γ ⊙ centre(d)). */
+struct resid_ranges {
+    resid_arch arch;
+    int32_t L, D, N, H, dh, V; /* n_layer, d_model, d_ffn, n_head, d_head, n_vocab */
+    uint64_t fingerprint;      /* of the model's weights (ranges.c) */
+    float *ffn_max, *ffn_min;   /* [L][N] */
+    float *attn_max, *attn_min; /* [L][H·d_h] */
+};
 
 struct resid_explainer {
     const resid_model *m;
@@ -99,6 +115,8 @@ struct resid_explainer {
     float **wo_t;           /* [L] W_O transposed [H·d_h][D], lazily */
 
     int64_t n_proj; /* projections done (for stats) */
+
+    const resid_ranges *ranges; /* direction ranges (bounds only), or NULL */
 
     struct rs_tokcache *tok; /* token lists of exact projections, or NULL */
     struct rs_lpimemo *memo; /* exact LPIs scored so far, or NULL */
@@ -173,6 +191,13 @@ double rs_lpi_from(const resid_explainer *e, const rs_context *cx, const float *
 /* The largest and smallest of c[0..n) (NaN-free input). */
 void rs_minmax(const float *c, int n, float *mx, float *mn);
 double rs_dot(const float *a, const float *b, int64_t n);
+
+/* ---- ranges.c -------------------------------------------------------- */
+
+/* How far the explainer's float projection of a direction, max_t or
+ * min_t P_t / s, may sit from the cached value at scale 1 divided by s,
+ * for a direction with ‖lensmap(d)‖ <= nd (ranges.c derives it). */
+double rs_ranges_allowance(const resid_explainer *e, double nd);
 
 /* ---- attrib.c -------------------------------------------------------- */
 

@@ -341,15 +341,25 @@ rs_dirstats *rs_dirs(resid_explainer *e, resid_unit_kind k, int32_t l, resid_err
     t.pmax = malloc((size_t)n * sizeof(float));
     t.pmin = malloc((size_t)n * sizeof(float));
     t.dc = e->gc ? malloc((size_t)n * sizeof(float)) : NULL;
+    t.bmax = e->ranges ? malloc((size_t)n * sizeof(float)) : NULL;
+    t.bmin = e->ranges ? malloc((size_t)n * sizeof(float)) : NULL;
     if ((!in_place && !own) || !t.dg || !t.dw || !t.nd || !t.pmax || !t.pmin || (e->gc && !t.dc) ||
-        (!ffn && !wo_t(e, l))) {
+        (e->ranges && (!t.bmax || !t.bmin)) || (!ffn && !wo_t(e, l))) {
         free(own), free(t.dg), free(t.dw), free(t.nd), free(t.pmax), free(t.pmin), free(t.dc);
+        free(t.bmax), free(t.bmin);
         rs_err(err, RESID_E_NOMEM, "direction statistics: out of memory");
         return NULL;
     }
     if (own) rs_tensor_cols(wd, own); /* w_down is [D][N] */
     const float *rows = own ? own : ffn ? (const float *)wd->data : e->wo_t[l];
     const float *g = e->ctx[2 * l + (ffn ? 1 : 0)].g;
+    /* the cached max/min of P1 = s·P of this layer's directions */
+    const float *rmax = !e->ranges ? NULL
+                        : ffn      ? e->ranges->ffn_max + (size_t)l * n
+                                   : e->ranges->attn_max + (size_t)l * n;
+    const float *rmin = !e->ranges ? NULL
+                        : ffn      ? e->ranges->ffn_min + (size_t)l * n
+                                   : e->ranges->attn_min + (size_t)l * n;
 #pragma omp parallel for schedule(static) if (n * D >= RS_PAR_MIN_WORK)
     for (int64_t c = 0; c < n; c++) {
         const float *r = rows + c * D;
@@ -380,6 +390,19 @@ rs_dirstats *rs_dirs(resid_explainer *e, resid_unit_kind k, int32_t l, resid_err
         t.nd[c] = (float)(sqrt(ss) / e->s * (1 + 1e-6));
         t.pmax[c] = NAN;
         t.pmin[c] = NAN;
+        if (rmax) {
+            /* bounds of this explainer's own float max/min of P/s: the
+             * cache's divided by s, widened by the rounding allowance,
+             * rounded outwards to float */
+            const double tol = rs_ranges_allowance(e, t.nd[c]);
+            const double hi = rmax[c] / e->s, lo = rmin[c] / e->s;
+            const double bh = hi + tol + 1e-6 * fabs(hi), bl = lo - tol - 1e-6 * fabs(lo);
+            float fh = (float)bh, fl = (float)bl;
+            if ((double)fh < bh) fh = nextafterf(fh, INFINITY);
+            if ((double)fl > bl) fl = nextafterf(fl, -INFINITY);
+            t.bmax[c] = fh;
+            t.bmin[c] = fl;
+        }
     }
     free(own);
     *ds = t;

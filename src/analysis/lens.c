@@ -44,7 +44,7 @@ resid_status resid_lens_parse(const char *s, resid_lens *out, resid_error *err) 
 }
 
 resid_explain_opts resid_explain_defaults(void) {
-    resid_explain_opts o = {RESID_LENS_PAPER, -1, -1};
+    resid_explain_opts o = {RESID_LENS_PAPER, -1, -1, NULL};
     return o;
 }
 
@@ -338,7 +338,7 @@ void resid_explainer_free(resid_explainer *e) {
         if (!ds) continue;
         for (int l = 0; l < e->L; l++) {
             free(ds[l].dg), free(ds[l].dw), free(ds[l].dc), free(ds[l].nd);
-            free(ds[l].pmax), free(ds[l].pmin);
+            free(ds[l].pmax), free(ds[l].pmin), free(ds[l].bmax), free(ds[l].bmin);
         }
         free(ds);
     }
@@ -412,6 +412,15 @@ resid_status resid_explainer_new(const resid_model *m, const resid_trace *tr,
     e->N = hp->d_ffn, e->V = V, e->T = tr->n_tokens, e->tstar = tr->n_cap - 1;
     e->centre = hp->arch == RESID_ARCH_GPT2;
     const int nctx = 2 * L + 1;
+    if (o.ranges) {
+        const resid_ranges *r = o.ranges;
+        if (r->arch != hp->arch || r->L != L || r->D != D || r->N != hp->d_ffn ||
+            r->H != hp->n_head || r->dh != hp->d_head || r->V != V) {
+            free(e);
+            return rs_err(err, RESID_E_ARG, "explainer: the direction ranges are of another model");
+        }
+        e->ranges = r;
+    }
 
     const rs_tensor *wo = m->w_out;
     if (wo->dtype == RESID_DTYPE_F32 && !wo->transposed) {

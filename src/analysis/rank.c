@@ -9,10 +9,11 @@
  *
  * Every unit gets [lo, up] from O(D) work: max_t |c_t| <= ‖W_U‖_row·‖y‖
  * (y = lensmap(v)), or, once a direction has been projected, its exact
- * max/min. Units are visited in order of their optimistic bound and scored
- * exactly in batches; the search stops when the next optimistic bound is
- * below the K-th best exact score, so every unit not visited is provably
- * outside the answer. Ties keep the enumeration order, as in the exhaustive
+ * max/min, else bounds of them from the model's direction ranges
+ * (ranges.c). Units are visited in order of their optimistic bound and
+ * scored exactly in batches; the search stops when the next optimistic
+ * bound is below the K-th best exact score, so every unit not visited is
+ * provably outside the answer. Ties keep the enumeration order, as in the exhaustive
  * path, and the exact scores are computed by the same code: the two paths
  * return the same list, bit for bit.
  */
@@ -117,9 +118,13 @@ static void lpi_bounds(resid_explainer *e, const resid_unit *u, float *vbuf, flo
         U = a * ds->dg[row];
         cw = a * ds->dw[row];
         ny = fabs(a) * ds->nd[row];
-        if (!isnan(ds->pmax[row])) {
-            double mx = a >= 0 ? a * ds->pmax[row] : a * ds->pmin[row];
-            double range = fabs(a) * ((double)ds->pmax[row] - ds->pmin[row]);
+        /* the direction's own max/min once projected, else the bounds
+         * from the direction ranges, else none */
+        float pmax = ds->pmax[row], pmin = ds->pmin[row];
+        if (isnan(pmax) && ds->bmax) pmax = ds->bmax[row], pmin = ds->bmin[row];
+        if (!isnan(pmax)) {
+            double mx = a >= 0 ? a * pmax : a * pmin;
+            double range = fabs(a) * ((double)pmax - pmin);
             lo1 = cw - mx;
             lo2 = U - range * range / 8;
         } else {

@@ -300,6 +300,7 @@ static resid_status compute(report *r, resid_error *err) {
     eo.lens = rq->lens == RESID_LENS_LOGIT ? RESID_LENS_PAPER : rq->lens;
     eo.target = r->target;
     eo.contrast = r->contrast;
+    eo.ranges = rq->ranges;
     if ((st = resid_explainer_new(m, tr, &eo, &r->ex, err)) != RESID_OK) return st;
     const double s = resid_explainer_scale(r->ex);
     /* The units' token lists come from their exact projections. */
