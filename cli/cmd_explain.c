@@ -55,6 +55,9 @@ static const char help[] =
     "      --tokens N       top/bottom tokens shown per unit (default 5)\n"
     "      --exhaustive     score every unit exactly instead of the certified\n"
     "                       bounds (same result, slower; for checking)\n"
+    "      --ranges FILE    the model's direction ranges from `resid ranges`:\n"
+    "                       the same result, fewer neurons scored exactly\n"
+    "                       (much faster --bottom)\n"
     "      --json FILE      write the full result as JSON to FILE (- = stdout,\n"
     "                       then no text report); see docs/explain-json.md\n"
     "      --html FILE      write a self-contained HTML report to FILE (opens\n"
@@ -94,6 +97,7 @@ enum {
     OPT_HTML_HEADS,
     OPT_COMPARE,
     OPT_BOTTOM,
+    OPT_RANGES,
 };
 
 typedef struct explain_opts {
@@ -106,6 +110,7 @@ typedef struct explain_opts {
     const char *json_path;
     const char *html_path;
     long html_positions, html_heads;
+    const char *ranges_path;
 } explain_opts;
 
 static int on_opt(const cli_command *cmd, void *user, int opt, const char *arg) {
@@ -123,6 +128,7 @@ static int on_opt(const cli_command *cmd, void *user, int opt, const char *arg) 
     case OPT_COMPARE: o->compare = true; return CLI_CONTINUE;
     case OPT_JSON_FILE: o->json_path = arg; return CLI_CONTINUE;
     case OPT_HTML_FILE: o->html_path = arg; return CLI_CONTINUE;
+    case OPT_RANGES: o->ranges_path = arg; return CLI_CONTINUE;
     case OPT_HTML_POSITIONS:
         return cli_parse_int(cmd, "--html-positions", arg, 0, INT32_MAX, &o->html_positions);
     case OPT_HTML_HEADS: return cli_parse_int(cmd, "--html-heads", arg, 0, INT32_MAX, &o->html_heads);
@@ -472,6 +478,7 @@ static int run(const cli_command *cmd, int argc, char **argv) {
         {"html-heads", required_argument, NULL, OPT_HTML_HEADS},
         {"compare-scores", no_argument, NULL, OPT_COMPARE},
         {"bottom", required_argument, NULL, OPT_BOTTOM},
+        {"ranges", required_argument, NULL, OPT_RANGES},
         {NULL, 0, NULL, 0},
     };
     /* The HTML report's extra views cost vocabulary projections: by default
@@ -500,7 +507,12 @@ static int run(const cli_command *cmd, int argc, char **argv) {
     int32_t target = -1, contrast = -1;
     cJSON *root = NULL;
     rs_explain_session *sess = NULL;
+    resid_ranges *ranges = NULL;
     r = cli_prompt_ids(cmd, &a, tok, V, CLI_PROMPT_NONEMPTY, &ids, &n);
+    if (r == CLI_EXIT_OK && o.ranges_path) {
+        resid_error err;
+        if (resid_ranges_load(m, o.ranges_path, &ranges, &err) != RESID_OK) r = cli_lib_error(&err);
+    }
     if (r == CLI_EXIT_OK && o.target_id >= V)
         r = cli_usage_error(cmd, "--target-id %ld is out of range [0, %d)", o.target_id, V);
     if (r == CLI_EXIT_OK && o.vs_id >= V)
@@ -528,6 +540,7 @@ static int run(const cli_command *cmd, int argc, char **argv) {
         rq.exhaustive = o.exhaustive;
         rq.compare_scores = o.compare;
         rq.head_tokens = !json_stdout; /* the text report lists the top heads' tokens */
+        rq.ranges = ranges;
         resid_error err;
         /* --html keeps the computation (every position captured) for the
          * page's extra views, so nothing is run twice. */
@@ -595,6 +608,7 @@ static int run(const cli_command *cmd, int argc, char **argv) {
     }
     cJSON_Delete(root);
     rs_explain_session_free(sess);
+    resid_ranges_free(ranges);
     free(ids);
     resid_model_free(m);
     return r;

@@ -17,6 +17,7 @@
     X(explain)                                                                                     \
     X(neuron)                                                                                      \
     X(batch)                                                                                       \
+    X(ranges)                                                                                      \
     X(summarize)                                                                                   \
     X(serve)                                                                                       \
     X(ablate)
