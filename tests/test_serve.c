@@ -24,10 +24,14 @@
  *    and while four more wait for it (waiting 4); idle before and after;
  *  - a stalled client (half a request, then silence) does not hold up
  *    another request;
- *  - binding to a non-loopback address is refused without --allow-remote.
- * All traffic goes to 127.0.0.1 only.
+ *  - binding to a non-loopback address is refused without --allow-remote;
+ *  - a request to this machine's non-loopback address is refused by the
+ *    default server and answered with --host 0.0.0.0 --allow-remote.
+ * All other traffic goes to 127.0.0.1.
  */
 #include <arpa/inet.h>
+#include <errno.h>
+#include <ifaddrs.h>
 #include <math.h>
 #include <netinet/in.h>
 #include <stdatomic.h>
@@ -55,9 +59,10 @@ static double now(void) {
     return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
 }
 
-/* Starts `resid serve` on a free port with the test's options (and
- * --max-queue extra_queue when not NULL); sets *pid and *port. */
-static int spawn_server(const char *max_queue, pid_t *pid, int *port) {
+/* Starts `resid serve` on a free port of `host` (NULL: the default,
+ * 127.0.0.1; another one is passed with --allow-remote) with the test's
+ * options (and --max-queue max_queue when not NULL); sets *pid and *port. */
+static int spawn_server_on(const char *host, const char *max_queue, pid_t *pid, int *port) {
     int pfd[2];
     if (pipe(pfd) != 0) return -1;
     char *model = tu_model_path(STORIES);
@@ -65,28 +70,30 @@ static int spawn_server(const char *max_queue, pid_t *pid, int *port) {
     if (*pid == 0) {
         dup2(pfd[1], 2);
         close(pfd[0]);
-        if (max_queue)
-            execl(tu_cli(), tu_cli(), "serve", model, "--port", "0", "--max-tokens", "512",
-                  "--timeout", "3", "--max-queue", max_queue, (char *)NULL);
-        else
-            execl(tu_cli(), tu_cli(), "serve", model, "--port", "0", "--max-tokens", "512",
-                  "--timeout", "3", (char *)NULL);
+        const char *argv[20] = {tu_cli(), "serve", model, "--port", "0", "--max-tokens", "512",
+                                "--timeout", "3"};
+        int argc = 9;
+        if (max_queue) argv[argc++] = "--max-queue", argv[argc++] = max_queue;
+        if (host) argv[argc++] = "--host", argv[argc++] = host, argv[argc++] = "--allow-remote";
+        argv[argc] = NULL;
+        execv(tu_cli(), (char *const *)argv);
         _exit(127);
     }
     close(pfd[1]);
     free(model);
-    char buf[1024];
+    char buf[1024], url[64];
     size_t len = 0;
     FILE *f = fdopen(pfd[0], "r");
-    /* First line: "resid serve: NAME on http://127.0.0.1:PORT/ ...". */
+    /* First line: "resid serve: NAME on http://HOST:PORT/ ...". */
     if (!fgets(buf, sizeof buf, f)) return -1;
     len = strlen(buf);
-    const char *p = strstr(buf, "http://127.0.0.1:");
+    snprintf(url, sizeof url, "http://%s:", host ? host : "127.0.0.1");
+    const char *p = strstr(buf, url);
     if (!p || !len) {
         fprintf(stderr, "server said: %s\n", buf);
         return -1;
     }
-    *port = atoi(p + strlen("http://127.0.0.1:"));
+    *port = atoi(p + strlen(url));
     /* Keep draining stderr in the background (a detached reader). */
     if (fork() == 0) {
         char b[256];
@@ -96,6 +103,10 @@ static int spawn_server(const char *max_queue, pid_t *pid, int *port) {
     }
     fclose(f);
     return *port > 0 ? 0 : -1;
+}
+
+static int spawn_server(const char *max_queue, pid_t *pid, int *port) {
+    return spawn_server_on(NULL, max_queue, pid, port);
 }
 
 static int start_server(void **state) {
@@ -956,6 +967,78 @@ static void test_stalled_client(void **state) {
         close(fds[i]);
 }
 
+/* The first IPv4 address of this machine that is not loopback, or false. */
+static bool non_loopback_addr(struct in_addr *out) {
+    struct ifaddrs *ifs;
+    if (getifaddrs(&ifs) != 0) return false;
+    bool found = false;
+    for (struct ifaddrs *i = ifs; i && !found; i = i->ifa_next) {
+        if (!i->ifa_addr || i->ifa_addr->sa_family != AF_INET) continue;
+        const struct in_addr a = ((const struct sockaddr_in *)i->ifa_addr)->sin_addr;
+        if ((ntohl(a.s_addr) >> 24) != 127) *out = a, found = true;
+    }
+    freeifaddrs(ifs);
+    return found;
+}
+
+/* connect() to addr:port; 0 or the errno. */
+static int try_connect(struct in_addr addr, int port) {
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    assert_true(fd >= 0);
+    struct sockaddr_in a;
+    memset(&a, 0, sizeof a);
+    a.sin_family = AF_INET;
+    a.sin_port = htons((uint16_t)port);
+    a.sin_addr = addr;
+    int r = connect(fd, (struct sockaddr *)&a, sizeof a) == 0 ? 0 : errno;
+    close(fd);
+    return r;
+}
+
+/* A request to this machine's non-loopback address: refused by the default
+ * server (bound to loopback), answered by one given --host 0.0.0.0
+ * --allow-remote. */
+static void test_non_loopback_request(void **state) {
+    (void)state;
+    struct in_addr nl;
+    if (!non_loopback_addr(&nl)) {
+        printf("# no non-loopback IPv4 interface here: nothing to connect through\n");
+        skip();
+    }
+    char ip[INET_ADDRSTRLEN];
+    inet_ntop(AF_INET, &nl, ip, sizeof ip);
+    const int r = try_connect(nl, server_port);
+    printf("# %s:%d (the default server): %s\n", ip, server_port, r ? strerror(r) : "connected");
+    assert_int_equal(r, ECONNREFUSED);
+
+    pid_t pid;
+    int port;
+    assert_int_equal(spawn_server_on("0.0.0.0", NULL, &pid, &port), 0);
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in a;
+    memset(&a, 0, sizeof a);
+    a.sin_family = AF_INET;
+    a.sin_port = htons((uint16_t)port);
+    a.sin_addr = nl;
+    struct timeval tv = {30, 0};
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    assert_int_equal(connect(fd, (struct sockaddr *)&a, sizeof a), 0);
+    const char req[] = "GET /api/info HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+    assert_int_equal(write(fd, req, sizeof req - 1), (ssize_t)(sizeof req - 1));
+    char buf[4096];
+    size_t n = 0;
+    ssize_t k;
+    while (n < sizeof buf - 1 && (k = read(fd, buf + n, sizeof buf - 1 - n)) > 0) n += (size_t)k;
+    buf[n] = 0;
+    close(fd);
+    kill(pid, SIGTERM);
+    int st;
+    waitpid(pid, &st, 0);
+    printf("# %s:%d (--host 0.0.0.0 --allow-remote): %.15s\n", ip, port, buf);
+    assert_true(strncmp(buf, "HTTP/1.1 200", 12) == 0);
+    assert_non_null(strstr(buf, "\"n_layer\""));
+}
+
 static void test_non_loopback_refused(void **state) {
     (void)state;
     char *path = tu_model_path(STORIES);
@@ -987,6 +1070,7 @@ int main(void) {
         cmocka_unit_test(test_queue_limit),
         cmocka_unit_test(test_stalled_client),
         cmocka_unit_test(test_non_loopback_refused),
+        cmocka_unit_test(test_non_loopback_request),
     };
     return cmocka_run_group_tests(tests, start_server, stop_server);
 }
