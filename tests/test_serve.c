@@ -70,8 +70,8 @@ static int spawn_server_on(const char *host, const char *max_queue, pid_t *pid, 
     if (*pid == 0) {
         dup2(pfd[1], 2);
         close(pfd[0]);
-        const char *argv[20] = {tu_cli(), "serve", model, "--port", "0", "--max-tokens", "512",
-                                "--timeout", "3"};
+        const char *argv[20] = {tu_cli(),       "serve", model,       "--port", "0",
+                                "--max-tokens", "512",   "--timeout", "3"};
         int argc = 9;
         if (max_queue) argv[argc++] = "--max-queue", argv[argc++] = max_queue;
         if (host) argv[argc++] = "--host", argv[argc++] = host, argv[argc++] = "--allow-remote";
@@ -210,7 +210,8 @@ static double compare_reports(const cJSON *a, const cJSON *b) {
     double worst = fabs(num(ta, "prob") - num(tb, "prob"));
     static const char *lists[] = {"heads", "head_positions", "ffn_neurons", "attn_neurons"};
     for (int li = 0; li < 4; li++) {
-        const cJSON *la = cJSON_GetObjectItem(a, lists[li]), *lb = cJSON_GetObjectItem(b, lists[li]);
+        const cJSON *la = cJSON_GetObjectItem(a, lists[li]),
+                    *lb = cJSON_GetObjectItem(b, lists[li]);
         if (cJSON_GetArraySize(la) != cJSON_GetArraySize(lb) || cJSON_GetArraySize(la) == 0)
             return INFINITY;
         for (int i = 0; i < cJSON_GetArraySize(la); i++) {
@@ -227,7 +228,8 @@ static double compare_reports(const cJSON *a, const cJSON *b) {
 #define N_REQ 4
 static const char *req_body[N_REQ] = {
     "{\"prompt\": \"Once upon a time, there was a boy named Tim. Tim had a big red\"}",
-    "{\"prompt\": \"Once upon a time, there was a boy named Tim. Tim had a big red\", \"vs\": \" a\"}",
+    "{\"prompt\": \"Once upon a time, there was a boy named Tim. Tim had a big red\", \"vs\": \" "
+    "a\"}",
     "{\"prompt\": \"Lily went to the park\", \"lens\": \"logit-lens\", \"top\": 5}",
     "{\"ids\": [1, 403, 407, 261, 378], \"target_id\": 432}",
 };
@@ -251,8 +253,8 @@ static void *client_main(void *arg) {
     c->status = http("POST", "/api/explain", req_body[c->which], strlen(req_body[c->which]), &out);
     cJSON *j = cJSON_Parse(out);
     c->diff = j ? compare_reports(j, ref[c->which]) : INFINITY;
-    c->extras = j && cJSON_GetObjectItem(j, "lens_grid") && cJSON_GetObjectItem(j, "head_details") &&
-                cJSON_GetObjectItem(j, "neuron_details");
+    c->extras = j && cJSON_GetObjectItem(j, "lens_grid") &&
+                cJSON_GetObjectItem(j, "head_details") && cJSON_GetObjectItem(j, "neuron_details");
     cJSON_Delete(j);
     free(out);
     return NULL;
@@ -519,8 +521,7 @@ static void test_ablate_mean(void **state) {
     char *q = tu_sh_quote(file);
     char args[1024];
     snprintf(args, sizeof args,
-             "-p '" TIM "' --units n:3_17,h:4_2,a2,f1,wo:1_0_5 --mode mean --mean-prompts %s",
-             q);
+             "-p '" TIM "' --units n:3_17,h:4_2,a2,f1,wo:1_0_5 --mode mean --mean-prompts %s", q);
     cJSON *ref_j = cli_ablate(args);
     const char *body = "{\"prompt\": \"" TIM "\", \"units\": [\"n:3_17\", \"h:4_2\", \"a2\", "
                        "\"f1\", \"wo:1_0_5\"], \"mode\": \"mean\", \"mean_prompts\": [\"Lily "
@@ -541,8 +542,7 @@ static void test_ablate_mean(void **state) {
     char *file1 = tu_write_temp("serve_mean_prompt1.txt", one, sizeof one - 1);
     char *q1 = tu_sh_quote(file1);
     snprintf(args, sizeof args,
-             "-p '" TIM "' --units h:1_0,n:4_100 --mode mean --mean-prompts %s --positions 20",
-             q1);
+             "-p '" TIM "' --units h:1_0,n:4_100 --mode mean --mean-prompts %s --positions 20", q1);
     ref_j = cli_ablate(args);
     j = ablate_vs_cli("mean (1 prompt, positions)",
                       "{\"prompt\": \"" TIM "\", \"units\": [\"h:1_0\", \"n:4_100\"], \"mode\": "
@@ -1028,7 +1028,8 @@ static void test_non_loopback_request(void **state) {
     char buf[4096];
     size_t n = 0;
     ssize_t k;
-    while (n < sizeof buf - 1 && (k = read(fd, buf + n, sizeof buf - 1 - n)) > 0) n += (size_t)k;
+    while (n < sizeof buf - 1 && (k = read(fd, buf + n, sizeof buf - 1 - n)) > 0)
+        n += (size_t)k;
     buf[n] = 0;
     close(fd);
     kill(pid, SIGTERM);
