@@ -43,7 +43,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         resid_score *s;
         int64_t n;
         if (resid_rank(e, &ro, &s, &n, NULL, &err) == RESID_OK) {
-            for (int64_t i = 0; i < n; i++) fz_sink = (float)s[i].lpi;
+            for (int64_t i = 0; i < n; i++)
+                fz_sink = (float)s[i].lpi;
             free(s);
         }
         resid_explainer_free(e);
