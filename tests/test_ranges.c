@@ -31,13 +31,8 @@
 #include "analysis/analysis.h"
 #include "testutil.h"
 
-typedef struct fixture {
-    const char *path;
-    int32_t ids[12];
-    int n;
-} fixture;
-
-static const fixture fixtures[] = {
+/* tu_fixtures' models plus tiny-gpt2, with short prompts */
+static const tu_fixture fixtures[] = {
     {"tinyllamas/stories260K.bin", {1, 403, 407, 261, 378, 432, 383, 286, 261, 376}, 10},
     {"tiny-gpt2", {464, 3139, 286, 4881}, 4},
     {"tiny-gpt2-stories", {7454, 2402, 257}, 3},
@@ -45,8 +40,6 @@ static const fixture fixtures[] = {
     {"quant/tiny-llama-256.q8_0.gguf", {1, 403, 407, 261, 378}, 5},
 };
 #define N_FIXTURES (int)(sizeof fixtures / sizeof fixtures[0])
-
-static bool big_vocab(const resid_model *m) { return resid_model_get_info(m)->n_vocab > 10000; }
 
 static resid_ranges *build(const resid_model *m) {
     resid_ranges *r = NULL;
@@ -179,59 +172,17 @@ static void test_bounds(void **state) {
 
 /* ---------------------------------------------------------------------- */
 
-static const resid_score *g_all;
-static int g_bottom;
-
-static int cmp_idx(const void *pa, const void *pb) {
-    int64_t a = *(const int64_t *)pa, b = *(const int64_t *)pb;
-    double ka = g_all[a].lpi, kb = g_all[b].lpi;
-    if (ka != kb) return (g_bottom ? ka < kb : ka > kb) ? -1 : 1;
-    return a < b ? -1 : a > b;
-}
-
-static int64_t *reference_order(const resid_score *all, int64_t n, int bottom) {
-    int64_t *ord = malloc(sizeof(int64_t) * (size_t)(n ? n : 1));
-    for (int64_t i = 0; i < n; i++) ord[i] = i;
-    g_all = all, g_bottom = bottom;
-    qsort(ord, (size_t)n, sizeof *ord, cmp_idx);
-    return ord;
-}
-
 /* Ranks with o on a fresh explainer (ranges r or none) and checks the
  * list against all[ord[0..k)); returns the units scored exactly. */
 static int64_t rank_checked(resid_model *m, resid_trace *tr, const resid_ranges *r,
                             const resid_rank_opts *o, const resid_score *all, const int64_t *ord,
                             int64_t n, const char *what) {
     resid_explainer *e = explainer(m, tr, r);
-    resid_score *got;
-    int64_t ng;
-    resid_rank_stats st;
-    resid_error err;
-    if (resid_rank(e, o, &got, &ng, &st, &err) != RESID_OK) {
-        print_error("%s: resid_rank: %s\n", what, err.msg);
-        fail();
-    }
-    const int64_t k = o->k < n ? o->k : n;
-    assert_int_equal(ng, k);
-    for (int64_t i = 0; i < k; i++) {
-        const resid_score *want = &all[ord[i]];
-        if (memcmp(&got[i].unit, &want->unit, sizeof want->unit) != 0 ||
-            memcmp(&got[i].lpi, &want->lpi, sizeof(double)) != 0 ||
-            memcmp(&got[i].bs_target, &want->bs_target, sizeof(double)) != 0 ||
-            memcmp(&got[i].prob_inc, &want->prob_inc, sizeof(double)) != 0) {
-            char a[64], b[64];
-            resid_unit_format(&got[i].unit, a, sizeof a);
-            resid_unit_format(&want->unit, b, sizeof b);
-            print_error("%s (%s ranges): %s K=%lld %s #%lld: got %s %.17g, want %s %.17g\n",
-                        what, r ? "with" : "without", resid_unit_kind_name(o->kind),
-                        (long long)o->k, o->bottom ? "bottom" : "top", (long long)i, a,
-                        got[i].lpi, b, want->lpi);
-            fail();
-        }
-    }
-    free(got);
+    char w[256];
+    snprintf(w, sizeof w, "%s (%s ranges)", what, r ? "with" : "without");
+    const int64_t n_exact = tu_check_rank(e, o, all, ord, n, w);
     resid_explainer_free(e);
-    return st.n_exact;
+    return n_exact;
 }
 
 /* Counts of units scored exactly, with and without the ranges. */
@@ -248,7 +199,7 @@ static void rank_case(resid_model *m, resid_trace *tr, const resid_ranges *r, re
     assert_int_equal(resid_score_all(eref, k, &all, &n, NULL), RESID_OK);
     resid_explainer_free(eref);
     for (int bottom = 0; bottom < 2; bottom++) {
-        int64_t *ord = reference_order(all, n, bottom);
+        int64_t *ord = tu_reference_order(all, n, RESID_KEY_LPI, bottom);
         for (int ki = 0; ki < nk; ki++) {
             resid_rank_opts o = resid_rank_defaults(k, ks[ki] < 0 ? n + 5 : ks[ki]);
             o.bottom = bottom;
@@ -279,7 +230,7 @@ static void test_rank(void **state) {
         resid_ranges *r = build(m);
         resid_trace *tr =
             tu_trace(m, fixtures[fi].ids, fixtures[fi].n, RESID_CAP_ALL, RESID_POS_AUTO);
-        const int nk = big_vocab(m) ? 3 : 4;
+        const int nk = tu_big_vocab(m) ? 3 : 4;
         for (int kind = 0; kind < 2; kind++) {
             const resid_unit_kind k = kind ? RESID_UNIT_ATTN_NEURON : RESID_UNIT_FFN_NEURON;
             counts c = {{0, 0}, {0, 0}, 0};
@@ -310,7 +261,7 @@ static void test_ties(void **state) {
     (void)state;
     const int fis[] = {0, 2}; /* stories260K, tiny-gpt2-stories */
     for (size_t q = 0; q < sizeof fis / sizeof fis[0]; q++) {
-        const fixture *f = &fixtures[fis[q]];
+        const tu_fixture *f = &fixtures[fis[q]];
         resid_model *m = tu_open_model(f->path);
         resid_ranges *r = build(m);
         resid_trace *tr = tu_trace(m, f->ids, f->n, RESID_CAP_ALL, RESID_POS_AUTO);
@@ -324,7 +275,7 @@ static void test_ties(void **state) {
         resid_explainer_free(eref);
         assert_true(all[0].lpi == all[2].lpi); /* a real tie */
         for (int bottom = 0; bottom < 2; bottom++) {
-            int64_t *ord = reference_order(all, n, bottom);
+            int64_t *ord = tu_reference_order(all, n, RESID_KEY_LPI, bottom);
             int64_t r0 = 0;
             for (int64_t i = 0; i < n; i++)
                 if (ord[i] == 0) r0 = i;

@@ -40,84 +40,22 @@ static const fixture fixtures[] = {
 };
 #define N_FIXTURES (int)(sizeof fixtures / sizeof fixtures[0])
 
-/* A large vocabulary: exact scores are expensive (see the top comment). */
-static bool big_vocab(const resid_model *m) { return resid_model_get_info(m)->n_vocab > 10000; }
-
 static resid_explainer *explainer(resid_model *m, resid_trace *tr, int32_t contrast) {
     resid_explain_opts eo = resid_explain_defaults();
     eo.contrast = contrast;
     return tu_explainer(m, tr, &eo);
 }
 
-/* The test's own ordering of exhaustive scores: by key, ties by index. */
-static const resid_score *g_all;
-static resid_rank_key g_key;
-static int g_bottom;
-
-static double keyv(const resid_score *s) {
-    switch (g_key) {
-    case RESID_KEY_PROB_INC: return s->prob_inc;
-    case RESID_KEY_LOGIT: return s->bs_target;
-    case RESID_KEY_CONTRAST: return s->contrast;
-    default: return s->lpi;
-    }
-}
-
-static int cmp_idx(const void *pa, const void *pb) {
-    int64_t a = *(const int64_t *)pa, b = *(const int64_t *)pb;
-    double ka = keyv(&g_all[a]), kb = keyv(&g_all[b]);
-    if (ka != kb) return (g_bottom ? ka < kb : ka > kb) ? -1 : 1;
-    return a < b ? -1 : a > b;
-}
-
-static int64_t *reference_order(const resid_score *all, int64_t n, resid_rank_key key,
-                                int bottom) {
-    int64_t *ord = malloc(sizeof(int64_t) * (size_t)(n ? n : 1));
-    for (int64_t i = 0; i < n; i++) ord[i] = i;
-    g_all = all, g_key = key, g_bottom = bottom;
-    qsort(ord, (size_t)n, sizeof *ord, cmp_idx);
-    return ord;
-}
-
 typedef struct tally {
     int64_t calls, units, exact;
 } tally;
 
-/* Ranks with opts and checks against all[ord[0..k)). */
+/* Ranks with opts, checks against all[ord[0..k)) and tallies. */
 static void check_rank(resid_explainer *e, const resid_rank_opts *o, const resid_score *all,
                        const int64_t *ord, int64_t n, tally *t, const char *what) {
-    resid_score *got;
-    int64_t ng;
-    resid_rank_stats st;
-    resid_error err;
-    if (resid_rank(e, o, &got, &ng, &st, &err) != RESID_OK) {
-        print_error("%s: resid_rank: %s\n", what, err.msg);
-        fail();
-    }
-    int64_t k = o->k < n ? o->k : n;
-    assert_int_equal(ng, k);
-    assert_int_equal(st.k, k);
-    assert_int_equal(st.n_units, n);
-    assert_int_equal(st.clamped, o->k > n);
-    for (int64_t i = 0; i < k; i++) {
-        const resid_score *want = &all[ord[i]];
-        if (memcmp(&got[i].unit, &want->unit, sizeof want->unit) != 0 ||
-            memcmp(&got[i].lpi, &want->lpi, sizeof(double)) != 0 ||
-            memcmp(&got[i].bs_target, &want->bs_target, sizeof(double)) != 0) {
-            char a[64], b[64];
-            resid_unit_format(&got[i].unit, a, sizeof a);
-            resid_unit_format(&want->unit, b, sizeof b);
-            print_error("%s: %s K=%lld %s #%lld: got %s %.17g, want %s %.17g\n", what,
-                        resid_unit_kind_name(o->kind), (long long)o->k,
-                        o->bottom ? "bottom" : "top", (long long)i, a, got[i].lpi, b,
-                        want->lpi);
-            fail();
-        }
-    }
+    t->exact += tu_check_rank(e, o, all, ord, n, what);
     t->calls++;
     t->units += n;
-    t->exact += st.n_exact;
-    free(got);
 }
 
 static void test_certified_equals_exhaustive(void **state) {
@@ -127,7 +65,7 @@ static void test_certified_equals_exhaustive(void **state) {
         resid_model *m = tu_open_model(fixtures[fi].path);
         tally tk[RESID_UNIT_KIND_COUNT];
         memset(tk, 0, sizeof tk);
-        const bool big = big_vocab(m);
+        const bool big = tu_big_vocab(m);
         const int n_prompts = big ? 1 : 2;
         for (int pi = 0; pi < n_prompts; pi++) {
             resid_trace *tr = tu_trace(m, fixtures[fi].ids[pi], fixtures[fi].n[pi], RESID_CAP_ALL,
@@ -141,7 +79,7 @@ static void test_certified_equals_exhaustive(void **state) {
                 int64_t n;
                 assert_int_equal(resid_score_all(eref, (resid_unit_kind)k, &all, &n, NULL), 0);
                 for (int bottom = 0; bottom < 2; bottom++) {
-                    int64_t *ord = reference_order(all, n, RESID_KEY_LPI, bottom);
+                    int64_t *ord = tu_reference_order(all, n, RESID_KEY_LPI, bottom);
                     resid_rank_opts o = resid_rank_defaults((resid_unit_kind)k, 10);
                     o.bottom = bottom;
                     /* the library's exhaustive path vs the test's sort */
@@ -190,7 +128,7 @@ static void test_other_keys(void **state) {
             assert_int_equal(resid_score_all(eref, kinds[ki], &all, &n, NULL), 0);
             for (size_t kk = 0; kk < 3; kk++) {
                 for (int bottom = 0; bottom < 2; bottom++) {
-                    int64_t *ord = reference_order(all, n, keys[kk], bottom);
+                    int64_t *ord = tu_reference_order(all, n, keys[kk], bottom);
                     resid_rank_opts o = resid_rank_defaults(kinds[ki], 25);
                     o.key = keys[kk];
                     o.bottom = bottom;
@@ -208,7 +146,7 @@ static void test_other_keys(void **state) {
         int64_t n;
         assert_int_equal(resid_score_all(eref, RESID_UNIT_FFN_NEURON, &all, &n, NULL), 0);
         int64_t N = n / L;
-        int64_t *ord = reference_order(all + (L - 1) * N, N, RESID_KEY_LPI, 0);
+        int64_t *ord = tu_reference_order(all + (L - 1) * N, N, RESID_KEY_LPI, 0);
         check_rank(e, &o, all + (L - 1) * N, ord, N, &t, fixtures[fi].path);
         free(ord), free(all);
         /* bad options */
@@ -234,7 +172,7 @@ static void test_ties(void **state) {
     int n_big = 0;
     for (int fi = 0; fi < N_FIXTURES; fi++) {
         resid_model *m = tu_open_model(fixtures[fi].path);
-        if (big_vocab(m) && n_big++ > 0) { /* one GPT-2 fixture is enough */
+        if (tu_big_vocab(m) && n_big++ > 0) { /* one GPT-2 fixture is enough */
             resid_model_free(m);
             continue;
         }
@@ -252,7 +190,7 @@ static void test_ties(void **state) {
         assert_true(all[0].lpi == all[2 * (N / 4)].lpi); /* a real tie */
         tally t = {0, 0, 0};
         for (int bottom = 0; bottom < 2; bottom++) {
-            int64_t *ord = reference_order(all, n, RESID_KEY_LPI, bottom);
+            int64_t *ord = tu_reference_order(all, n, RESID_KEY_LPI, bottom);
             /* K cutting the tie block of unit 0 (layer 0) */
             int64_t r0 = 0, r1 = 0;
             for (int64_t i = 0; i < n; i++) {

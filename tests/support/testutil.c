@@ -129,6 +129,71 @@ resid_explainer *tu_explainer(const resid_model *m, const resid_trace *tr,
     return e;
 }
 
+bool tu_big_vocab(const resid_model *m) { return resid_model_get_info(m)->n_vocab > 10000; }
+
+static const resid_score *g_all;
+static resid_rank_key g_key;
+static bool g_bottom;
+
+static double key_of(const resid_score *s) {
+    switch (g_key) {
+    case RESID_KEY_PROB_INC: return s->prob_inc;
+    case RESID_KEY_LOGIT: return s->bs_target;
+    case RESID_KEY_CONTRAST: return s->contrast;
+    default: return s->lpi;
+    }
+}
+
+static int cmp_ref(const void *pa, const void *pb) {
+    int64_t a = *(const int64_t *)pa, b = *(const int64_t *)pb;
+    double ka = key_of(&g_all[a]), kb = key_of(&g_all[b]);
+    if (ka != kb) return (g_bottom ? ka < kb : ka > kb) ? -1 : 1;
+    return a < b ? -1 : a > b;
+}
+
+int64_t *tu_reference_order(const resid_score *all, int64_t n, resid_rank_key key, bool bottom) {
+    int64_t *ord = malloc(sizeof(int64_t) * (size_t)(n ? n : 1));
+    for (int64_t i = 0; i < n; i++) ord[i] = i;
+    g_all = all, g_key = key, g_bottom = bottom;
+    qsort(ord, (size_t)n, sizeof *ord, cmp_ref);
+    return ord;
+}
+
+int64_t tu_check_rank(resid_explainer *e, const resid_rank_opts *o, const resid_score *all,
+                      const int64_t *ord, int64_t n, const char *what) {
+    resid_score *got;
+    int64_t ng;
+    resid_rank_stats st;
+    resid_error err;
+    if (resid_rank(e, o, &got, &ng, &st, &err) != RESID_OK) {
+        print_error("%s: resid_rank: %s\n", what, err.msg);
+        fail();
+    }
+    const int64_t k = o->k < n ? o->k : n;
+    assert_int_equal(ng, k);
+    assert_int_equal(st.k, k);
+    assert_int_equal(st.n_units, n);
+    assert_int_equal(st.clamped, o->k > n);
+    for (int64_t i = 0; i < k; i++) {
+        const resid_score *want = &all[ord[i]];
+        if (memcmp(&got[i].unit, &want->unit, sizeof want->unit) != 0 ||
+            memcmp(&got[i].lpi, &want->lpi, sizeof(double)) != 0 ||
+            memcmp(&got[i].bs_target, &want->bs_target, sizeof(double)) != 0 ||
+            memcmp(&got[i].prob_inc, &want->prob_inc, sizeof(double)) != 0) {
+            char a[64], b[64];
+            resid_unit_format(&got[i].unit, a, sizeof a);
+            resid_unit_format(&want->unit, b, sizeof b);
+            print_error("%s: %s K=%lld %s #%lld: got %s %.17g, want %s %.17g\n", what,
+                        resid_unit_kind_name(o->kind), (long long)o->k,
+                        o->bottom ? "bottom" : "top", (long long)i, a, got[i].lpi, b,
+                        want->lpi);
+            fail();
+        }
+    }
+    free(got);
+    return st.n_exact;
+}
+
 tu_setup tu_setup_open(const tu_fixture *f, resid_positions pos, const resid_explain_opts *eo) {
     tu_setup s = {tu_open_model(f->path), NULL, NULL};
     s.tr = tu_trace(s.m, f->ids, f->n, RESID_CAP_ALL, pos);

@@ -8,6 +8,7 @@
 
 #include <setjmp.h>
 #include <stdarg.h>
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <cmocka.h>
@@ -57,6 +58,17 @@ typedef struct tu_setup {
 } tu_setup;
 tu_setup tu_setup_open(const tu_fixture *f, resid_positions pos, const resid_explain_opts *eo);
 void tu_setup_close(tu_setup *s);
+/* A vocabulary large enough that exact scores are expensive (GPT-2's). */
+bool tu_big_vocab(const resid_model *m);
+/* The test's own ordering of exhaustive scores all[0..n): by `key`
+ * (descending, ascending for bottom), ties by index. malloc'd. */
+int64_t *tu_reference_order(const resid_score *all, int64_t n, resid_rank_key key, bool bottom);
+/* Ranks with o on e and checks the list against all[ord[0..k)), k = min(o->k,
+ * n): the same units, LPIs, bs-values and probability increases bit for
+ * bit, and the stats (k, n_units, clamped). Names `what` on a failure.
+ * Returns the units scored exactly. */
+int64_t tu_check_rank(resid_explainer *e, const resid_rank_opts *o, const resid_score *all,
+                      const int64_t *ord, int64_t n, const char *what);
 /* Path of the built `resid` CLI ($RESID_CLI). */
 const char *tu_cli(void);
 /* Max |a-b| over n. */
