@@ -56,17 +56,21 @@ typedef struct heap {
     int64_t n, cap;
 } heap;
 
-static void heap_down(heap *h, int64_t i) {
+/* Sifts a[i] down a binary heap of n whose root is the `first` of all
+ * (worse: the kept top-K's weakest; before: the best candidate). */
+static inline void sift_down(kv *a, int64_t n, int64_t i, bool (*first)(kv, kv)) {
     for (;;) {
         int64_t l = 2 * i + 1, r = l + 1, m = i;
-        if (l < h->n && worse(h->a[l], h->a[m])) m = l;
-        if (r < h->n && worse(h->a[r], h->a[m])) m = r;
+        if (l < n && first(a[l], a[m])) m = l;
+        if (r < n && first(a[r], a[m])) m = r;
         if (m == i) return;
-        kv t = h->a[i];
-        h->a[i] = h->a[m], h->a[m] = t;
+        kv t = a[i];
+        a[i] = a[m], a[m] = t;
         i = m;
     }
 }
+
+static void heap_down(heap *h, int64_t i) { sift_down(h->a, h->n, i, worse); }
 
 static void heap_push(heap *h, kv x) {
     if (h->n < h->cap) {
@@ -211,17 +215,7 @@ static void direction_group(const rank_job *j, int64_t i, int64_t *b0, int64_t *
  * The pops come in exactly the sorted order (the index breaks ties). */
 static inline bool before(kv a, kv b) { return worse(b, a); }
 
-static void cand_down(kv *a, int64_t n, int64_t i) {
-    for (;;) {
-        int64_t l = 2 * i + 1, r = l + 1, m = i;
-        if (l < n && before(a[l], a[m])) m = l;
-        if (r < n && before(a[r], a[m])) m = r;
-        if (m == i) return;
-        kv t = a[i];
-        a[i] = a[m], a[m] = t;
-        i = m;
-    }
-}
+static void cand_down(kv *a, int64_t n, int64_t i) { sift_down(a, n, i, before); }
 
 static kv cand_pop(kv *a, int64_t *n) {
     kv top = a[0];

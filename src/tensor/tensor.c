@@ -313,8 +313,9 @@ void rs_tensor_cols(const rs_tensor *t, float *out) {
         rs_dequantize(t->dtype, t->data, out, R * C);
         return;
     }
-    /* 32 logical rows at a time, scattered in 32 x 32 tiles (cache lines,
-     * not strides) */
+    /* Tiles of 32 logical rows x 256 columns, dequantised then scattered
+     * (cache lines, not strides). A row is whole blocks and 256 is a
+     * multiple of every block size, so each chunk starts on a block. */
     enum { TILE = 32 };
     float tile[TILE * 256];
     const int64_t cw = C < 256 ? C : 256;
@@ -322,16 +323,12 @@ void rs_tensor_cols(const rs_tensor *t, float *out) {
     const int64_t be = rs_dtype_block_elems(t->dtype);
     for (int64_t r0 = 0; r0 < R; r0 += TILE) {
         const int64_t nr = R - r0 < TILE ? R - r0 : TILE;
-        /* columns in chunks of 256 (a multiple of every block size) */
         for (int64_t c0 = 0; c0 < C; c0 += cw) {
             const int64_t nc = C - c0 < cw ? C - c0 : cw;
             for (int64_t r = 0; r < nr; r++) {
                 const uint8_t *row = (const uint8_t *)t->data + (size_t)(r0 + r) * rb;
-                if (be == 1 || nc % be == 0)
-                    rs_dequantize(t->dtype, row + (size_t)(c0 / be) * rs_dtype_block_bytes(t->dtype),
-                                  tile + r * cw, nc);
-                else
-                    for (int64_t c = 0; c < nc; c++) tile[r * cw + c] = rs_tensor_get(t, r0 + r, c0 + c);
+                rs_dequantize(t->dtype, row + (size_t)(c0 / be) * rs_dtype_block_bytes(t->dtype),
+                              tile + r * cw, nc);
             }
             for (int64_t c = 0; c < nc; c++)
                 for (int64_t r = 0; r < nr; r++) out[(c0 + c) * R + r0 + r] = tile[r * cw + c];
