@@ -33,7 +33,9 @@
  * stack, in L1), and tiles of up to CANON_MR = 6 rows of y run over it:
  * 12 ymm accumulators (6 rows × 2 × 8 tokens), y broadcast, 2 loads of W
  * per d, each lane one (row, token) chain; at the end of the block their
- * sums are folded into c (the first block's stored as is). The block's
+ * sums are folded into c (the first block's stored as is). The rows of y
+ * are copied once per call into the tiles' order (canon_pack_rows), so a
+ * tile's broadcasts read one short contiguous stream. The block's
  * first tile, of up to CANON_PACK_ROWS rows, packs the panel 8 d ahead of
  * its own FMAs, so the loads of W_U (from memory: each element is used by
  * all n rows once) and the transposes overlap FMA work, and it prefetches
@@ -45,6 +47,7 @@
  */
 #include <stdbool.h>
 #include <stdint.h>
+#include <stdlib.h>
 
 #include "analysis/analysis.h"
 
@@ -184,18 +187,18 @@ RS_AVX2 __attribute__((always_inline)) static inline void canon_pack8_avx2(const
     canon_transpose8_avx2(w + 8 * ld + d0, ld, wp + (size_t)d0 * CANON_NR + 8);
 }
 
-/* The R·2 accumulators over d = 0 .. nd of wp (row stride 16) and of the R
- * rows of y (stride D), lane update fma(y, w, acc). */
-#define CANON_STEPS_AVX2(acc, y, D, wp, nd, R)                                         \
-    for (int d_ = 0; d_ < (nd); d_++) {                                                \
-        __m256 w0_ = _mm256_load_ps((wp) + (size_t)d_ * CANON_NR);                     \
-        __m256 w1_ = _mm256_load_ps((wp) + (size_t)d_ * CANON_NR + 8);                 \
-        __asm__("" : "+x"(w0_), "+x"(w1_)); /* (loaded once, not once per FMA) */      \
-        _Pragma("GCC unroll 6") for (int q_ = 0; q_ < (R); q_++) {                     \
-            const __m256 b_ = _mm256_broadcast_ss((y) + (size_t)q_ * (D) + d_);        \
-            acc[q_][0] = _mm256_fmadd_ps(b_, w0_, acc[q_][0]);                         \
-            acc[q_][1] = _mm256_fmadd_ps(b_, w1_, acc[q_][1]);                         \
-        }                                                                              \
+/* The R·2 accumulators over d = 0 .. nd of wp (row stride 16) and of the
+ * tile's R rows of y, packed as y[d][R], lane update fma(y, w, acc). */
+#define CANON_STEPS_AVX2(acc, y, wp, nd, R)                                                        \
+    _Pragma("GCC unroll 4") for (int d_ = 0; d_ < (nd); d_++) {                                    \
+        __m256 w0_ = _mm256_load_ps((wp) + (size_t)d_ * CANON_NR);                                 \
+        __m256 w1_ = _mm256_load_ps((wp) + (size_t)d_ * CANON_NR + 8);                             \
+        __asm__("" : "+x"(w0_), "+x"(w1_)); /* (loaded once, not once per FMA) */                  \
+        _Pragma("GCC unroll 6") for (int q_ = 0; q_ < (R); q_++) {                                 \
+            const __m256 b_ = _mm256_broadcast_ss((y) + (size_t)d_ * (R) + q_);                    \
+            acc[q_][0] = _mm256_fmadd_ps(b_, w0_, acc[q_][0]);                                     \
+            acc[q_][1] = _mm256_fmadd_ps(b_, w1_, acc[q_][1]);                                     \
+        }                                                                                          \
     }
 
 /* Folds the R rows' block sums acc into c (row stride V), tokens < nt. */
@@ -235,7 +238,7 @@ canon_tile_avx2(const float *y, int D, const float *w, float *wp, int kc, float 
     for (int q = 0; q < R; q++) acc[q][0] = acc[q][1] = _mm256_setzero_ps();
     const int k8 = kc / 8 * 8;
     if (!PACK) {
-        CANON_STEPS_AVX2(acc, y, D, wp, kc, R)
+        CANON_STEPS_AVX2(acc, y, wp, kc, R)
     } else {
         /* software-pipelined: the 8 d after the current ones are packed
          * (and the lines of the panel ahead prefetched) before the FMAs of
@@ -248,24 +251,27 @@ canon_tile_avx2(const float *y, int D, const float *w, float *wp, int kc, float 
                 for (int i = 0; i < 8; i++)
                     _mm_prefetch((const char *)(pf + (size_t)(d + i) * 16), _MM_HINT_T1);
             }
-            CANON_STEPS_AVX2(acc, y + d, D, wp + (size_t)d * CANON_NR, 8, R)
+            CANON_STEPS_AVX2(acc, y + (size_t)d * R, wp + (size_t)d * CANON_NR, 8, R)
         }
         for (int e = k8; e < kc; e++) /* the tail of D */
             for (int k = 0; k < CANON_NR; k++) wp[(size_t)e * CANON_NR + k] = w[(size_t)k * D + e];
-        CANON_STEPS_AVX2(acc, y + k8, D, wp + (size_t)k8 * CANON_NR, kc - k8, R)
+        CANON_STEPS_AVX2(acc, y + (size_t)k8 * R, wp + (size_t)k8 * CANON_NR, kc - k8, R)
     }
     canon_fold_avx2(acc, c, V, nt, first, R);
 }
 
-/* The tiles of one block: the first, of up to CANON_PACK_ROWS rows, packs
- * the block (PACK) unless wp already holds it (packed); then the other rows
- * in tiles of up to 6, as even as can be. */
+/* The tiles of block k0 over the rows packed at yp (canon_pack_rows): the
+ * first, of up to CANON_PACK_ROWS rows, packs the block (PACK) unless wp
+ * already holds it (packed); then the other rows in tiles of up to 6, as
+ * even as can be. */
 RS_AVX2 __attribute__((always_inline)) static inline void
-canon_tiles_avx2(const float *y, int n, int D, const float *w, float *wp, int kc, float *c, int V,
-                 int nt, bool first, const float *pf, bool packed) {
+canon_tiles_avx2(const float *yp, int n, int D, int k0, const float *w, float *wp, int kc, float *c,
+                 int V, int nt, bool first, const float *pf, bool packed) {
     int r = 0;
+    const int r0 = n < CANON_PACK_ROWS ? n : CANON_PACK_ROWS;
+    const float *y = yp + (size_t)k0 * r0;
     if (!packed) {
-        r = n < CANON_PACK_ROWS ? n : CANON_PACK_ROWS;
+        r = r0;
         switch (r) {
         case 4: canon_tile_avx2(y, D, w, wp, kc, c, V, nt, first, pf, 4, 1); break;
         case 3: canon_tile_avx2(y, D, w, wp, kc, c, V, nt, first, pf, 3, 1); break;
@@ -273,10 +279,19 @@ canon_tiles_avx2(const float *y, int n, int D, const float *w, float *wp, int kc
         default: canon_tile_avx2(y, D, w, wp, kc, c, V, nt, first, pf, 1, 1); break;
         }
     }
-    const int m = n - r, ntile = (m + CANON_MR - 1) / CANON_MR;
+    const int m = n - r0, ntile = (m + CANON_MR - 1) / CANON_MR;
+    if (packed && r0 > 0) {
+        switch (r0) {
+        case 4: canon_tile_avx2(y, D, w, wp, kc, c, V, nt, first, pf, 4, 0); break;
+        case 3: canon_tile_avx2(y, D, w, wp, kc, c, V, nt, first, pf, 3, 0); break;
+        case 2: canon_tile_avx2(y, D, w, wp, kc, c, V, nt, first, pf, 2, 0); break;
+        default: canon_tile_avx2(y, D, w, wp, kc, c, V, nt, first, pf, 1, 0); break;
+        }
+    }
+    r = r0;
     for (int i = 0; i < ntile; i++) {
         const int R = m / ntile + (i < m % ntile);
-        const float *yr = y + (size_t)r * D;
+        const float *yr = yp + (size_t)r * D + (size_t)k0 * R;
         float *cr = c + (size_t)r * V;
         switch (R) {
         case 6: canon_tile_avx2(yr, D, w, wp, kc, cr, V, nt, first, pf, 6, 0); break;
@@ -290,7 +305,8 @@ canon_tiles_avx2(const float *y, int n, int D, const float *w, float *wp, int kc
     }
 }
 
-/* c[n][t0 .. t0+16) for one panel (fewer tokens at the end of V). */
+/* c[n][t0 .. t0+16) for one panel (fewer tokens at the end of V); y as
+ * canon_pack_rows packs it. */
 RS_AVX2 static void canon_panel_avx2(const float *y, int n, const float *wu, int D, int V, int t0,
                                      float *c) {
     float wp[RS_CANON_KBLOCK * CANON_NR] __attribute__((aligned(32)));
@@ -304,7 +320,7 @@ RS_AVX2 static void canon_panel_avx2(const float *y, int n, const float *wu, int
          * panel's 16 rows are contiguous, so block k0 prefetches lines
          * k0 .. k0+kc of the D lines of the panel ahead */
         if (nt < CANON_NR) canon_pack_generic(w, D, nt, kc, wp);
-        canon_tiles_avx2(y + k0, n, D, w, wp, kc, c + t0, V, nt, k0 == 0,
+        canon_tiles_avx2(y, n, D, k0, w, wp, kc, c + t0, V, nt, k0 == 0,
                          pf ? pf + (size_t)k0 * 16 : NULL, nt < CANON_NR);
     }
 }
@@ -312,18 +328,51 @@ RS_AVX2 static void canon_panel_avx2(const float *y, int n, const float *wu, int
 #define canon_panel_avx2 canon_panel_generic
 #endif
 
+/* The rows of y in the tiles canon_tiles_avx2 runs (the first min(n, 4),
+ * then tiles of up to 6, as even as can be), each tile's block k0 as
+ * [kc][R] at yp + r·D + k0·R: the kernels' broadcasts read it in order. */
+static void canon_pack_rows(const float *y, int n, int D, float *yp) {
+    const int r0 = n < CANON_PACK_ROWS ? n : CANON_PACK_ROWS;
+    const int m = n - r0, ntile = (m + CANON_MR - 1) / CANON_MR;
+    int r = 0;
+    for (int i = -1; i < ntile; i++) {
+        const int R = i < 0 ? r0 : m / ntile + (i < m % ntile);
+        for (int k0 = 0; k0 < D; k0 += RS_CANON_KBLOCK) {
+            const int kc = D - k0 < RS_CANON_KBLOCK ? D - k0 : RS_CANON_KBLOCK;
+            float *t = yp + (size_t)r * D + (size_t)k0 * R;
+            for (int q = 0; q < R; q++)
+                for (int d = 0; d < kc; d++)
+                    t[(size_t)d * R + q] = y[(size_t)(r + q) * D + k0 + d];
+        }
+        r += R;
+    }
+}
+
 RS_HOT void rs_project_canon(resid_explainer *e, const float *y, int n, float *c) {
     const int D = e->D, V = e->V;
     const float *wu = e->wu;
     const int npanel = (V + CANON_NR - 1) / CANON_NR;
     const bool avx2 = rs_kernels_avx2();
     if (n <= 0) return;
+    /* the AVX2 kernels read y in tiles (canon_pack_rows); one row is its
+     * own tile */
+    float *yp = NULL;
+    if (avx2 && n > 1) {
+        yp = malloc((size_t)n * D * sizeof(float));
+        if (!yp) { /* row by row: the same bits, no buffer */
+            for (int r = 0; r < n; r++)
+                rs_project_canon(e, y + (size_t)r * D, 1, c + (size_t)r * V);
+            return;
+        }
+        canon_pack_rows(y, n, D, yp);
+    }
 #pragma omp parallel for schedule(static) if ((int64_t)n * V * D >= RS_PAR_MIN_WORK)
     for (int p = 0; p < npanel; p++) {
         if (avx2)
-            canon_panel_avx2(y, n, wu, D, V, p * CANON_NR, c);
+            canon_panel_avx2(yp ? yp : y, n, wu, D, V, p * CANON_NR, c);
         else
             canon_panel_generic(y, n, wu, D, V, p * CANON_NR, c);
     }
+    free(yp);
     e->n_proj += n;
 }
