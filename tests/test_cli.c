@@ -20,7 +20,7 @@
 
 /* Runs `resid ARGS` (ARGS already shell-quoted); stdout only, or stdout and
  * stderr merged. Returns the output (malloc'd) and the exit status. */
-static char *run_cli(const char *args, bool merge_stderr, int *status) {
+static char *run_args(const char *args, bool merge_stderr, int *status) {
     char *exe = tu_sh_quote(tu_cli());
     size_t n = strlen(exe) + strlen(args) + 32;
     char *cmd = malloc(n);
@@ -31,10 +31,40 @@ static char *run_cli(const char *args, bool merge_stderr, int *status) {
     return out;
 }
 
-/* Runs the CLI, expects exit 0 and JSON on stdout; returns it parsed. */
-static cJSON *run_json(const char *args) {
+/* f and its arguments formatted into a malloc'd string. */
+static char *vfmt(const char *f, va_list ap) {
+    va_list aq;
+    va_copy(aq, ap);
+    int n = vsnprintf(NULL, 0, f, aq);
+    va_end(aq);
+    char *s = malloc((size_t)n + 1);
+    vsnprintf(s, (size_t)n + 1, f, ap);
+    return s;
+}
+
+/* run_args with ARGS formatted from f. */
+static char *run_cli(bool merge_stderr, int *status, const char *f, ...)
+    __attribute__((format(printf, 3, 4)));
+static char *run_cli(bool merge_stderr, int *status, const char *f, ...) {
+    va_list ap;
+    va_start(ap, f);
+    char *args = vfmt(f, ap);
+    va_end(ap);
+    char *out = run_args(args, merge_stderr, status);
+    free(args);
+    return out;
+}
+
+/* Runs the CLI with ARGS formatted from f, expects exit 0 and JSON on
+ * stdout; returns it parsed. */
+static cJSON *run_json(const char *f, ...) __attribute__((format(printf, 1, 2)));
+static cJSON *run_json(const char *f, ...) {
+    va_list ap;
+    va_start(ap, f);
+    char *args = vfmt(f, ap);
+    va_end(ap);
     int st;
-    char *out = run_cli(args, false, &st);
+    char *out = run_args(args, false, &st);
     if (st != 0) {
         print_error("resid %s: exit %d, output: %s\n", args, st, out);
         fail();
@@ -45,6 +75,7 @@ static cJSON *run_json(const char *args) {
         fail();
     }
     free(out);
+    free(args);
     return j;
 }
 
@@ -54,19 +85,6 @@ static char *model_arg(const char *rel) {
     char *q = tu_sh_quote(p);
     free(p);
     return q;
-}
-
-static char *fmt(const char *f, ...) __attribute__((format(printf, 1, 2)));
-static char *fmt(const char *f, ...) {
-    va_list ap;
-    va_start(ap, f);
-    int n = vsnprintf(NULL, 0, f, ap);
-    va_end(ap);
-    char *s = malloc((size_t)n + 1);
-    va_start(ap, f);
-    vsnprintf(s, (size_t)n + 1, f, ap);
-    va_end(ap);
-    return s;
 }
 
 static int json_int(const cJSON *o, const char *key) {
@@ -83,8 +101,9 @@ static double json_num(const cJSON *o, const char *key) {
     return v->valuedouble;
 }
 
-/* The ids of a {"tokens":[{"id":..}]} array into out (malloc'd). */
-static int32_t *token_ids(const cJSON *arr, int *n) {
+/* The ids of j's {"tokens":[{"id":..}]} array (malloc'd); *n their count. */
+static int32_t *token_ids(const cJSON *j, int *n) {
+    const cJSON *arr = cJSON_GetObjectItem(j, "tokens");
     assert_true(cJSON_IsArray(arr));
     *n = cJSON_GetArraySize(arr);
     int32_t *ids = malloc(((size_t)*n + 1) * sizeof *ids);
@@ -92,6 +111,15 @@ static int32_t *token_ids(const cJSON *arr, int *n) {
     const cJSON *e;
     cJSON_ArrayForEach(e, arr) ids[i++] = json_int(e, "id");
     return ids;
+}
+
+/* j's token ids are exactly want[0..n_want). */
+static void check_ids(const cJSON *j, const int32_t *want, int n_want) {
+    int n;
+    int32_t *ids = token_ids(j, &n);
+    assert_int_equal(n, n_want);
+    assert_memory_equal(ids, want, (size_t)n * sizeof *ids);
+    free(ids);
 }
 
 static void assert_contains(const char *hay, const char *needle) {
@@ -137,8 +165,7 @@ static void test_info_stories(void **state) {
     const char *formats[] = {"llama2.c", "gguf"};
     for (int f = 0; f < 2; f++) {
         char *m = model_arg(files[f]);
-        char *args = fmt("info %s --json --tensors", m);
-        cJSON *j = run_json(args);
+        cJSON *j = run_json("info %s --json --tensors", m);
         assert_string_equal(cJSON_GetObjectItem(j, "format")->valuestring, formats[f]);
         check_stories_dims(j);
         /* --tensors: one entry per tensor, shapes multiply to n_params */
@@ -156,18 +183,15 @@ static void test_info_stories(void **state) {
         /* tied output: the embedding is listed once */
         assert_true(total == json_num(j, "n_params"));
         cJSON_Delete(j);
-        free(args);
 
         /* text output shows the same dimensions */
         int st;
-        args = fmt("info %s", m);
-        char *out = run_cli(args, false, &st);
+        char *out = run_cli(false, &st, "info %s", m);
         assert_int_equal(st, 0);
         assert_contains(out, "n_layer      5\n");
         assert_contains(out, "d_ffn        172\n");
         assert_contains(out, "n_kv_head    4\n");
         free(out);
-        free(args);
         free(m);
     }
 }
@@ -175,8 +199,7 @@ static void test_info_stories(void **state) {
 static void test_info_gpt2_hf(void **state) {
     cJSON *cfg = tu_load_json("tiny-gpt2/config.json");
     char *m = model_arg("tiny-gpt2");
-    char *args = fmt("info %s --json", m);
-    cJSON *j = run_json(args);
+    cJSON *j = run_json("info %s --json", m);
     assert_string_equal(cJSON_GetObjectItem(j, "arch")->valuestring, "gpt2");
     assert_string_equal(cJSON_GetObjectItem(j, "format")->valuestring, "huggingface");
     int n_embd = json_int(cfg, "n_embd"), n_head = json_int(cfg, "n_head");
@@ -196,7 +219,6 @@ static void test_info_gpt2_hf(void **state) {
     assert_int_equal(json_int(tok, "eos"), 50256);
     cJSON_Delete(j);
     cJSON_Delete(cfg);
-    free(args);
     free(m);
 }
 
@@ -217,46 +239,33 @@ static void test_tokenize_stories(void **state) {
                      RESID_OK);
 
     char *m = model_arg("tinyllamas/stories260K.bin");
-    char *args = fmt("tokenize %s -p 'Once upon a time' --json", m);
-    cJSON *j = run_json(args);
-    int n;
-    int32_t *ids = token_ids(cJSON_GetObjectItem(j, "tokens"), &n);
-    assert_int_equal(n, n_ref);
-    assert_memory_equal(ids, ref, (size_t)n * sizeof *ids);
-    assert_int_equal(ids[0], 1); /* BOS */
-    /* llama.cpp's ids for this text start the same (quant/forward-ref.json
+    cJSON *j = run_json("tokenize %s -p 'Once upon a time' --json", m);
+    check_ids(j, ref, n_ref);
+    /* BOS, then llama.cpp's ids for this text (quant/forward-ref.json
      * story20: 1 403 407 261 378 ...) */
     const int32_t llama_cpp[] = {1, 403, 407, 261, 378};
-    assert_int_equal(n, 5);
-    assert_memory_equal(ids, llama_cpp, sizeof llama_cpp);
+    check_ids(j, llama_cpp, 5);
     /* the texts concatenate to the prompt */
     char buf[256] = "";
     const cJSON *e;
     cJSON_ArrayForEach(e, cJSON_GetObjectItem(j, "tokens"))
         strcat(buf, cJSON_GetObjectItem(e, "text")->valuestring);
     assert_string_equal(buf, "Once upon a time");
-    free(ids);
     cJSON_Delete(j);
-    free(args);
 
     /* --no-bos drops exactly the BOS */
-    args = fmt("tokenize %s -p 'Once upon a time' --no-bos --json", m);
-    j = run_json(args);
-    ids = token_ids(cJSON_GetObjectItem(j, "tokens"), &n);
-    assert_int_equal(n, n_ref - 1);
-    assert_memory_equal(ids, ref + 1, (size_t)n * sizeof *ids);
-    free(ids);
+    j = run_json("tokenize %s -p 'Once upon a time' --no-bos --json", m);
+    check_ids(j, ref + 1, n_ref - 1);
     cJSON_Delete(j);
-    free(args);
 
     /* the full story20 sentence, against llama.cpp's 20 ids */
     cJSON *fr = tu_load_json("quant/forward-ref.json");
     const cJSON *p = cJSON_GetArrayItem(cJSON_GetObjectItem(fr, "prompts"), 2);
     assert_string_equal(cJSON_GetObjectItem(p, "name")->valuestring, "story20");
     char *text = tu_sh_quote(cJSON_GetObjectItem(p, "text")->valuestring);
-    args = fmt("tokenize %s -p %s --json", m, text);
-    j = run_json(args);
-    ids = token_ids(cJSON_GetObjectItem(j, "tokens"), &n);
+    j = run_json("tokenize %s -p %s --json", m, text);
+    int n;
+    int32_t *ids = token_ids(j, &n);
     const cJSON *want = cJSON_GetObjectItem(p, "ids");
     assert_int_equal(n, cJSON_GetArraySize(want));
     for (int i = 0; i < n; i++)
@@ -265,18 +274,12 @@ static void test_tokenize_stories(void **state) {
     cJSON_Delete(j);
     cJSON_Delete(fr);
     free(text);
-    free(args);
 
     /* the tokenizer alone (tok512.bin) gives the same ids */
     char *t = model_arg("tinyllamas/tok512.bin");
-    args = fmt("tokenize %s -p 'Once upon a time' --json", t);
-    j = run_json(args);
-    ids = token_ids(cJSON_GetObjectItem(j, "tokens"), &n);
-    assert_int_equal(n, n_ref);
-    assert_memory_equal(ids, ref, (size_t)n * sizeof *ids);
-    free(ids);
+    j = run_json("tokenize %s -p 'Once upon a time' --json", t);
+    check_ids(j, ref, n_ref);
     cJSON_Delete(j);
-    free(args);
     free(t);
 
     free(m);
@@ -320,10 +323,9 @@ static void test_tokenize_vocab_gguf(void **state) {
         assert_non_null(nl);
         *nl = 0;
         char *q = tu_sh_quote(cases[c]);
-        char *args = fmt("tokenize %s -p %s --json", m, q);
-        cJSON *j = run_json(args);
+        cJSON *j = run_json("tokenize %s -p %s --json", m, q);
         int n;
-        int32_t *ids = token_ids(cJSON_GetObjectItem(j, "tokens"), &n);
+        int32_t *ids = token_ids(j, &n);
         /* expected: space-separated ids */
         int k = 0;
         for (char *p = line; *p;) {
@@ -342,32 +344,27 @@ static void test_tokenize_vocab_gguf(void **state) {
         checked++;
         free(ids);
         cJSON_Delete(j);
-        free(args);
         free(q);
         line = nl + 1;
     }
     printf("  ggml-vocab-gpt-2: %d/%d llama.cpp cases equal\n", checked, n_cases);
 
     /* --parse-special turns <|endoftext|> into 50256 */
-    char *args = fmt("tokenize %s -p 'Hi<|endoftext|>' --parse-special --json", m);
-    cJSON *j = run_json(args);
+    cJSON *j = run_json("tokenize %s -p 'Hi<|endoftext|>' --parse-special --json", m);
     int n;
-    int32_t *ids = token_ids(cJSON_GetObjectItem(j, "tokens"), &n);
+    int32_t *ids = token_ids(j, &n);
     assert_int_equal(n, 2);
     assert_int_equal(ids[1], 50256);
     free(ids);
     cJSON_Delete(j);
-    free(args);
     /* ... and is literal text without it */
-    args = fmt("tokenize %s -p 'Hi<|endoftext|>' --json", m);
-    j = run_json(args);
-    ids = token_ids(cJSON_GetObjectItem(j, "tokens"), &n);
+    j = run_json("tokenize %s -p 'Hi<|endoftext|>' --json", m);
+    ids = token_ids(j, &n);
     assert_true(n > 2);
     for (int i = 0; i < n; i++)
         assert_int_not_equal(ids[i], 50256);
     free(ids);
     cJSON_Delete(j);
-    free(args);
 
     free(m);
     free(inp);
@@ -381,8 +378,8 @@ static void test_tokenize_vocab_gguf(void **state) {
 static void test_tokenize_byte_tokens_json(void **state) {
     char *m = model_arg("llama.cpp-vocab/ggml-vocab-llama-spm.gguf");
     /* U+1F999 has no piece: byte fallback <0xF0><0x9F><0xA6><0x99> */
-    char *args = fmt("tokenize %s -p '\xF0\x9F\xA6\x99' --no-bos --json", m);
-    cJSON *j = run_json(args); /* fails unless the output parses */
+    /* run_json fails unless the output parses */
+    cJSON *j = run_json("tokenize %s -p '\xF0\x9F\xA6\x99' --no-bos --json", m);
     const cJSON *arr = cJSON_GetObjectItem(j, "tokens");
     char hex[64] = "";
     const cJSON *e;
@@ -395,7 +392,6 @@ static void test_tokenize_byte_tokens_json(void **state) {
     }
     assert_string_equal(hex, "f0 9f a6 99");
     cJSON_Delete(j);
-    free(args);
     free(m);
 }
 
@@ -405,10 +401,9 @@ static void test_tokenize_byte_tokens_json(void **state) {
 
 static void test_run_stories(void **state) {
     char *m = model_arg("tinyllamas/stories260K.bin");
-    char *args = fmt("run %s -p 'Once upon a time' --top 5 --json", m);
-    cJSON *j = run_json(args);
+    cJSON *j = run_json("run %s -p 'Once upon a time' --top 5 --json", m);
     int n;
-    int32_t *ids = token_ids(cJSON_GetObjectItem(j, "tokens"), &n);
+    int32_t *ids = token_ids(j, &n);
     const cJSON *top = cJSON_GetObjectItem(j, "top");
     assert_int_equal(cJSON_GetArraySize(top), 5);
 
@@ -452,13 +447,11 @@ static void test_run_stories(void **state) {
     resid_model_free(lm);
     free(ids);
     cJSON_Delete(j);
-    free(args);
 
     /* llama.cpp's distribution after BOS (derived/stories260K.llamacpp-ref) */
     cJSON *ref = tu_load_json("derived/stories260K.llamacpp-ref.json");
     const cJSON *step0 = cJSON_GetArrayItem(cJSON_GetObjectItem(ref, "top5_probs_per_step"), 0);
-    args = fmt("run %s --ids 1 --top 5 --json", m);
-    j = run_json(args);
+    j = run_json("run %s --ids 1 --top 5 --json", m);
     top = cJSON_GetObjectItem(j, "top");
     worst = 0;
     for (int i = 0; i < 5; i++) {
@@ -472,18 +465,15 @@ static void test_run_stories(void **state) {
     assert_true(worst <= 1e-5);
     cJSON_Delete(j);
     cJSON_Delete(ref);
-    free(args);
 
     /* an empty prompt is BOS alone: the same distribution */
-    args = fmt("run %s -p '' --top 1 --json", m);
-    j = run_json(args);
-    ids = token_ids(cJSON_GetObjectItem(j, "tokens"), &n);
+    j = run_json("run %s -p '' --top 1 --json", m);
+    ids = token_ids(j, &n);
     assert_int_equal(n, 1);
     assert_int_equal(ids[0], 1);
     assert_int_equal(json_int(cJSON_GetArrayItem(cJSON_GetObjectItem(j, "top"), 0), "id"), 403);
     free(ids);
     cJSON_Delete(j);
-    free(args);
     free(m);
 }
 
@@ -497,10 +487,9 @@ static void test_run_ids_no_tokenizer(void **state) {
     const cJSON *lg = cJSON_GetObjectItem(c, "sampled_logits");
 
     char *m = model_arg("tiny-random-llama-2");
-    char *args = fmt("run %s --ids 1,42,99 --top 32000 --json", m);
-    cJSON *j = run_json(args);
+    cJSON *j = run_json("run %s --ids 1,42,99 --top 32000 --json", m);
     int n;
-    int32_t *ids = token_ids(cJSON_GetObjectItem(j, "tokens"), &n);
+    int32_t *ids = token_ids(j, &n);
     assert_int_equal(n, 3);
     assert_int_equal(ids[0], 1);
     assert_int_equal(ids[1], 42);
@@ -530,11 +519,9 @@ static void test_run_ids_no_tokenizer(void **state) {
     assert_true(worst <= 1e-5);
     free(ids);
     cJSON_Delete(j);
-    free(args);
 
     /* generate continues greedily as the corpus says */
-    args = fmt("generate %s --ids 1,42,99 -n 4 --json", m);
-    j = run_json(args);
+    j = run_json("generate %s --ids 1,42,99 -n 4 --json", m);
     const cJSON *gen = cJSON_GetObjectItem(j, "generated");
     const cJSON *want = cJSON_GetObjectItem(c, "greedy_continuation");
     assert_int_equal(cJSON_GetArraySize(gen), cJSON_GetArraySize(want));
@@ -542,7 +529,6 @@ static void test_run_ids_no_tokenizer(void **state) {
         assert_int_equal(json_int(cJSON_GetArrayItem(gen, i), "id"),
                          cJSON_GetArrayItem(want, i)->valueint);
     cJSON_Delete(j);
-    free(args);
     free(m);
     cJSON_Delete(corpus);
 }
@@ -557,8 +543,7 @@ static void test_generate_stories(void **state) {
     char *ref = (char *)tu_read_file(ref_path, &n_ref);
     char *m = model_arg("tinyllamas/stories260K.bin");
     int st;
-    char *args = fmt("generate %s -p '' -n 20", m);
-    char *out = run_cli(args, false, &st);
+    char *out = run_cli(false, &st, "generate %s -p '' -n 20", m);
     assert_int_equal(st, 0);
     size_t n = strlen(out);
     assert_true(n > 1 && out[n - 1] == '\n');
@@ -568,22 +553,18 @@ static void test_generate_stories(void **state) {
     assert_memory_equal(out, ref, n);
     /* the 21st token would add more text: the output is not longer than 20 */
     free(out);
-    free(args);
 
     /* 200 tokens: the whole llama2.c text, byte for byte */
-    args = fmt("generate %s -p '' -n 200", m);
-    out = run_cli(args, false, &st);
+    out = run_cli(false, &st, "generate %s -p '' -n 200", m);
     assert_int_equal(st, 0);
     assert_int_equal(strlen(out), n_ref + 1);
     assert_memory_equal(out, ref, n_ref);
     free(out);
-    free(args);
 
     /* JSON: prompt tokens, 20 generated, text = prompt + generated */
-    args = fmt("generate %s -p 'Once upon a time' -n 20 --json", m);
-    cJSON *j = run_json(args);
+    cJSON *j = run_json("generate %s -p 'Once upon a time' -n 20 --json", m);
     int np;
-    int32_t *ids = token_ids(cJSON_GetObjectItem(j, "tokens"), &np);
+    int32_t *ids = token_ids(j, &np);
     assert_int_equal(np, 5);
     assert_int_equal(cJSON_GetArraySize(cJSON_GetObjectItem(j, "generated")), 20);
     const char *text = cJSON_GetObjectItem(j, "text")->valuestring;
@@ -591,7 +572,6 @@ static void test_generate_stories(void **state) {
     assert_string_equal(cJSON_GetObjectItem(j, "stop")->valuestring, "length");
     free(ids);
     cJSON_Delete(j);
-    free(args);
     free(m);
     free(ref);
     free(ref_path);
@@ -601,9 +581,16 @@ static void test_generate_stories(void **state) {
 /* errors and help                                                           */
 /* ------------------------------------------------------------------------- */
 
-static void expect_error(const char *args, int status, const char *needle) {
+/* `resid ARGS`, ARGS formatted from f, exits with status and says needle. */
+static void expect_error(int status, const char *needle, const char *f, ...)
+    __attribute__((format(printf, 3, 4)));
+static void expect_error(int status, const char *needle, const char *f, ...) {
+    va_list ap;
+    va_start(ap, f);
+    char *args = vfmt(f, ap);
+    va_end(ap);
     int st;
-    char *out = run_cli(args, true, &st);
+    char *out = run_args(args, true, &st);
     if (st != status || !strstr(out, needle)) {
         print_error("resid %s: exit %d (want %d), output:\n%s\n(want \"%s\")\n", args, st, status,
                     out, needle);
@@ -612,28 +599,24 @@ static void expect_error(const char *args, int status, const char *needle) {
     /* one line, no crash report */
     assert_null(strstr(out, "Sanitizer"));
     free(out);
+    free(args);
 }
 
 static void test_errors(void **state) {
     char *stories = tu_model_path("tinyllamas/stories260K.bin");
     char *m = tu_sh_quote(stories);
-    char *args;
 
     /* a missing file: exit 1, the message names the path */
-    expect_error("info /nonexistent/dir/model.bin", 1, "/nonexistent/dir/model.bin");
-    expect_error("run /nonexistent/dir/model.gguf -p hi", 1, "/nonexistent/dir/model.gguf");
+    expect_error(1, "/nonexistent/dir/model.bin", "info /nonexistent/dir/model.bin");
+    expect_error(1, "/nonexistent/dir/model.gguf", "run /nonexistent/dir/model.gguf -p hi");
 
     /* a truncated checkpoint */
     size_t size;
     uint8_t *data = tu_read_file(stories, &size);
     char *trunc = tu_write_temp("trunc.bin", data, 1000);
     char *tq = tu_sh_quote(trunc);
-    args = fmt("info %s", tq);
-    expect_error(args, 1, "truncated");
-    free(args);
-    args = fmt("run %s --ids 1", tq);
-    expect_error(args, 1, trunc);
-    free(args);
+    expect_error(1, "truncated", "info %s", tq);
+    expect_error(1, trunc, "run %s --ids 1", tq);
     remove(trunc);
     free(tq);
     free(trunc);
@@ -641,63 +624,35 @@ static void test_errors(void **state) {
 
     /* -p on a model without a tokenizer points to --ids */
     char *rl = model_arg("tiny-random-llama-2");
-    args = fmt("run %s -p hello", rl);
-    expect_error(args, 1, "--ids");
-    free(args);
-    args = fmt("generate %s -p hello", rl);
-    expect_error(args, 1, "--ids");
-    free(args);
+    expect_error(1, "--ids", "run %s -p hello", rl);
+    expect_error(1, "--ids", "generate %s -p hello", rl);
     free(rl);
 
     /* invalid UTF-8 */
-    args = fmt("run %s -p 'ab\xff'", m);
-    expect_error(args, 1, "UTF-8");
-    free(args);
-    args = fmt("tokenize %s -p '\xc3'", m);
-    expect_error(args, 1, "UTF-8");
-    free(args);
+    expect_error(1, "UTF-8", "run %s -p 'ab\xff'", m);
+    expect_error(1, "UTF-8", "tokenize %s -p '\xc3'", m);
 
     /* longer than the context (512) */
     char *ids = malloc(600 * 4 + 1), *p = ids;
     for (int i = 0; i < 600; i++)
         p += sprintf(p, i ? ",%d" : "%d", i ? 300 : 1);
-    args = fmt("run %s --ids %s", m, ids);
-    expect_error(args, 1, "512");
-    free(args);
-    args = fmt("generate %s --ids %s -n 2", m, ids);
-    expect_error(args, 1, "512");
-    free(args);
+    expect_error(1, "512", "run %s --ids %s", m, ids);
+    expect_error(1, "512", "generate %s --ids %s -n 2", m, ids);
     free(ids);
 
     /* usage errors: exit 2, "see resid CMD --help" */
-    args = fmt("run %s -p hi --bogus", m);
-    expect_error(args, 2, "see resid run --help");
-    free(args);
-    args = fmt("info %s -z", m);
-    expect_error(args, 2, "unknown option");
-    free(args);
-    args = fmt("run %s -p", m);
-    expect_error(args, 2, "needs an argument");
-    free(args);
-    expect_error("run -p hi", 2, "missing MODEL");
-    args = fmt("run %s", m);
-    expect_error(args, 2, "-p TEXT or --ids");
-    free(args);
-    args = fmt("run %s --ids 1,512", m);
-    expect_error(args, 2, "out of range");
-    free(args);
-    args = fmt("run %s --ids 1,x", m);
-    expect_error(args, 2, "--ids");
-    free(args);
-    args = fmt("run %s --top 0 -p hi", m);
-    expect_error(args, 2, "--top");
-    free(args);
-    args = fmt("info %s %s", m, m);
-    expect_error(args, 2, "unexpected argument");
-    free(args);
-    expect_error("frobnicate x", 2, "unknown command");
-    expect_error("--bogus info x", 2, "unknown option");
-    expect_error("", 2, "Usage");
+    expect_error(2, "see resid run --help", "run %s -p hi --bogus", m);
+    expect_error(2, "unknown option", "info %s -z", m);
+    expect_error(2, "needs an argument", "run %s -p", m);
+    expect_error(2, "missing MODEL", "run -p hi");
+    expect_error(2, "-p TEXT or --ids", "run %s", m);
+    expect_error(2, "out of range", "run %s --ids 1,512", m);
+    expect_error(2, "--ids", "run %s --ids 1,x", m);
+    expect_error(2, "--top", "run %s --top 0 -p hi", m);
+    expect_error(2, "unexpected argument", "info %s %s", m, m);
+    expect_error(2, "unknown command", "frobnicate x");
+    expect_error(2, "unknown option", "--bogus info x");
+    expect_error(2, "Usage", "%s", "");
 
     free(m);
     free(stories);
@@ -708,19 +663,17 @@ static void test_errors(void **state) {
 static void test_global_options(void **state) {
     char *m = model_arg("tinyllamas/stories260K.bin");
     char *t = model_arg("tinyllamas/tok512.bin");
-    char *a1 = fmt("run %s -p 'Once upon a' --top 3 --json", m);
-    char *a2 = fmt("--threads 1 --tokenizer %s run %s -p 'Once upon a' --top 3 --json", t, m);
-    char *a3 = fmt("run %s -p 'Once upon a' --top 3 --json --threads=2 --tokenizer=%s", m, t);
-    cJSON *j1 = run_json(a1), *j2 = run_json(a2), *j3 = run_json(a3);
+    cJSON *j1 = run_json("run %s -p 'Once upon a' --top 3 --json", m);
+    cJSON *j2 = run_json("--threads 1 --tokenizer %s run %s -p 'Once upon a' --top 3 --json", t, m);
+    cJSON *j3 = run_json("run %s -p 'Once upon a' --top 3 --json --threads=2 --tokenizer=%s", m, t);
     char *s1 = cJSON_PrintUnformatted(j1), *s2 = cJSON_PrintUnformatted(j2),
          *s3 = cJSON_PrintUnformatted(j3);
     assert_string_equal(s1, s2);
     assert_string_equal(s1, s3);
     /* a tokenizer that does not exist is an error naming it */
-    char *a4 = fmt("run %s -p hi --tokenizer /nonexistent/tok.bin", m);
-    expect_error(a4, 1, "/nonexistent/tok.bin");
-    expect_error("--threads 0 info x", 2, "--threads");
-    free(s1), free(s2), free(s3), free(a1), free(a2), free(a3), free(a4);
+    expect_error(1, "/nonexistent/tok.bin", "run %s -p hi --tokenizer /nonexistent/tok.bin", m);
+    expect_error(2, "--threads", "--threads 0 info x");
+    free(s1), free(s2), free(s3);
     cJSON_Delete(j1), cJSON_Delete(j2), cJSON_Delete(j3);
     free(m), free(t);
 }
@@ -730,7 +683,7 @@ static void test_help(void **state) {
                           "run --help", "generate -h", "run x --help"};
     for (size_t i = 0; i < sizeof cmds / sizeof cmds[0]; i++) {
         int st;
-        char *out = run_cli(cmds[i], false, &st);
+        char *out = run_cli(false, &st, "%s", cmds[i]);
         if (st != 0 || !strstr(out, "Usage") || !strstr(out, "stories260K.bin")) {
             print_error("resid %s: exit %d\n%s\n", cmds[i], st, out);
             fail();
@@ -738,7 +691,7 @@ static void test_help(void **state) {
         free(out);
     }
     int st;
-    char *out = run_cli("--version", false, &st);
+    char *out = run_cli(false, &st, "--version");
     assert_int_equal(st, 0);
     assert_contains(out, RESID_VERSION);
     free(out);
