@@ -59,6 +59,31 @@ static cJSON *explain_json(const char *model, const char *prompt, const char *ar
     return j;
 }
 
+/* `resid CMD MODEL [-p PROMPT] ARGS`, stderr merged, exits with status and
+ * says needle (and needle2 unless NULL); else the test fails showing the
+ * output. */
+static void expect_output(const char *cmd, const char *model, const char *prompt, const char *args,
+                          int status, const char *needle, const char *needle2) {
+    int st;
+    char *out = run_cli(cmd, model, prompt, args, true, &st);
+    if (st != status || !strstr(out, needle) || (needle2 && !strstr(out, needle2)))
+        fail_msg("%s %s %s: exit %d (want %d), output:\n%.2000s\n(want \"%s\"%s%s%s)", cmd, model,
+                 args, st, status, out, needle, needle2 ? " and \"" : "", needle2 ? needle2 : "",
+                 needle2 ? "\"" : "");
+    free(out);
+}
+
+/* explain with "--json - BASE EXTRA" into *a and with "--json - BASE
+ * --exhaustive EXTRA" into *b. */
+static void explain_pair(const char *model, const char *prompt, const char *base, const char *extra,
+                         cJSON **a, cJSON **b) {
+    char args[256];
+    snprintf(args, sizeof args, "%s %s", base, extra);
+    *a = explain_json(model, prompt, args);
+    snprintf(args, sizeof args, "%s --exhaustive %s", base, extra);
+    *b = explain_json(model, prompt, args);
+}
+
 static const char *str(const cJSON *o, const char *name) {
     cJSON *v = tu_json_get(o, name);
     if (!cJSON_IsString(v)) {
@@ -155,6 +180,24 @@ static void ref_free(ref *r) {
     free(r->bs0), free(r->bsL), free(r->logitsL);
     resid_trace_free(r->tr);
     resid_model_free(r->m);
+}
+
+/* The sum over j's layers of attn_<score> + ffn_<score>. */
+static double layer_sum(const cJSON *j, const char *score) {
+    char attn[32], ffn[32];
+    snprintf(attn, sizeof attn, "attn_%s", score);
+    snprintf(ffn, sizeof ffn, "ffn_%s", score);
+    double sum = 0;
+    const cJSON *e;
+    cJSON_ArrayForEach(e, tu_json_get(j, "layers")) sum +=
+        tu_json_num(e, attn) + tu_json_num(e, ffn);
+    return sum;
+}
+
+/* j's target.prob equals its model_prob (the lens is the model's own). */
+static void check_prob_is_model(const char *what, const cJSON *j) {
+    assert_close_d(what, tu_json_num(tu_json_get(j, "target"), "prob"),
+                   tu_json_num(tu_json_get(j, "target"), "model_prob"), 1e-5);
 }
 
 /* ------------------------------------------------------------------------- */
@@ -318,10 +361,7 @@ static void check_telescoping(const cJSON *j, const char *model, const char *pro
     ref_init(&r, model, prompt);
     const int V = r.m->hp.n_vocab;
     const int w = (int)tu_json_num(tu_json_get(j, "target"), "id");
-    double sum = 0;
-    const cJSON *e;
-    cJSON_ArrayForEach(e, tu_json_get(j, "layers")) sum +=
-        tu_json_num(e, "attn_lpi") + tu_json_num(e, "ffn_lpi");
+    double sum = layer_sum(j, "lpi");
     double want = log_softmax(r.bsL, V, w) - log_softmax(r.bs0, V, w);
     assert_close_d("sum of layer LPIs vs log p(w|x_L) - log p(w|x_in[0])", sum, want, 1e-4);
     assert_close_d("layer_totals.telescoped vs reference",
@@ -338,9 +378,7 @@ static void test_schema_stories(void **state) {
     check_schema(j, STORIES, 10);
     check_telescoping(j, STORIES, P_RED);
     /* Llama: the paper lens is the model's distribution (§8 item 6). */
-    assert_close_d("stories260K target.prob vs model_prob",
-                   tu_json_num(tu_json_get(j, "target"), "prob"),
-                   tu_json_num(tu_json_get(j, "target"), "model_prob"), 1e-5);
+    check_prob_is_model("stories260K target.prob vs model_prob", j);
     cJSON_Delete(j);
 }
 
@@ -379,11 +417,8 @@ static void same_units(const cJSON *a, const cJSON *b, const char *list) {
 }
 
 static void certified_vs_exhaustive(const char *model, const char *prompt, const char *extra) {
-    char args[256];
-    snprintf(args, sizeof args, "--top 25 --tokens 0 %s", extra);
-    cJSON *a = explain_json(model, prompt, args);
-    snprintf(args, sizeof args, "--top 25 --tokens 0 --exhaustive %s", extra);
-    cJSON *b = explain_json(model, prompt, args);
+    cJSON *a, *b;
+    explain_pair(model, prompt, "--top 25 --tokens 0", extra, &a, &b);
     assert_string_equal(str(tu_json_get(tu_json_get(b, "ranking"), "ffn_neurons"), "method"),
                         "exhaustive");
     same_units(a, b, "heads");
@@ -406,11 +441,8 @@ static void bottom_lists(const char *model, const char *prompt, const char *extr
     static const char *const names[3][2] = {{"head_positions_bottom", "head_positions"},
                                             {"ffn_neurons_bottom", "ffn_neurons"},
                                             {"attn_neurons_bottom", "attn_neurons"}};
-    char args[256];
-    snprintf(args, sizeof args, "--top 5 --bottom 7 --tokens 2 %s", extra);
-    cJSON *a = explain_json(model, prompt, args);
-    snprintf(args, sizeof args, "--top 5 --bottom 7 --tokens 2 --exhaustive %s", extra);
-    cJSON *b = explain_json(model, prompt, args);
+    cJSON *a, *b;
+    explain_pair(model, prompt, "--top 5 --bottom 7 --tokens 2", extra, &a, &b);
     const char *key = *extra ? "contrast" : "lpi";
     assert_int_equal((int)tu_json_num(tu_json_get(a, "ranking"), "bottom_requested"), 7);
     for (int i = 0; i < 3; i++) {
@@ -467,26 +499,11 @@ static void test_target_text(void **state) {
     assert_string_equal(str(tu_json_get(j, "target"), "text"), " box");
     cJSON_Delete(j);
 
-    int st;
-    char *out = run_cli("explain", GPT2S, P_RED, "--target ' Timmy'", true, &st);
-    print_message("  %s", out);
-    assert_int_equal(st, 1);
-    assert_non_null(strstr(out, "target \" Timmy\" is 2 tokens: \" Tim\" (5045) + \"my\" (1820)"));
-    assert_non_null(strstr(out, "--target-id"));
-    free(out);
-    out = run_cli("explain", GPT2S, P_RED, "--target-id 50257", true, &st);
-    print_message("  %s", out);
-    assert_int_equal(st, 2);
-    assert_non_null(strstr(out, "out of range [0, 50257)"));
-    free(out);
-    out = run_cli("explain", STORIES, P_RED, "--target-id 512", true, &st);
-    assert_int_equal(st, 2);
-    assert_non_null(strstr(out, "out of range [0, 512)"));
-    free(out);
-    out = run_cli("explain", STORIES, P_RED, "--lens sideways", true, &st);
-    assert_int_equal(st, 2);
-    assert_non_null(strstr(out, "--lens"));
-    free(out);
+    expect_output("explain", GPT2S, P_RED, "--target ' Timmy'", 1,
+                  "target \" Timmy\" is 2 tokens: \" Tim\" (5045) + \"my\" (1820)", "--target-id");
+    expect_output("explain", GPT2S, P_RED, "--target-id 50257", 2, "out of range [0, 50257)", NULL);
+    expect_output("explain", STORIES, P_RED, "--target-id 512", 2, "out of range [0, 512)", NULL);
+    expect_output("explain", STORIES, P_RED, "--lens sideways", 2, "--lens", NULL);
 }
 
 static void test_top_clamped(void **state) {
@@ -499,12 +516,9 @@ static void test_top_clamped(void **state) {
     check_sorted(tu_json_get(j, "ffn_neurons"), "lpi", "ffn_neurons (all)");
     /* all FFN neurons plus the biases (none in Llama) make up the FFN layers */
     cJSON_Delete(j);
-    int st;
-    char *out = run_cli("explain", STORIES, P_RED, "--top 1000000 --tokens 0", true, &st);
-    assert_int_equal(st, 0);
-    assert_non_null(strstr(out, "--top 1000000 is more than the 860 FFN neurons"));
-    assert_non_null(strstr(out, "(--top 1000000 clamped: there are 860)"));
-    free(out);
+    expect_output("explain", STORIES, P_RED, "--top 1000000 --tokens 0", 0,
+                  "--top 1000000 is more than the 860 FFN neurons",
+                  "(--top 1000000 clamped: there are 860)");
 }
 
 /* Contrast scores: their layer sum is the change of log p(w) − log p(c)
@@ -517,10 +531,7 @@ static void check_contrast(const char *model, const char *prompt, const char *ar
     const int w = (int)tu_json_num(tu_json_get(j, "target"), "id");
     const cJSON *c = tu_json_get(j, "contrast");
     const int cid = (int)tu_json_num(c, "id");
-    double sum = 0;
-    const cJSON *e;
-    cJSON_ArrayForEach(e, tu_json_get(j, "layers")) sum +=
-        tu_json_num(e, "attn_contrast") + tu_json_num(e, "ffn_contrast");
+    double sum = layer_sum(j, "contrast");
     double want = (r.bsL[w] - r.bsL[cid]) - (r.bs0[w] - r.bs0[cid]);
     assert_close_d("sum of layer contrasts vs reference", sum, want, 1e-4);
     assert_close_d("contrast.total vs reference", tu_json_num(c, "total"), want, 1e-4);
@@ -544,15 +555,9 @@ static void test_lens(void **state) {
     (void)state;
     cJSON *j = explain_json(GPT2S, P_TIM, "--lens exact --top 3 --tokens 0");
     assert_string_equal(str(j, "lens"), "exact");
-    assert_close_d("GPT-2 exact lens: target.prob vs model_prob",
-                   tu_json_num(tu_json_get(j, "target"), "prob"),
-                   tu_json_num(tu_json_get(j, "target"), "model_prob"), 1e-5);
+    check_prob_is_model("GPT-2 exact lens: target.prob vs model_prob", j);
     /* the exact lens still telescopes, to its own end points */
-    double sum = 0;
-    const cJSON *e;
-    cJSON_ArrayForEach(e, tu_json_get(j, "layers")) sum +=
-        tu_json_num(e, "attn_lpi") + tu_json_num(e, "ffn_lpi");
-    assert_close_d("exact lens: layer sum vs telescoped", sum,
+    assert_close_d("exact lens: layer sum vs telescoped", layer_sum(j, "lpi"),
                    log(tu_json_num(tu_json_get(j, "target"), "prob")) -
                        log(tu_json_num(cJSON_GetArrayItem(tu_json_get(j, "layers"), 0), "p_in")),
                    1e-4);
@@ -566,13 +571,8 @@ static void test_lens(void **state) {
                      tu_json_num(tu_json_get(b, "target"), "model_prob")) > 1e-3);
     assert_string_equal(str(a, "lens"), "logit-lens");
     assert_string_equal(str(a, "unit_lens"), "paper");
-    assert_close_d("logit lens: target.prob vs model_prob",
-                   tu_json_num(tu_json_get(a, "target"), "prob"),
-                   tu_json_num(tu_json_get(a, "target"), "model_prob"), 1e-5);
-    sum = 0;
-    cJSON_ArrayForEach(e, tu_json_get(a, "layers")) sum +=
-        tu_json_num(e, "attn_lpi") + tu_json_num(e, "ffn_lpi");
-    assert_close_d("logit lens: layer sum vs telescoped", sum,
+    check_prob_is_model("logit lens: target.prob vs model_prob", a);
+    assert_close_d("logit lens: layer sum vs telescoped", layer_sum(a, "lpi"),
                    tu_json_num(tu_json_get(a, "layer_totals"), "telescoped"), 1e-4);
     same_units(a, b, "ffn_neurons");
     same_units(a, b, "head_positions");
@@ -601,10 +601,8 @@ static void test_text_and_file(void **state) {
     free(out);
     remove(path);
     free(path);
-    out = run_cli("explain", STORIES, P_RED, "--json /nonexistent-dir/x.json", true, &st);
-    assert_int_equal(st, 1);
-    assert_non_null(strstr(out, "/nonexistent-dir/x.json"));
-    free(out);
+    expect_output("explain", STORIES, P_RED, "--json /nonexistent-dir/x.json", 1,
+                  "/nonexistent-dir/x.json", NULL);
 }
 
 /* ------------------------------------------------------------------------- */
@@ -660,20 +658,9 @@ static void test_neuron(void **state) {
     assert_non_null(strstr(out, "|gate|"));
     free(out);
 
-    out = run_cli("neuron", GPT2S, NULL, "1_512", true, &st);
-    print_message("  %s", out);
-    assert_int_equal(st, 1);
-    assert_non_null(strstr(out, "out of range"));
-    assert_non_null(strstr(out, "0..511"));
-    free(out);
-    out = run_cli("neuron", STORIES, NULL, "5_0", true, &st);
-    assert_int_equal(st, 1);
-    assert_non_null(strstr(out, "0..4"));
-    free(out);
-    out = run_cli("neuron", STORIES, NULL, "five", true, &st);
-    assert_int_equal(st, 2);
-    assert_non_null(strstr(out, "L_K"));
-    free(out);
+    expect_output("neuron", GPT2S, NULL, "1_512", 1, "out of range", "0..511");
+    expect_output("neuron", STORIES, NULL, "5_0", 1, "0..4", NULL);
+    expect_output("neuron", STORIES, NULL, "five", 2, "L_K", NULL);
 }
 
 int main(void) {
