@@ -209,6 +209,7 @@ void tu_setup_close(tu_setup *s) {
 
 int32_t tu_tokenize(const resid_model *m, const char *text, int32_t **ids) {
     const resid_tokenizer *tok = resid_model_tokenizer(m);
+    assert_non_null(tok);
     resid_encode_opts eo = resid_encode_defaults(tok);
     int32_t n = 0;
     resid_error err;

@@ -31,7 +31,8 @@ float *tu_load_f32(const char *rel, size_t *n);
 /* Opens a model under the models dir; fails the test with err.msg. */
 resid_model *tu_open_model(const char *rel);
 /* The model's own tokenization of text (BOS as the model wants) into
- * *ids (malloc'd); returns the count. Fails the test on an error. */
+ * *ids (malloc'd); returns the count. Fails the test on an error or when
+ * the model has no tokenizer. */
 int32_t tu_tokenize(const resid_model *m, const char *text, int32_t **ids);
 /* A fixture: a model under the models dir and a prompt as ids. */
 typedef struct tu_fixture {
