@@ -65,21 +65,12 @@ static void check_stats(const char *what, const cJSON *j, const resid_target_sta
     printf("  %-36s CLI vs library maxdiff %.3g (tol 1e-12)\n", what, d);
 }
 
-static int32_t *encode(resid_model *m, const char *text, int32_t *n) {
-    const resid_tokenizer *tok = resid_model_tokenizer(m);
-    resid_encode_opts eo = resid_encode_defaults(tok);
-    int32_t *ids;
-    resid_error err;
-    assert_int_equal(resid_tokenize(tok, text, -1, &eo, &ids, n, &err), RESID_OK);
-    return ids;
-}
-
 static void test_zero_and_random(void **state) {
     (void)state;
     const char *models[] = {"tinyllamas/stories260K.bin", "tiny-gpt2-stories"};
     for (int mi = 0; mi < 2; mi++) {
         resid_model *m = tu_open_model(models[mi]);
-        int32_t n, *ids = encode(m, PROMPT, &n);
+        int32_t *ids, n = tu_tokenize(m, PROMPT, &ids);
         cJSON *j = run_json(models[mi], "--units n:1_5,h:0_1,f0,1_2_3,1_1_0_2,wo:1_0_1,a1_0 "
                                         "--random 4 --seed 9 --json");
         /* the units, as given back */
@@ -149,7 +140,7 @@ static void test_compare_and_additivity(void **state) {
     (void)state;
     const char *model = "tinyllamas/stories260K.bin";
     resid_model *m = tu_open_model(model);
-    int32_t n, *ids = encode(m, PROMPT, &n);
+    int32_t *ids, n = tu_tokenize(m, PROMPT, &ids);
     resid_error err;
     cJSON *j = run_json(model, "--compare-scores --top 10 --seed 5 --json");
     resid_score_compare *c;
