@@ -48,6 +48,25 @@ static const rs_tensor *st_get(const rs_safetensors *st, const char *name) {
     return NULL;
 }
 
+/* Fails the test with err's message unless rc is RESID_OK. */
+static void check_ok(resid_status rc, const resid_error *err) {
+    if (rc != RESID_OK) {
+        print_error("%s\n", err->msg);
+        fail();
+    }
+}
+
+/* The message of an expected failure: not empty and, unless needle is
+ * NULL, shown and containing needle. */
+static void check_message(const char *what, const resid_error *err, const char *needle) {
+    if (needle) printf("  %-22s -> %s\n", what, err->msg);
+    assert_true(err->msg[0] != 0);
+    if (needle && !strstr(err->msg, needle)) {
+        print_error("%s: message lacks \"%s\"\n", what, needle);
+        fail();
+    }
+}
+
 static void check_shape(const rs_tensor *t, const char *name, resid_dtype dt, int64_t rows,
                         int64_t cols) {
     if (!t) {
@@ -117,12 +136,7 @@ static void st_expect_fail_json(const char *json, size_t data_size, const char *
         rs_st_close(&st);
         fail();
     }
-    printf("  %-22s -> %s\n", what, err.msg);
-    assert_true(err.msg[0] != 0);
-    if (needle && !strstr(err.msg, needle)) {
-        print_error("%s: message lacks \"%s\"\n", what, needle);
-        fail();
-    }
+    check_message(what, &err, needle);
     free(copy);
     free(img);
     free(zeros);
@@ -137,10 +151,7 @@ static void test_st_tiny_gpt2(void **state) {
     char *path = tu_model_path("tiny-gpt2/model.safetensors");
     rs_safetensors st;
     resid_error err = {0};
-    if (rs_st_open(path, &st, &err) != RESID_OK) {
-        print_error("%s\n", err.msg);
-        fail();
-    }
+    check_ok(rs_st_open(path, &st, &err), &err);
     /* 4 layers x 13 (incl. the attn.bias mask) + wte, wpe, ln_f.{weight,bias} */
     assert_int_equal(st.n_tensors, 56);
     check_shape(st_get(&st, "wte.weight"), "wte.weight", RESID_DTYPE_F32, 50257, 64);
@@ -213,10 +224,7 @@ static void test_st_tiny_llama_bf16(void **state) {
     char *path = tu_model_path("tiny-random-llama-2/model.safetensors");
     rs_safetensors st;
     resid_error err = {0};
-    if (rs_st_open(path, &st, &err) != RESID_OK) {
-        print_error("%s\n", err.msg);
-        fail();
-    }
+    check_ok(rs_st_open(path, &st, &err), &err);
     assert_int_equal(st.n_tensors, 1 + 9 * L + 1 + 1);
     const resid_dtype B = RESID_DTYPE_BF16;
     check_shape(st_get(&st, "model.embed_tokens.weight"), "model.embed_tokens.weight", B, V, D);
@@ -293,10 +301,7 @@ static void test_hf_fixtures(void **state) {
         char *dir = tu_model_path(cases[i].dir);
         rs_hf hf;
         resid_error err = {0};
-        if (rs_hf_open(dir, &hf, &err) != RESID_OK) {
-            print_error("%s\n", err.msg);
-            fail();
-        }
+        check_ok(rs_hf_open(dir, &hf, &err), &err);
         assert_int_equal(hf.n_shards, 1);
         assert_non_null(hf.config);
         const cJSON *v = cJSON_GetObjectItem(hf.config, cases[i].key);
@@ -392,12 +397,7 @@ static void hf_expect_fail(const char *dir, const char *what, const char *needle
         rs_hf_close(&hf);
         fail();
     }
-    printf("  %-22s -> %s\n", what, err.msg);
-    assert_true(err.msg[0] != 0);
-    if (needle && !strstr(err.msg, needle)) {
-        print_error("%s: message lacks \"%s\"\n", what, needle);
-        fail();
-    }
+    check_message(what, &err, needle);
 }
 
 static void test_hf_sharded(void **state) {
@@ -406,10 +406,7 @@ static void test_hf_sharded(void **state) {
     write_sharded(dir, GOOD_INDEX);
     rs_hf hf;
     resid_error err = {0};
-    if (rs_hf_open(dir, &hf, &err) != RESID_OK) {
-        print_error("%s\n", err.msg);
-        fail();
-    }
+    check_ok(rs_hf_open(dir, &hf, &err), &err);
     assert_int_equal(hf.n_shards, 2);
     /* Stable order: shard files sorted by name, whatever the index order. */
     assert_non_null(strstr(hf.shards[0].map.path, "model-00001-of-00002"));
@@ -662,10 +659,7 @@ static void test_l2c_stories260k(void **state) {
     char *path = tu_model_path("tinyllamas/stories260K.bin");
     rs_llama2c c;
     resid_error err = {0};
-    if (rs_llama2c_open(path, &c, &err) != RESID_OK) {
-        print_error("%s\n", err.msg);
-        fail();
-    }
+    check_ok(rs_llama2c_open(path, &c, &err), &err);
     const int D = 64, F = 172, L = 5, H = 8, KV = 4, V = 512, S = 512;
     assert_int_equal(c.cfg.dim, D);
     assert_int_equal(c.cfg.hidden_dim, F);
@@ -800,12 +794,7 @@ static void l2c_expect_fail(const uint8_t *img, size_t size, const char *what, c
         rs_llama2c_close(&c);
         fail();
     }
-    if (needle) printf("  %-22s -> %s\n", what, err.msg);
-    assert_true(err.msg[0] != 0);
-    if (needle && !strstr(err.msg, needle)) {
-        print_error("%s: message lacks \"%s\"\n", what, needle);
-        fail();
-    }
+    check_message(what, &err, needle);
     free(copy);
 }
 
