@@ -59,16 +59,47 @@ static resid_explainer *explainer(resid_model *m, resid_trace *tr, const resid_r
 
 static bool same_float(float a, float b) { return memcmp(&a, &b, sizeof a) == 0; }
 
+/* A fixture opened: its model, the model's ranges and the trace of its
+ * prompt. */
+typedef struct opened {
+    resid_model *m;
+    resid_ranges *r;
+    resid_trace *tr;
+} opened;
+
+static opened open_fixture(const tu_fixture *f) {
+    opened o;
+    o.m = tu_open_model(f->path);
+    o.r = build(o.m);
+    o.tr = tu_trace(o.m, f->ids, f->n, RESID_CAP_ALL, RESID_POS_AUTO);
+    return o;
+}
+
+static void close_fixture(opened *o) {
+    resid_trace_free(o->tr);
+    resid_ranges_free(o->r);
+    resid_model_free(o->m);
+}
+
+/* Every unit of kind k scored by an explainer without the ranges; *n the
+ * count. malloc'd. */
+static resid_score *score_all(resid_model *m, resid_trace *tr, resid_unit_kind k, int64_t *n) {
+    resid_explainer *eref = explainer(m, tr, NULL);
+    resid_score *all;
+    assert_int_equal(resid_score_all(eref, k, &all, n, NULL), RESID_OK);
+    resid_explainer_free(eref);
+    return all;
+}
+
 /* ---------------------------------------------------------------------- */
 
 static void test_values(void **state) {
     (void)state;
     for (int fi = 0; fi < N_FIXTURES; fi++) {
-        resid_model *m = tu_open_model(fixtures[fi].path);
-        resid_ranges *r = build(m);
-        resid_trace *tr =
-            tu_trace(m, fixtures[fi].ids, fixtures[fi].n, RESID_CAP_ALL, RESID_POS_AUTO);
-        resid_explainer *e = explainer(m, tr, NULL);
+        opened fx = open_fixture(&fixtures[fi]);
+        resid_model *m = fx.m;
+        const resid_ranges *r = fx.r;
+        resid_explainer *e = explainer(m, fx.tr, NULL);
         const int D = e->D, V = e->V;
         const bool centre = resid_model_get_info(m)->arch == RESID_ARCH_GPT2;
         float *d = malloc((size_t)D * sizeof(float)), *y = malloc((size_t)D * sizeof(float));
@@ -109,9 +140,7 @@ static void test_values(void **state) {
                fixtures[fi].path, (long long)rows);
         free(d), free(y), free(c);
         resid_explainer_free(e);
-        resid_trace_free(tr);
-        resid_ranges_free(r);
-        resid_model_free(m);
+        close_fixture(&fx);
     }
 }
 
@@ -120,11 +149,8 @@ static void test_values(void **state) {
 static void test_bounds(void **state) {
     (void)state;
     for (int fi = 0; fi < N_FIXTURES; fi++) {
-        resid_model *m = tu_open_model(fixtures[fi].path);
-        resid_ranges *r = build(m);
-        resid_trace *tr =
-            tu_trace(m, fixtures[fi].ids, fixtures[fi].n, RESID_CAP_ALL, RESID_POS_AUTO);
-        resid_explainer *e = explainer(m, tr, r);
+        opened fx = open_fixture(&fixtures[fi]);
+        resid_explainer *e = explainer(fx.m, fx.tr, fx.r);
         double worst = 0; /* largest slack / the direction's range */
         int64_t rows = 0;
         for (int kind = 0; kind < 2; kind++) {
@@ -164,9 +190,7 @@ static void test_bounds(void **state) {
         /* the bounds are tight enough to matter */
         assert_true(worst < 1e-3);
         resid_explainer_free(e);
-        resid_trace_free(tr);
-        resid_ranges_free(r);
-        resid_model_free(m);
+        close_fixture(&fx);
     }
 }
 
@@ -193,11 +217,8 @@ typedef struct counts {
 
 static void rank_case(resid_model *m, resid_trace *tr, const resid_ranges *r, resid_unit_kind k,
                       const int64_t *ks, int nk, const char *what, counts *cnt) {
-    resid_explainer *eref = explainer(m, tr, NULL);
-    resid_score *all;
     int64_t n;
-    assert_int_equal(resid_score_all(eref, k, &all, &n, NULL), RESID_OK);
-    resid_explainer_free(eref);
+    resid_score *all = score_all(m, tr, k, &n);
     for (int bottom = 0; bottom < 2; bottom++) {
         int64_t *ord = tu_reference_order(all, n, RESID_KEY_LPI, bottom);
         for (int ki = 0; ki < nk; ki++) {
@@ -226,15 +247,12 @@ static void test_rank(void **state) {
     const int64_t ks[] = {1, 10, 300, -1 /* N+5 */};
     counts total = {{0, 0}, {0, 0}, 0};
     for (int fi = 0; fi < N_FIXTURES; fi++) {
-        resid_model *m = tu_open_model(fixtures[fi].path);
-        resid_ranges *r = build(m);
-        resid_trace *tr =
-            tu_trace(m, fixtures[fi].ids, fixtures[fi].n, RESID_CAP_ALL, RESID_POS_AUTO);
-        const int nk = tu_big_vocab(m) ? 3 : 4;
+        opened fx = open_fixture(&fixtures[fi]);
+        const int nk = tu_big_vocab(fx.m) ? 3 : 4;
         for (int kind = 0; kind < 2; kind++) {
             const resid_unit_kind k = kind ? RESID_UNIT_ATTN_NEURON : RESID_UNIT_FFN_NEURON;
             counts c = {{0, 0}, {0, 0}, 0};
-            rank_case(m, tr, r, k, ks, nk, fixtures[fi].path, &c);
+            rank_case(fx.m, fx.tr, fx.r, k, ks, nk, fixtures[fi].path, &c);
             printf("  %-34s %-11s units scored exactly with / without the ranges: "
                    "bottom %6lld / %6lld, top %6lld / %6lld\n",
                    fixtures[fi].path, resid_unit_kind_name(k), (long long)c.with[1],
@@ -243,9 +261,7 @@ static void test_rank(void **state) {
                 total.with[b] += c.with[b], total.without[b] += c.without[b];
             total.fewer += c.fewer;
         }
-        resid_trace_free(tr);
-        resid_ranges_free(r);
-        resid_model_free(m);
+        close_fixture(&fx);
     }
     printf("  all fixtures: bottom-K %lld / %lld, top-K %lld / %lld units scored exactly "
            "(with / without); %lld rankings strictly fewer\n",
@@ -262,17 +278,12 @@ static void test_ties(void **state) {
     const int fis[] = {0, 2}; /* stories260K, tiny-gpt2-stories */
     for (size_t q = 0; q < sizeof fis / sizeof fis[0]; q++) {
         const tu_fixture *f = &fixtures[fis[q]];
-        resid_model *m = tu_open_model(f->path);
-        resid_ranges *r = build(m);
-        resid_trace *tr = tu_trace(m, f->ids, f->n, RESID_CAP_ALL, RESID_POS_AUTO);
-        const int N = tr->d_ffn;
-        float *mrow = tr->ffn_coef + (size_t)(tr->n_cap - 1) * N;
+        opened fx = open_fixture(f);
+        const int N = fx.tr->d_ffn;
+        float *mrow = fx.tr->ffn_coef + (size_t)(fx.tr->n_cap - 1) * N;
         for (int k = 0; k < N; k += 2) mrow[k] = 0.0f;
-        resid_explainer *eref = explainer(m, tr, NULL);
-        resid_score *all;
         int64_t n;
-        assert_int_equal(resid_score_all(eref, RESID_UNIT_FFN_NEURON, &all, &n, NULL), 0);
-        resid_explainer_free(eref);
+        resid_score *all = score_all(fx.m, fx.tr, RESID_UNIT_FFN_NEURON, &n);
         assert_true(all[0].lpi == all[2].lpi); /* a real tie */
         for (int bottom = 0; bottom < 2; bottom++) {
             int64_t *ord = tu_reference_order(all, n, RESID_KEY_LPI, bottom);
@@ -283,14 +294,12 @@ static void test_ties(void **state) {
             for (size_t ki = 0; ki < sizeof ks / sizeof ks[0]; ki++) {
                 resid_rank_opts o = resid_rank_defaults(RESID_UNIT_FFN_NEURON, ks[ki]);
                 o.bottom = bottom;
-                rank_checked(m, tr, r, &o, all, ord, n, f->path);
+                rank_checked(fx.m, fx.tr, fx.r, &o, all, ord, n, f->path);
             }
             free(ord);
         }
         free(all);
-        resid_trace_free(tr);
-        resid_ranges_free(r);
-        resid_model_free(m);
+        close_fixture(&fx);
     }
 }
 
