@@ -114,28 +114,37 @@ static int start_server(void **state) {
     return spawn_server(NULL, &server_pid, &server_port);
 }
 
+/* Stops a server started by spawn_server_on and waits for it. */
+static void stop_child(pid_t pid) {
+    kill(pid, SIGTERM);
+    int st;
+    waitpid(pid, &st, 0);
+}
+
 static int stop_server(void **state) {
     (void)state;
-    if (server_pid > 0) {
-        kill(server_pid, SIGTERM);
-        int st;
-        waitpid(server_pid, &st, 0);
-    }
+    if (server_pid > 0) stop_child(server_pid);
     return 0;
 }
 
-static int connect_local(void) {
+/* A socket connected to addr:port, reads timing out after timeout_s. */
+static int connect_to(struct in_addr addr, int port, int timeout_s) {
     int fd = socket(AF_INET, SOCK_STREAM, 0);
     assert_true(fd >= 0);
     struct sockaddr_in a;
     memset(&a, 0, sizeof a);
     a.sin_family = AF_INET;
-    a.sin_port = htons((uint16_t)server_port);
-    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    struct timeval tv = {120, 0};
+    a.sin_port = htons((uint16_t)port);
+    a.sin_addr = addr;
+    struct timeval tv = {timeout_s, 0};
     setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
     assert_int_equal(connect(fd, (struct sockaddr *)&a, sizeof a), 0);
     return fd;
+}
+
+static int connect_local(void) {
+    const struct in_addr lo = {htonl(INADDR_LOOPBACK)};
+    return connect_to(lo, server_port, 120);
 }
 
 /* One HTTP request, with the header lines `extra` ("Name: value\r\n"...,
@@ -185,22 +194,44 @@ static cJSON *post_json(const char *path, const char *body, int *status) {
     return j;
 }
 
-static cJSON *cli_json(const char *args) {
+/* `resid COMMAND STORIES ARGS JSON_OPT` (stderr dropped), which must exit
+ * 0 with JSON on stdout; parsed. */
+static cJSON *cli_run_json(const char *command, const char *args, const char *json_opt) {
     char *path = tu_model_path(STORIES);
-    char cmd[2048];
-    snprintf(cmd, sizeof cmd, "'%s' explain '%s' %s --json - 2>/dev/null", tu_cli(), path, args);
+    size_t cap =
+        strlen(command) + strlen(args) + strlen(json_opt) + strlen(path) + strlen(tu_cli()) + 64;
+    char *cmd = malloc(cap);
+    snprintf(cmd, cap, "'%s' %s '%s' %s %s 2>/dev/null", tu_cli(), command, path, args, json_opt);
     int st;
     char *out = tu_run(cmd, &st);
+    if (st != 0) print_error("%s: exit %d\n", cmd, st);
     assert_int_equal(st, 0);
     cJSON *j = cJSON_Parse(out);
     assert_non_null(j);
-    free(out), free(path);
+    free(out), free(path), free(cmd);
     return j;
+}
+
+/* `resid explain STORIES ARGS --json -`, parsed. */
+static cJSON *cli_json(const char *args) {
+    return cli_run_json("explain", args, "--json -");
 }
 
 static double num(const cJSON *o, const char *k) {
     const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, k);
     return cJSON_IsNumber(v) ? v->valuedouble : NAN;
+}
+
+/* head, then "a " 4000 times (a prompt of several thousand tokens), then
+ * tail; *n its length. malloc'd. */
+static char *many_tokens(const char *head, const char *tail, size_t *n) {
+    size_t cap = 64 * 1024;
+    char *p = malloc(cap);
+    *n = (size_t)snprintf(p, cap, "%s", head);
+    for (int i = 0; i < 4000; i++)
+        *n += (size_t)snprintf(p + *n, cap - *n, "a ");
+    *n += (size_t)snprintf(p + *n, cap - *n, "%s", tail);
+    return p;
 }
 
 /* The served report matches the CLI's: target, p, ranked ids and LPIs. */
@@ -319,12 +350,8 @@ static void test_errors(void **state) {
     expect_error("/api/explain", b, big, 413, "larger than 65536 bytes");
     free(b);
     /* A prompt of several thousand tokens (limit 512 here). */
-    size_t n = 0, cap = 64 * 1024;
-    char *p = malloc(cap);
-    n += (size_t)snprintf(p, cap, "{\"prompt\": \"");
-    for (int i = 0; i < 4000; i++)
-        n += (size_t)snprintf(p + n, cap - n, "a ");
-    n += (size_t)snprintf(p + n, cap - n, "\"}");
+    size_t n;
+    char *p = many_tokens("{\"prompt\": \"", "\"}", &n);
     expect_error("/api/explain", p, n, 413, "at most 512");
     free(p);
     /* Bad requests: path, body, status, a piece of the message. */
@@ -373,18 +400,7 @@ static void test_errors(void **state) {
 
 /* `resid ablate MODEL ARGS --json`, parsed: the reference of /api/ablate. */
 static cJSON *cli_ablate(const char *args) {
-    char *path = tu_model_path(STORIES);
-    size_t cap = strlen(args) + strlen(path) + strlen(tu_cli()) + 64;
-    char *cmd = malloc(cap);
-    snprintf(cmd, cap, "'%s' ablate '%s' %s --json 2>/dev/null", tu_cli(), path, args);
-    int st;
-    char *out = tu_run(cmd, &st);
-    if (st != 0) print_error("%s: exit %d\n", cmd, st);
-    assert_int_equal(st, 0);
-    cJSON *j = cJSON_Parse(out);
-    assert_non_null(j);
-    free(out), free(path), free(cmd);
-    return j;
+    return cli_run_json("ablate", args, "--json");
 }
 
 /* The field `k` of a and b printed unformatted: equal strings = every
@@ -470,14 +486,7 @@ static void test_ablate_replace(void **state) {
                              "a big cat\"}",
                              ref_j);
     /* the clean tokens, as `resid tokenize` gives them */
-    char *path = tu_model_path(STORIES);
-    char cmd[1024];
-    snprintf(cmd, sizeof cmd, "'%s' tokenize '%s' -p 'Lily saw a big cat' --json", tu_cli(), path);
-    int st;
-    char *out = tu_run(cmd, &st);
-    assert_int_equal(st, 0);
-    cJSON *tk = cJSON_Parse(out);
-    free(out), free(path);
+    cJSON *tk = cli_run_json("tokenize", "-p 'Lily saw a big cat'", "--json");
     char want[256], got[256];
     ids_text(cJSON_GetObjectItem(tk, "tokens"), want, sizeof want);
     ids_text(cJSON_GetObjectItem(j, "clean_tokens"), got, sizeof got);
@@ -651,12 +660,8 @@ static void test_ablate_mode_errors(void **state) {
     static const char *const tails[] = {"\"}", "\"]}"};
     static const char *const needles[] = {"the clean prompt is", "mean prompt 1"};
     for (int k = 0; k < 2; k++) {
-        size_t n = 0, cap = 64 * 1024;
-        char *p = malloc(cap);
-        n += (size_t)snprintf(p, cap, "%s", heads[k]);
-        for (int i = 0; i < 4000; i++)
-            n += (size_t)snprintf(p + n, cap - n, "a ");
-        n += (size_t)snprintf(p + n, cap - n, "%s", tails[k]);
+        size_t n;
+        char *p = many_tokens(heads[k], tails[k], &n);
         expect_error("/api/ablate", p, n, 413, "at most 512");
         expect_error("/api/ablate", p, n, 413, needles[k]);
         free(p);
@@ -700,6 +705,14 @@ static void *slow_main(void *arg) {
     free(out);
     atomic_store(&q->done, 1);
     return NULL;
+}
+
+/* Starts *q, a slow /api/explain of body (with the header lines extra, or
+ * NULL), on the thread *th. */
+static void start_slow(slow_req *q, pthread_t *th, const char *body, const char *extra) {
+    *q = (slow_req){.body = body, .extra = extra};
+    atomic_init(&q->done, 0);
+    assert_int_equal(pthread_create(th, NULL, slow_main, q), 0);
 }
 
 /* An /api/explain body: TIM repeated `reps` times (20 tokens each; 24 of
@@ -769,10 +782,9 @@ static void test_progress(void **state) {
     assert_non_null(lat);
     /* Retried if the computation ended before any poll saw a stage. */
     for (int attempt = 0; attempt < 3 && !seen; attempt++) {
-        slow_req q = {.body = body, .extra = "X-Resid-Request: progress-test-1\r\n"};
-        atomic_init(&q.done, 0);
+        slow_req q;
         pthread_t th;
-        assert_int_equal(pthread_create(&th, NULL, slow_main, &q), 0);
+        start_slow(&q, &th, body, "X-Resid-Request: progress-test-1\r\n");
         int n_lat = 0, n_busy = 0, last_step = 0, first_step = 0;
         double last_elapsed = 0;
         while (!atomic_load(&q.done)) {
@@ -825,11 +837,8 @@ static void test_progress(void **state) {
         body = long_body(24, attempt > 0); /* slower if retried */
         slow_req q[NQ];
         pthread_t th[NQ];
-        for (int i = 0; i < NQ; i++) {
-            q[i] = (slow_req){.body = body};
-            atomic_init(&q[i].done, 0);
-            assert_int_equal(pthread_create(&th[i], NULL, slow_main, &q[i]), 0);
-        }
+        for (int i = 0; i < NQ; i++)
+            start_slow(&q[i], &th[i], body, NULL);
         int n_polls = 0;
         for (int n_done = 0; n_done < NQ;) {
             n_done = 0;
@@ -872,11 +881,8 @@ static void test_queue_limit(void **state) {
         char *body = long_body(24, true);
         slow_req q[NQ];
         pthread_t th[NQ];
-        for (int i = 0; i < NQ; i++) {
-            q[i] = (slow_req){.body = body};
-            atomic_init(&q[i].done, 0);
-            assert_int_equal(pthread_create(&th[i], NULL, slow_main, &q[i]), 0);
-        }
+        for (int i = 0; i < NQ; i++)
+            start_slow(&q[i], &th[i], body, NULL);
         for (int i = 0; i < NQ; i++) {
             pthread_join(th[i], NULL);
             assert_true(q[i].status == 200 || q[i].status == 429);
@@ -892,10 +898,9 @@ static void test_queue_limit(void **state) {
     int st = 0;
     for (int attempt = 0; attempt < 3 && st != 429; attempt++) {
         char *body = long_body(24, true);
-        slow_req a = {.body = body}, b = {.body = body};
-        atomic_init(&a.done, 0), atomic_init(&b.done, 0);
+        slow_req a, b;
         pthread_t ta, tb;
-        assert_int_equal(pthread_create(&ta, NULL, slow_main, &a), 0);
+        start_slow(&a, &ta, body, NULL);
         for (int i = 0; i < 500; i++) { /* until it computes */
             cJSON *p = get_progress(NULL);
             const bool on = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(p, "busy"));
@@ -903,7 +908,7 @@ static void test_queue_limit(void **state) {
             if (on || atomic_load(&a.done)) break;
             usleep(5000);
         }
-        assert_int_equal(pthread_create(&tb, NULL, slow_main, &b), 0);
+        start_slow(&b, &tb, body, NULL);
         int waiting = 0;
         for (int i = 0; i < 500 && !waiting && !atomic_load(&a.done); i++) {
             cJSON *p = get_progress(NULL);
@@ -933,8 +938,7 @@ static void test_queue_limit(void **state) {
     free(out);
     printf("# --max-queue 1, %d explains at once: %d x 200, %d x 429\n", NQ, n_ok, n_busy);
     assert_true(n_busy > 0 && n_ok >= 2);
-    kill(pid, SIGTERM);
-    waitpid(pid, &st, 0);
+    stop_child(pid);
     server_port = saved;
 }
 
@@ -1014,15 +1018,7 @@ static void test_non_loopback_request(void **state) {
     pid_t pid;
     int port;
     assert_int_equal(spawn_server_on("0.0.0.0", NULL, &pid, &port), 0);
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    struct sockaddr_in a;
-    memset(&a, 0, sizeof a);
-    a.sin_family = AF_INET;
-    a.sin_port = htons((uint16_t)port);
-    a.sin_addr = nl;
-    struct timeval tv = {30, 0};
-    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
-    assert_int_equal(connect(fd, (struct sockaddr *)&a, sizeof a), 0);
+    int fd = connect_to(nl, port, 30);
     const char req[] = "GET /api/info HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
     assert_int_equal(write(fd, req, sizeof req - 1), (ssize_t)(sizeof req - 1));
     char buf[4096];
@@ -1032,9 +1028,7 @@ static void test_non_loopback_request(void **state) {
         n += (size_t)k;
     buf[n] = 0;
     close(fd);
-    kill(pid, SIGTERM);
-    int st;
-    waitpid(pid, &st, 0);
+    stop_child(pid);
     printf("# %s:%d (--host 0.0.0.0 --allow-remote): %.15s\n", ip, port, buf);
     assert_true(strncmp(buf, "HTTP/1.1 200", 12) == 0);
     assert_non_null(strstr(buf, "\"n_layer\""));
