@@ -81,17 +81,24 @@ static resid_unit unit_of(const char *list, const cJSON *u) {
     return r;
 }
 
+/* The default explain request for P_RED, tokenized by m into *ids (which
+ * the caller frees). */
+static resid_explain_request red_request(const resid_model *m, int32_t **ids) {
+    resid_explain_request rq = resid_explain_request_defaults();
+    rq.n_tokens = tu_tokenize(m, P_RED, ids);
+    rq.tokens = *ids;
+    return rq;
+}
+
 static void check_model(const char *rel, resid_lens lens, const char *vs) {
     resid_model *m = tu_open_model(rel);
     const resid_model_info *info = resid_model_get_info(m);
     const int D = info->d_model, dh = info->d_head;
     const resid_tokenizer *tok = resid_model_tokenizer(m);
     int32_t *ids;
-    const int32_t n = tu_tokenize(m, P_RED, &ids);
+    resid_explain_request rq = red_request(m, &ids);
+    const int32_t n = rq.n_tokens;
     resid_error err;
-    resid_explain_request rq = resid_explain_request_defaults();
-    rq.tokens = ids;
-    rq.n_tokens = n;
     rq.top_k = 40;
     rq.n_unit_tokens = KT;
     rq.head_tokens = true;
@@ -269,11 +276,8 @@ static void test_session_same_report(void **state) {
     for (int mi = 0; mi < 2; mi++) {
         resid_model *m = tu_open_model(models[mi]);
         int32_t *ids;
-        const int32_t n = tu_tokenize(m, P_RED, &ids);
+        const resid_explain_request rq = red_request(m, &ids);
         resid_error err;
-        resid_explain_request rq = resid_explain_request_defaults();
-        rq.tokens = ids;
-        rq.n_tokens = n;
         char *plain;
         assert_int_equal(resid_explain_json(m, &rq, &plain, &err), RESID_OK);
         rs_explain_session *sess;
