@@ -18,17 +18,42 @@
 /* Helpers                                                                   */
 /* ------------------------------------------------------------------------- */
 
-static resid_tokenizer *open_tok(const char *rel) {
-    char *p = tu_model_path(rel);
+/* The tokenizer at path; fails the test with the message on an error. */
+static resid_tokenizer *open_tok_at(const char *path) {
     resid_error err = {0};
     resid_tokenizer *t = NULL;
-    resid_status st = resid_tokenizer_open(p, &t, &err);
+    resid_status st = resid_tokenizer_open(path, &t, &err);
     if (st != RESID_OK) {
-        print_error("%s: %s\n", p, err.msg);
+        print_error("%s: %s\n", path, err.msg);
         fail();
     }
+    return t;
+}
+
+static resid_tokenizer *open_tok(const char *rel) {
+    char *p = tu_model_path(rel);
+    resid_tokenizer *t = open_tok_at(p);
     free(p);
     return t;
+}
+
+/* root written to a temporary tokenizer.json (file `name`), opened. */
+static resid_tokenizer *open_json_tok(const cJSON *root, const char *name) {
+    char *txt = cJSON_PrintUnformatted(root);
+    char *path = tu_write_temp(name, txt, strlen(txt));
+    resid_tokenizer *t = open_tok_at(path);
+    free(path);
+    free(txt);
+    return t;
+}
+
+/* What t says of itself: its kind, vocabulary size, BOS and EOS ids. */
+static void check_info(const resid_tokenizer *t, resid_tokenizer_kind kind, int32_t n_vocab,
+                       int32_t bos, int32_t eos) {
+    assert_int_equal(resid_tokenizer_get_kind(t), kind);
+    assert_int_equal(resid_tokenizer_n_vocab(t), n_vocab);
+    assert_int_equal(resid_tokenizer_bos(t), bos);
+    assert_int_equal(resid_tokenizer_eos(t), eos);
 }
 
 static int32_t *encode(const resid_tokenizer *t, const char *s, size_t n, bool bos,
@@ -55,6 +80,18 @@ static bool round_trips(const resid_tokenizer *t, const int32_t *ids, int32_t n,
     if (!ok) print_error("round trip: got \"%s\" for \"%.*s\"\n", back, (int)len, s);
     free(back);
     return ok;
+}
+
+/* s (without BOS, unless bos) encodes to exactly want[0..n_want) and
+ * decodes back. */
+static void expect_ids(const resid_tokenizer *t, const char *s, bool bos, const int32_t *want,
+                       int32_t n_want) {
+    int32_t n;
+    int32_t *ids = encode(t, s, strlen(s), bos, false, &n);
+    assert_int_equal(n, n_want);
+    assert_memory_equal(ids, want, (size_t)n_want * sizeof *want);
+    assert_true(round_trips(t, ids, n, s, strlen(s)));
+    free(ids);
 }
 
 /* Parses "  12 34 5" into ids; returns the count. */
@@ -132,10 +169,7 @@ static int run_vectors(const resid_tokenizer *t, const char *name, const char *v
 static void test_gpt2_gguf(void **state) {
     (void)state;
     resid_tokenizer *t = open_tok("llama.cpp-vocab/ggml-vocab-gpt-2.gguf");
-    assert_int_equal(resid_tokenizer_get_kind(t), RESID_TOKENIZER_BPE);
-    assert_int_equal(resid_tokenizer_n_vocab(t), 50257);
-    assert_int_equal(resid_tokenizer_bos(t), 50256);
-    assert_int_equal(resid_tokenizer_eos(t), 50256);
+    check_info(t, RESID_TOKENIZER_BPE, 50257, 50256, 50256);
     assert_false(resid_encode_defaults(t).add_bos);
     run_vectors(t, "ggml-vocab-gpt-2.gguf", "gguf");
     resid_tokenizer_free(t);
@@ -170,10 +204,7 @@ static void test_gpt2_tokenizer_json(void **state) {
 static void test_spm_gguf(void **state) {
     (void)state;
     resid_tokenizer *t = open_tok("llama.cpp-vocab/ggml-vocab-llama-spm.gguf");
-    assert_int_equal(resid_tokenizer_get_kind(t), RESID_TOKENIZER_SPM);
-    assert_int_equal(resid_tokenizer_n_vocab(t), 32000);
-    assert_int_equal(resid_tokenizer_bos(t), 1);
-    assert_int_equal(resid_tokenizer_eos(t), 2);
+    check_info(t, RESID_TOKENIZER_SPM, 32000, 1, 2);
     assert_true(resid_encode_defaults(t).add_bos);
     run_vectors(t, "ggml-vocab-llama-spm.gguf", "gguf");
     resid_tokenizer_free(t);
@@ -182,21 +213,13 @@ static void test_spm_gguf(void **state) {
 static void test_spm_llama2c(void **state) {
     (void)state;
     resid_tokenizer *t = open_tok("llama2c/tokenizer.bin");
-    assert_int_equal(resid_tokenizer_get_kind(t), RESID_TOKENIZER_SPM);
-    assert_int_equal(resid_tokenizer_n_vocab(t), 32000);
-    assert_int_equal(resid_tokenizer_bos(t), 1);
-    assert_int_equal(resid_tokenizer_eos(t), 2);
+    check_info(t, RESID_TOKENIZER_SPM, 32000, 1, 2);
     assert_string_equal(resid_token_piece(t, 1), "<s>");
     assert_string_equal(resid_token_piece(t, 13), "<0x0A>");
     run_vectors(t, "ggml-vocab-llama-spm.gguf", "tokenizer.bin");
     /* llama2.c test.c: "I believe the meaning of life is" with BOS */
     static const int32_t want[] = {1, 306, 4658, 278, 6593, 310, 2834, 338};
-    int32_t n;
-    int32_t *ids = encode(t, "I believe the meaning of life is", 32, true, false, &n);
-    assert_int_equal(n, 8);
-    assert_memory_equal(ids, want, sizeof want);
-    assert_true(round_trips(t, ids, n, "I believe the meaning of life is", 32));
-    free(ids);
+    expect_ids(t, "I believe the meaning of life is", true, want, 8);
     resid_tokenizer_free(t);
 }
 
@@ -262,22 +285,13 @@ static void test_spm_tokenizer_json(void **state) {
         const char *pair[2] = {g->piece[m[k].l], g->piece[m[k].r]};
         cJSON_AddItemToArray(merges, cJSON_CreateStringArray(pair, 2));
     }
-    char *txt = cJSON_PrintUnformatted(root);
-    char *path = tu_write_temp("llama2-tokenizer.json", txt, strlen(txt));
-    resid_error err = {0};
-    resid_tokenizer *t = NULL;
-    if (resid_tokenizer_open(path, &t, &err) != RESID_OK) {
-        print_error("%s\n", err.msg);
-        fail();
-    }
+    resid_tokenizer *t = open_json_tok(root, "llama2-tokenizer.json");
     assert_int_equal(resid_tokenizer_get_kind(t), RESID_TOKENIZER_SPM);
     assert_int_equal(resid_tokenizer_bos(t), 1);
     assert_int_equal(resid_tokenizer_eos(t), 2);
     print_message("tokenizer.json from the SPM GGUF: %zu merges\n", n_m);
     run_vectors(t, "ggml-vocab-llama-spm.gguf", "tokenizer.json (BPE + byte_fallback)");
     resid_tokenizer_free(t);
-    free(path);
-    free(txt);
     free(m);
     cJSON_Delete(root);
     resid_tokenizer_free(g);
@@ -312,22 +326,10 @@ static void test_llama3_regex_json(void **state) {
     const char *words[] = {"Hello", "123", "456", "'s", "\xC4\x8A\xC4\x8A", "\xC4\xA0x"};
     for (int k = 0; k < 6; k++) cJSON_AddNumberToObject(vocab, words[k], 256 + k);
     cJSON_AddArrayToObject(model, "merges");
-    char *txt = cJSON_PrintUnformatted(root);
-    char *path = tu_write_temp("llama3-tokenizer.json", txt, strlen(txt));
-    resid_error err = {0};
-    resid_tokenizer *t = NULL;
-    assert_int_equal(resid_tokenizer_open(path, &t, &err), RESID_OK);
-    const char *s = "Hello 1234567's\n\n x";
-    int32_t n;
-    int32_t *ids = encode(t, s, strlen(s), false, false, &n);
+    resid_tokenizer *t = open_json_tok(root, "llama3-tokenizer.json");
     const int32_t want[] = {256, ' ', 257, 258, '7', 259, 260, 261};
-    assert_int_equal(n, 8);
-    assert_memory_equal(ids, want, sizeof want);
-    assert_true(round_trips(t, ids, n, s, strlen(s)));
-    free(ids);
+    expect_ids(t, "Hello 1234567's\n\n x", false, want, 8);
     resid_tokenizer_free(t);
-    free(path);
-    free(txt);
     cJSON_Delete(root);
 }
 
