@@ -63,6 +63,31 @@ static void assert_kv_i64(const rs_gguf *g, const char *key, int64_t want) {
     assert_int_equal(v, want);
 }
 
+/* g's architecture, ARCH.embedding_length and ARCH.block_count, BOS id,
+ * vocabulary size and tensor count. */
+static void check_model_kvs(const rs_gguf *g, const char *arch, int64_t d_model, int64_t n_layer,
+                            int64_t bos, uint64_t n_vocab, int64_t n_tensors) {
+    char key[64];
+    assert_kv_str(g, "general.architecture", arch);
+    snprintf(key, sizeof key, "%s.embedding_length", arch);
+    assert_kv_i64(g, key, d_model);
+    snprintf(key, sizeof key, "%s.block_count", arch);
+    assert_kv_i64(g, key, n_layer);
+    assert_kv_i64(g, "tokenizer.ggml.bos_token_id", bos);
+    assert_int_equal(rs_gguf_find(g, "tokenizer.ggml.tokens")->arr_n, n_vocab);
+    assert_int_equal(g->n_tensors, n_tensors);
+}
+
+/* The tensor `name` of g, which must exist with n_rows x n_cols. */
+static const rs_tensor *shaped_tensor(const rs_gguf *g, const char *name, int64_t n_rows,
+                                      int64_t n_cols) {
+    const rs_tensor *t = rs_gguf_tensor(g, name);
+    assert_non_null(t);
+    assert_int_equal(t->n_rows, n_rows);
+    assert_int_equal(t->n_cols, n_cols);
+    return t;
+}
+
 /* ggml type id of a resid dtype (the inverse of the reader's mapping). */
 static int ggml_id(resid_dtype t) {
     switch (t) {
@@ -310,22 +335,11 @@ static void test_vocab_llama_spm(void **state) {
 static void test_stories260k(void **state) {
     (void)state;
     rs_gguf g = open_gguf("derived/stories260K.gguf");
-    assert_kv_str(&g, "general.architecture", "llama");
-    assert_kv_i64(&g, "llama.embedding_length", 64);
-    assert_kv_i64(&g, "llama.block_count", 5);
+    check_model_kvs(&g, "llama", 64, 5, 1, 512, 1 + 5 * 9 + 1);
     assert_kv_i64(&g, "llama.attention.head_count_kv", 4);
-    assert_kv_i64(&g, "tokenizer.ggml.bos_token_id", 1);
-    assert_int_equal(rs_gguf_find(&g, "tokenizer.ggml.tokens")->arr_n, 512);
-    assert_int_equal(g.n_tensors, 1 + 5 * 9 + 1);
     assert_null(rs_gguf_tensor(&g, "output.weight"));
-    const rs_tensor *emb = rs_gguf_tensor(&g, "token_embd.weight");
-    assert_non_null(emb);
-    assert_int_equal(emb->n_rows, 512);
-    assert_int_equal(emb->n_cols, 64);
-    const rs_tensor *ffn = rs_gguf_tensor(&g, "blk.4.ffn_down.weight");
-    assert_non_null(ffn);
-    assert_int_equal(ffn->n_rows, 64);
-    assert_int_equal(ffn->n_cols, 172);
+    const rs_tensor *emb = shaped_tensor(&g, "token_embd.weight", 512, 64);
+    shaped_tensor(&g, "blk.4.ffn_down.weight", 64, 172);
 
     /* the embedding bytes equal the llama2.c checkpoint's (after its
      * 7-int header), an independent copy of the same weights */
@@ -343,16 +357,8 @@ static void test_stories260k(void **state) {
 static void test_tiny_gpt2(void **state) {
     (void)state;
     rs_gguf g = open_gguf("tiny-gpt2/model.gguf");
-    assert_kv_str(&g, "general.architecture", "gpt2");
-    assert_kv_i64(&g, "gpt2.embedding_length", 64);
-    assert_kv_i64(&g, "gpt2.block_count", 4);
-    assert_kv_i64(&g, "tokenizer.ggml.bos_token_id", 50256);
-    assert_int_equal(rs_gguf_find(&g, "tokenizer.ggml.tokens")->arr_n, 50257);
-    assert_int_equal(g.n_tensors, 52);
-    const rs_tensor *qkv = rs_gguf_tensor(&g, "blk.0.attn_qkv.weight");
-    assert_non_null(qkv);
-    assert_int_equal(qkv->n_cols, 64);
-    assert_int_equal(qkv->n_rows, 192);
+    check_model_kvs(&g, "gpt2", 64, 4, 50256, 50257, 52);
+    shaped_tensor(&g, "blk.0.attn_qkv.weight", 192, 64);
     const rs_tensor *emb = rs_gguf_tensor(&g, "token_embd.weight");
     assert_int_equal(emb->n_rows, 50257);
     assert_int_equal(emb->dtype, RESID_DTYPE_F32);
@@ -507,14 +513,10 @@ static void test_synthetic_all_types(void **state) {
 
         assert_int_equal(g.n_tensors, 2);
         assert_int_equal(g.data_offset % 64, 0);
-        const rs_tensor *t = rs_gguf_tensor(&g, "w.f32");
-        assert_int_equal(t->n_rows, 4);
-        assert_int_equal(t->n_cols, 3);
+        const rs_tensor *t = shaped_tensor(&g, "w.f32", 4, 3);
         assert_true(rs_tensor_get(t, 2, 1) == 7.0f);
-        t = rs_gguf_tensor(&g, "w.q8");
+        t = shaped_tensor(&g, "w.q8", 2, 32);
         assert_int_equal(t->dtype, RESID_DTYPE_Q8_0);
-        assert_int_equal(t->n_rows, 2);
-        assert_int_equal(t->n_cols, 32);
         assert_int_equal(t->n_bytes, 68);
         assert_ptr_equal(t->data, b.p + g.data_offset + 64);
         assert_true(rs_tensor_get(t, 1, 0) == -7.5f); /* (0-16+1)*0.5 */
