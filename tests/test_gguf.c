@@ -597,6 +597,14 @@ static uint8_t *load_fixture(const char *rel, size_t *n) {
     return d;
 }
 
+/* The fixture rel (*d, *n bytes, malloc'd) parsed as a valid image into
+ * *g, which views *d. */
+static void load_valid(const char *rel, uint8_t **d, size_t *n, rs_gguf *g) {
+    *d = load_fixture(rel, n);
+    resid_error err;
+    assert_int_equal(rs_gguf_parse(*d, *n, "good", g, &err), RESID_OK);
+}
+
 /* Offset of tensor info `name` (its u64 name length) in the image. */
 static size_t find_tinfo(const uint8_t *d, size_t n, const char *name) {
     size_t len = strlen(name);
@@ -615,10 +623,10 @@ static void put_u32_at(uint8_t *d, size_t off, uint32_t v) { memcpy(d + off, &v,
 static void test_truncation(void **state) {
     (void)state;
     size_t n;
-    uint8_t *d = load_fixture("derived/stories260K.gguf", &n);
+    uint8_t *d;
     rs_gguf g;
+    load_valid("derived/stories260K.gguf", &d, &n, &g);
     resid_error err;
-    assert_int_equal(rs_gguf_parse(d, n, "good", &g, &err), RESID_OK);
     size_t meta_end = (size_t)g.data_offset;
     size_t data_end = 0;
     for (int64_t i = 0; i < g.n_tensors; i++) {
@@ -803,10 +811,10 @@ static void test_corruptions(void **state) {
 static void test_fuzz_mutations(void **state) {
     (void)state;
     size_t n;
-    uint8_t *orig = load_fixture("derived/stories260K.gguf", &n);
+    uint8_t *orig;
     rs_gguf g;
+    load_valid("derived/stories260K.gguf", &orig, &n, &g);
     resid_error err;
-    assert_int_equal(rs_gguf_parse(orig, n, "good", &g, &err), RESID_OK);
     size_t meta_end = (size_t)g.data_offset;
     rs_gguf_close(&g);
     /* mutate only the metadata and parse the first meta_end + some bytes

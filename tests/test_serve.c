@@ -127,15 +127,21 @@ static int stop_server(void **state) {
     return 0;
 }
 
-/* A socket connected to addr:port, reads timing out after timeout_s. */
-static int connect_to(struct in_addr addr, int port, int timeout_s) {
+/* A TCP socket, and in *a the address addr:port to connect it to. */
+static int tcp_socket(struct in_addr addr, int port, struct sockaddr_in *a) {
     int fd = socket(AF_INET, SOCK_STREAM, 0);
     assert_true(fd >= 0);
+    memset(a, 0, sizeof *a);
+    a->sin_family = AF_INET;
+    a->sin_port = htons((uint16_t)port);
+    a->sin_addr = addr;
+    return fd;
+}
+
+/* A socket connected to addr:port, reads timing out after timeout_s. */
+static int connect_to(struct in_addr addr, int port, int timeout_s) {
     struct sockaddr_in a;
-    memset(&a, 0, sizeof a);
-    a.sin_family = AF_INET;
-    a.sin_port = htons((uint16_t)port);
-    a.sin_addr = addr;
+    int fd = tcp_socket(addr, port, &a);
     struct timeval tv = {timeout_s, 0};
     setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
     assert_int_equal(connect(fd, (struct sockaddr *)&a, sizeof a), 0);
@@ -987,13 +993,8 @@ static bool non_loopback_addr(struct in_addr *out) {
 
 /* connect() to addr:port; 0 or the errno. */
 static int try_connect(struct in_addr addr, int port) {
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    assert_true(fd >= 0);
     struct sockaddr_in a;
-    memset(&a, 0, sizeof a);
-    a.sin_family = AF_INET;
-    a.sin_port = htons((uint16_t)port);
-    a.sin_addr = addr;
+    int fd = tcp_socket(addr, port, &a);
     int r = connect(fd, (struct sockaddr *)&a, sizeof a) == 0 ? 0 : errno;
     close(fd);
     return r;
