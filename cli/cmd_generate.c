@@ -25,14 +25,6 @@ static const char help[] =
     "  resid generate $RESID_MODELS/tinyllamas/stories260K.bin -p \"Once upon a time\" -n 40 "
     "--json\n";
 
-static int on_opt(const cli_command *cmd, void *user, int opt, const char *arg) {
-    if (opt != 'n') return cli_usage_error(cmd, "unknown option");
-    long n;
-    int r = cli_parse_int(cmd, "-n", arg, 0, INT32_MAX, &n);
-    *(int32_t *)user = (int32_t)n;
-    return r;
-}
-
 static int32_t argmax(const float *x, int32_t n) {
     int32_t best = 0;
     for (int32_t i = 1; i < n; i++)
@@ -58,11 +50,12 @@ static int run(const cli_command *cmd, int argc, char **argv) {
         {"tokens", required_argument, NULL, 'n'},
         {NULL, 0, NULL, 0},
     };
-    int32_t n_gen = 32;
+    cli_int_option tokens = {"-n", 0, INT32_MAX, 32};
     cli_args a;
-    int r =
-        cli_parse(cmd, argc, argv, CLI_OPT_PROMPT | CLI_OPT_JSON, extra, "n:", on_opt, &n_gen, &a);
+    int r = cli_parse(cmd, argc, argv, CLI_OPT_PROMPT | CLI_OPT_JSON, extra,
+                      "n:", cli_on_int_option, &tokens, &a);
     if (r != CLI_CONTINUE) return r;
+    const int32_t n_gen = (int32_t)tokens.value;
     resid_model *m;
     if ((r = cli_open_model(&a, &m)) != CLI_EXIT_OK) return r;
     const resid_tokenizer *tok = resid_model_tokenizer(m);

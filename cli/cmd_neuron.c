@@ -39,11 +39,6 @@ static const char help[] =
 
 enum { OPT_TOP = 'k' };
 
-static int on_opt(const cli_command *cmd, void *user, int opt, const char *arg) {
-    if (opt != OPT_TOP) return cli_usage_error(cmd, "unknown option");
-    return cli_parse_int(cmd, "--top", arg, 1, 100000, (long *)user);
-}
-
 static void put_list(const resid_tokenizer *tok, const char *label, const resid_token_value *t,
                      int32_t n, const char *fmt) {
     printf("  %-8s", label);
@@ -84,10 +79,12 @@ static int run(const cli_command *cmd, int argc, char **argv) {
         {"top", required_argument, NULL, OPT_TOP},
         {NULL, 0, NULL, 0},
     };
-    long k = 10;
+    cli_int_option top = {"--top", 1, 100000, 10};
     cli_args a;
-    int r = cli_parse(cmd, argc, argv, CLI_OPT_JSON | CLI_OPT_REST, extra, "k:", on_opt, &k, &a);
+    int r = cli_parse(cmd, argc, argv, CLI_OPT_JSON | CLI_OPT_REST, extra, "k:", cli_on_int_option,
+                      &top, &a);
     if (r != CLI_CONTINUE) return r;
+    const long k = top.value;
     if (a.n_rest == 0) return cli_usage_error(cmd, "missing the neuron id L_K (e.g. 2_84)");
     if (a.n_rest > 1)
         return cli_usage_error(cmd, "expects one neuron id L_K, got %d arguments", a.n_rest);

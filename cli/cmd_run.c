@@ -25,14 +25,6 @@ static const char help[] =
 
 enum { OPT_TOP = 'k' };
 
-static int on_opt(const cli_command *cmd, void *user, int opt, const char *arg) {
-    if (opt != OPT_TOP) return cli_usage_error(cmd, "unknown option");
-    long k;
-    int r = cli_parse_int(cmd, "--top", arg, 1, INT32_MAX, &k);
-    *(int32_t *)user = (int32_t)k;
-    return r;
-}
-
 typedef struct ranked {
     int32_t id;
     double logprob;
@@ -109,10 +101,12 @@ static int run(const cli_command *cmd, int argc, char **argv) {
         {"top", required_argument, NULL, OPT_TOP},
         {NULL, 0, NULL, 0},
     };
-    int32_t k = 10;
+    cli_int_option top = {"--top", 1, INT32_MAX, 10};
     cli_args a;
-    int r = cli_parse(cmd, argc, argv, CLI_OPT_PROMPT | CLI_OPT_JSON, extra, "k:", on_opt, &k, &a);
+    int r = cli_parse(cmd, argc, argv, CLI_OPT_PROMPT | CLI_OPT_JSON, extra,
+                      "k:", cli_on_int_option, &top, &a);
     if (r != CLI_CONTINUE) return r;
+    const int32_t k = (int32_t)top.value;
     resid_model *m;
     if ((r = cli_open_model(&a, &m)) != CLI_EXIT_OK) return r;
     const resid_tokenizer *tok = resid_model_tokenizer(m);

@@ -77,6 +77,11 @@ int cli_parse_int(const cli_command *cmd, const char *name, const char *s, long 
     return CLI_CONTINUE;
 }
 
+int cli_on_int_option(const cli_command *cmd, void *user, int opt, const char *arg) {
+    cli_int_option *o = user;
+    return cli_parse_int(cmd, o->name, arg, o->lo, o->hi, &o->value);
+}
+
 void cli_set_threads(int n) {
     if (n <= 0) return;
     omp_set_num_threads(n);

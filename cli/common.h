@@ -105,6 +105,17 @@ int cli_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 int cli_parse_int(const cli_command *cmd, const char *name, const char *s, long lo, long hi,
                   long *out);
 
+/* A command whose one own option is an integer (run --top K, generate
+ * -n N, neuron --top K) passes cli_on_int_option as cli_parse's fn and a
+ * cli_int_option as its user: value, holding the default, receives the
+ * option checked to [lo, hi] by cli_parse_int (which names it `name`). */
+typedef struct cli_int_option {
+    const char *name;
+    long lo, hi;
+    long value;
+} cli_int_option;
+int cli_on_int_option(const cli_command *cmd, void *user, int opt, const char *arg);
+
 /* Sets the OpenMP and OpenBLAS thread counts (n > 0). */
 void cli_set_threads(int n);
 
