@@ -129,7 +129,6 @@ typedef struct batch_opts {
 
 static int on_opt(const cli_command *cmd, void *user, int opt, const char *arg) {
     batch_opts *o = user;
-    resid_error err;
     long v;
     int r;
     switch (opt) {
@@ -157,10 +156,7 @@ static int on_opt(const cli_command *cmd, void *user, int opt, const char *arg) 
         r = cli_parse_int(cmd, "--seed", arg, 0, INT32_MAX, &v);
         o->seed = (unsigned long long)v;
         return r;
-    case OPT_LENS:
-        if (resid_lens_parse(arg, &o->lens, &err) != RESID_OK)
-            return cli_usage_error(cmd, "--lens expects paper, exact or logit-lens, got '%s'", arg);
-        return CLI_CONTINUE;
+    case OPT_LENS: return cli_parse_lens(cmd, arg, &o->lens);
     }
     return cli_usage_error(cmd, "unknown option");
 }

@@ -115,7 +115,6 @@ typedef struct explain_opts {
 
 static int on_opt(const cli_command *cmd, void *user, int opt, const char *arg) {
     explain_opts *o = user;
-    resid_error err;
     switch (opt) {
     case OPT_TOP: return cli_parse_int(cmd, "--top", arg, 1, INT32_MAX, &o->top);
     case OPT_BOTTOM: return cli_parse_int(cmd, "--bottom", arg, 0, INT32_MAX, &o->bottom);
@@ -132,10 +131,7 @@ static int on_opt(const cli_command *cmd, void *user, int opt, const char *arg) 
     case OPT_HTML_POSITIONS:
         return cli_parse_int(cmd, "--html-positions", arg, 0, INT32_MAX, &o->html_positions);
     case OPT_HTML_HEADS: return cli_parse_int(cmd, "--html-heads", arg, 0, INT32_MAX, &o->html_heads);
-    case OPT_LENS:
-        if (resid_lens_parse(arg, &o->lens, &err) != RESID_OK)
-            return cli_usage_error(cmd, "--lens expects paper, exact or logit-lens, got '%s'", arg);
-        return CLI_CONTINUE;
+    case OPT_LENS: return cli_parse_lens(cmd, arg, &o->lens);
     }
     return cli_usage_error(cmd, "unknown option");
 }

@@ -77,6 +77,13 @@ int cli_parse_int(const cli_command *cmd, const char *name, const char *s, long 
     return CLI_CONTINUE;
 }
 
+int cli_parse_lens(const cli_command *cmd, const char *s, resid_lens *out) {
+    resid_error err;
+    if (resid_lens_parse(s, out, &err) != RESID_OK)
+        return cli_usage_error(cmd, "--lens expects paper, exact or logit-lens, got '%s'", s);
+    return CLI_CONTINUE;
+}
+
 int cli_on_int_option(const cli_command *cmd, void *user, int opt, const char *arg) {
     cli_int_option *o = user;
     return cli_parse_int(cmd, o->name, arg, o->lo, o->hi, &o->value);

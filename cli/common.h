@@ -105,6 +105,10 @@ int cli_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 int cli_parse_int(const cli_command *cmd, const char *name, const char *s, long lo, long hi,
                   long *out);
 
+/* Parses --lens NAME (paper, exact, logit-lens) into *out. Returns
+ * CLI_CONTINUE or a usage error. */
+int cli_parse_lens(const cli_command *cmd, const char *s, resid_lens *out);
+
 /* A command whose one own option is an integer (run --top K, generate
  * -n N, neuron --top K) passes cli_on_int_option as cli_parse's fn and a
  * cli_int_option as its user: value, holding the default, receives the
