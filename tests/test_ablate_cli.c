@@ -16,30 +16,16 @@ static const char *const PROMPT = "Once upon a time, there was a little girl nam
 
 /* Runs `resid ablate MODEL -p PROMPT ARGS`; stdout (+stderr when merge). */
 static char *run_ablate(const char *model_rel, const char *args, bool merge, int *status) {
-    char *exe = tu_sh_quote(tu_cli());
-    char *path = tu_model_path(model_rel);
-    char *mq = tu_sh_quote(path), *pq = tu_sh_quote(PROMPT);
-    size_t n = strlen(exe) + strlen(mq) + strlen(pq) + strlen(args) + 64;
-    char *cmd = malloc(n);
-    snprintf(cmd, n, "%s ablate %s -p %s %s %s", exe, mq, pq, args, merge ? "2>&1" : "2>/dev/null");
-    char *out = tu_run(cmd, status);
-    free(cmd), free(exe), free(path), free(mq), free(pq);
+    char *line = tu_cli_line("ablate", model_rel, PROMPT, args, merge);
+    char *out = tu_run(line, status);
+    free(line);
     return out;
 }
 
 static cJSON *run_json(const char *model_rel, const char *args) {
-    int st;
-    char *out = run_ablate(model_rel, args, false, &st);
-    if (st != 0) {
-        print_error("resid ablate %s: exit %d, output: %s\n", args, st, out);
-        fail();
-    }
-    cJSON *j = cJSON_Parse(out);
-    if (!j) {
-        print_error("resid ablate %s: not JSON: %s\n", args, out);
-        fail();
-    }
-    free(out);
+    char *line = tu_cli_line("ablate", model_rel, PROMPT, args, false);
+    cJSON *j = tu_run_json(line);
+    free(line);
     return j;
 }
 

@@ -18,16 +18,22 @@
 /* Helpers                                                                   */
 /* ------------------------------------------------------------------------- */
 
-/* Runs `resid ARGS` (ARGS already shell-quoted); stdout only, or stdout and
- * stderr merged. Returns the output (malloc'd) and the exit status. */
-static char *run_args(const char *args, bool merge_stderr, int *status) {
+/* The shell line `resid ARGS` (ARGS already shell-quoted), stderr merged
+ * into stdout or dropped. malloc'd. */
+static char *cli_line(const char *args, bool merge_stderr) {
     char *exe = tu_sh_quote(tu_cli());
     size_t n = strlen(exe) + strlen(args) + 32;
     char *cmd = malloc(n);
     snprintf(cmd, n, "%s %s %s", exe, args, merge_stderr ? "2>&1" : "2>/dev/null");
+    free(exe);
+    return cmd;
+}
+
+/* Runs `resid ARGS`; returns the output (malloc'd) and the exit status. */
+static char *run_args(const char *args, bool merge_stderr, int *status) {
+    char *cmd = cli_line(args, merge_stderr);
     char *out = tu_run(cmd, status);
     free(cmd);
-    free(exe);
     return out;
 }
 
@@ -63,18 +69,9 @@ static cJSON *run_json(const char *f, ...) {
     va_start(ap, f);
     char *args = vfmt(f, ap);
     va_end(ap);
-    int st;
-    char *out = run_args(args, false, &st);
-    if (st != 0) {
-        print_error("resid %s: exit %d, output: %s\n", args, st, out);
-        fail();
-    }
-    cJSON *j = cJSON_Parse(out);
-    if (!j) {
-        print_error("resid %s: output is not JSON: %s\n", args, out);
-        fail();
-    }
-    free(out);
+    char *cmd = cli_line(args, false);
+    cJSON *j = tu_run_json(cmd);
+    free(cmd);
     free(args);
     return j;
 }

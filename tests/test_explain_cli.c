@@ -28,34 +28,18 @@
 /* `resid CMD MODEL ARGS` with the prompt (may be NULL) quoted. */
 static char *run_cli(const char *cmd, const char *model, const char *prompt, const char *args,
                      bool merge_stderr, int *status) {
-    char *exe = tu_sh_quote(tu_cli());
-    char *path = tu_model_path(model);
-    char *mq = tu_sh_quote(path);
-    char *pq = prompt ? tu_sh_quote(prompt) : NULL;
-    size_t n = strlen(exe) + strlen(mq) + (pq ? strlen(pq) : 0) + strlen(args) + 64;
-    char *line = malloc(n);
-    snprintf(line, n, "%s %s %s %s%s %s %s", exe, cmd, mq, pq ? "-p " : "", pq ? pq : "", args,
-             merge_stderr ? "2>&1" : "2>/dev/null");
+    char *line = tu_cli_line(cmd, model, prompt, args, merge_stderr);
     char *out = tu_run(line, status);
-    free(line), free(exe), free(path), free(mq), free(pq);
+    free(line);
     return out;
 }
 
 static cJSON *explain_json(const char *model, const char *prompt, const char *args) {
     char full[512];
     snprintf(full, sizeof full, "--json - %s", args);
-    int st;
-    char *out = run_cli("explain", model, prompt, full, false, &st);
-    if (st != 0) {
-        print_error("explain %s %s: exit %d, output: %.500s\n", model, args, st, out);
-        fail();
-    }
-    cJSON *j = cJSON_Parse(out);
-    if (!j) {
-        print_error("explain %s %s: not JSON: %.500s\n", model, args, out);
-        fail();
-    }
-    free(out);
+    char *line = tu_cli_line("explain", model, prompt, full, false);
+    cJSON *j = tu_run_json(line);
+    free(line);
     return j;
 }
 

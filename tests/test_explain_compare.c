@@ -29,25 +29,16 @@ static const char *const stat_fields[8] = {"prob",       "logprob",       "rank"
 /* `resid CMD MODEL -p PROMPT ARGS` (stderr dropped); its stdout. */
 static char *run_cli(const char *cmd, const char *model, const char *prompt, const char *args,
                      int *status) {
-    char *exe = tu_sh_quote(tu_cli());
-    char *path = tu_model_path(model);
-    char *mq = tu_sh_quote(path);
-    char *pq = tu_sh_quote(prompt);
-    size_t n = strlen(exe) + strlen(mq) + strlen(pq) + strlen(args) + 64;
-    char *line = malloc(n);
-    snprintf(line, n, "%s %s %s -p %s %s 2>/dev/null", exe, cmd, mq, pq, args);
+    char *line = tu_cli_line(cmd, model, prompt, args, false);
     char *out = tu_run(line, status);
-    free(line), free(exe), free(path), free(mq), free(pq);
+    free(line);
     return out;
 }
 
 static cJSON *run_json(const char *cmd, const char *model, const char *prompt, const char *args) {
-    int st;
-    char *out = run_cli(cmd, model, prompt, args, &st);
-    if (st != 0) fail_msg("%s %s %s: exit %d: %.500s", cmd, model, args, st, out);
-    cJSON *j = cJSON_Parse(out);
-    if (!j) fail_msg("%s %s %s: not JSON: %.300s", cmd, model, args, out);
-    free(out);
+    char *line = tu_cli_line(cmd, model, prompt, args, false);
+    cJSON *j = tu_run_json(line);
+    free(line);
     return j;
 }
 

@@ -418,19 +418,6 @@ static void test_file(void **state) {
 
 /* ---------------------------------------------------------------------- */
 
-static cJSON *run_json(const char *cmd) {
-    int status;
-    char *out = tu_run(cmd, &status);
-    if (status != 0) {
-        print_error("%s: exit %d\n%s\n", cmd, status, out);
-        fail();
-    }
-    cJSON *j = cJSON_Parse(out);
-    assert_non_null(j);
-    free(out);
-    return j;
-}
-
 static void test_cli(void **state) {
     (void)state;
     char *model = tu_model_path("tiny-gpt2-stories");
@@ -450,10 +437,10 @@ static void test_cli(void **state) {
     snprintf(cmd, sizeof cmd, ex, qm, "", "");
     char full[4200];
     snprintf(full, sizeof full, "%s %s", tu_cli(), cmd);
-    cJSON *a = run_json(full);
+    cJSON *a = tu_run_json(full);
     snprintf(cmd, sizeof cmd, ex, qm, " --ranges ", qf);
     snprintf(full, sizeof full, "%s %s", tu_cli(), cmd);
-    cJSON *b = run_json(full);
+    cJSON *b = tu_run_json(full);
     const char *lists[] = {"ffn_neurons", "attn_neurons", "ffn_neurons_bottom",
                            "attn_neurons_bottom", "head_positions_bottom", "layers"};
     for (size_t i = 0; i < sizeof lists / sizeof lists[0]; i++)

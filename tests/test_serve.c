@@ -203,18 +203,12 @@ static cJSON *post_json(const char *path, const char *body, int *status) {
 /* `resid COMMAND STORIES ARGS JSON_OPT` (stderr dropped), which must exit
  * 0 with JSON on stdout; parsed. */
 static cJSON *cli_run_json(const char *command, const char *args, const char *json_opt) {
-    char *path = tu_model_path(STORIES);
-    size_t cap =
-        strlen(command) + strlen(args) + strlen(json_opt) + strlen(path) + strlen(tu_cli()) + 64;
-    char *cmd = malloc(cap);
-    snprintf(cmd, cap, "'%s' %s '%s' %s %s 2>/dev/null", tu_cli(), command, path, args, json_opt);
-    int st;
-    char *out = tu_run(cmd, &st);
-    if (st != 0) print_error("%s: exit %d\n", cmd, st);
-    assert_int_equal(st, 0);
-    cJSON *j = cJSON_Parse(out);
-    assert_non_null(j);
-    free(out), free(path), free(cmd);
+    size_t cap = strlen(args) + strlen(json_opt) + 2;
+    char *full = malloc(cap);
+    snprintf(full, cap, "%s %s", args, json_opt);
+    char *line = tu_cli_line(command, STORIES, NULL, full, false);
+    cJSON *j = tu_run_json(line);
+    free(line), free(full);
     return j;
 }
 

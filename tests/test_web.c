@@ -44,20 +44,12 @@
 
 /* The CLI's explain JSON (the reference the extras are added to). */
 static cJSON *explain_json(const char *model, const char *args) {
-    char *exe = tu_sh_quote(tu_cli()), *path = tu_model_path(model), *mq = tu_sh_quote(path);
-    char *pq = tu_sh_quote(P_RED);
-    size_t n = strlen(exe) + strlen(mq) + strlen(pq) + strlen(args) + 64;
-    char *line = malloc(n);
-    snprintf(line, n, "%s explain %s -p %s --json - %s 2>/dev/null", exe, mq, pq, args);
-    int st;
-    char *out = tu_run(line, &st);
-    if (st != 0) {
-        print_error("%s: exit %d: %.300s\n", line, st, out);
-        fail();
-    }
-    cJSON *j = cJSON_Parse(out);
-    assert_non_null(j);
-    free(out), free(line), free(exe), free(path), free(mq), free(pq);
+    size_t n = strlen(args) + 16;
+    char *full = malloc(n);
+    snprintf(full, n, "--json - %s", args);
+    char *line = tu_cli_line("explain", model, P_RED, full, false);
+    cJSON *j = tu_run_json(line);
+    free(line), free(full);
     return j;
 }
 

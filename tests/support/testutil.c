@@ -283,6 +283,37 @@ char *tu_run(const char *cmd, int *status) {
     return out;
 }
 
+char *tu_cli_line(const char *cmd, const char *model_rel, const char *prompt, const char *args,
+                  bool merge_stderr) {
+    char *exe = tu_sh_quote(tu_cli());
+    char *path = tu_model_path(model_rel);
+    char *mq = tu_sh_quote(path);
+    char *pq = prompt ? tu_sh_quote(prompt) : NULL;
+    size_t n = strlen(exe) + strlen(cmd) + strlen(mq) + (pq ? strlen(pq) : 0) + strlen(args) + 64;
+    char *line = malloc(n);
+    assert_non_null(line);
+    snprintf(line, n, "%s %s %s %s%s %s %s", exe, cmd, mq, pq ? "-p " : "", pq ? pq : "", args,
+             merge_stderr ? "2>&1" : "2>/dev/null");
+    free(exe), free(path), free(mq), free(pq);
+    return line;
+}
+
+cJSON *tu_run_json(const char *line) {
+    int st;
+    char *out = tu_run(line, &st);
+    if (st != 0) {
+        print_error("%s: exit %d, output: %.500s\n", line, st, out);
+        fail();
+    }
+    cJSON *j = cJSON_Parse(out);
+    if (!j) {
+        print_error("%s: output is not JSON: %.500s\n", line, out);
+        fail();
+    }
+    free(out);
+    return j;
+}
+
 char *tu_sh_quote(const char *s) {
     size_t n = 3;
     for (const char *p = s; *p; p++) n += *p == '\'' ? 4 : 1;

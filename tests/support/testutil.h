@@ -85,5 +85,14 @@ uint8_t *tu_read_file(const char *path, size_t *size);
 char *tu_sh_quote(const char *s);
 /* Runs a shell command, captures stdout (malloc'd) and the exit status. */
 char *tu_run(const char *cmd, int *status);
+/* The shell line `resid CMD MODEL [-p PROMPT] ARGS`: the CLI (tu_cli()),
+ * the model (under the models dir) and the prompt (NULL: none) quoted, ARGS
+ * as given (already quoted); stderr merged into stdout or dropped.
+ * malloc'd. */
+char *tu_cli_line(const char *cmd, const char *model_rel, const char *prompt, const char *args,
+                  bool merge_stderr);
+/* Runs a shell line that must exit 0 with JSON on stdout; returns it
+ * parsed. Fails the test, showing the line and the output, otherwise. */
+cJSON *tu_run_json(const char *line);
 
 #endif
