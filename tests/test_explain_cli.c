@@ -409,6 +409,20 @@ static void certified_vs_exhaustive(const char *model, const char *prompt, const
     same_units(a, b, "head_positions");
     same_units(a, b, "ffn_neurons");
     same_units(a, b, "attn_neurons");
+    /* the projections: --exhaustive one row per layer, head, head x
+     * position, FFN neuron and W_O row, plus at most 2L+2 for the contexts;
+     * the certified run far fewer */
+    const cJSON *mo = tu_json_get(b, "model");
+    const double L = tu_json_num(mo, "n_layer"), H = tu_json_num(mo, "n_head");
+    const double T = cJSON_GetArraySize(tu_json_get(b, "tokens"));
+    const double rows = 2 * L + L * H + L * H * T + L * tu_json_num(mo, "d_ffn") +
+                        L * H * tu_json_num(mo, "d_head");
+    const double pa = tu_json_num(tu_json_get(a, "ranking"), "projections");
+    const double pb = tu_json_num(tu_json_get(b, "ranking"), "projections");
+    print_message("  projections: certified %.0f, exhaustive %.0f (units' rows %.0f)\n", pa, pb,
+                  rows);
+    assert_true(pb >= rows && pb <= rows + 2 * L + 2);
+    assert_true(pa > 0 && pa < pb);
     cJSON_Delete(a);
     cJSON_Delete(b);
 }

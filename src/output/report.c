@@ -759,7 +759,8 @@ static cJSON *build_json(const report *r, resid_status *st, resid_error *err) {
     ok = ranking &&
          cJSON_AddStringToObject(ranking, "key",
                                  r->key == RESID_KEY_CONTRAST ? "contrast" : "lpi") &&
-         cJSON_AddNumberToObject(ranking, "top_requested", (double)rq->top_k);
+         cJSON_AddNumberToObject(ranking, "top_requested", (double)rq->top_k) &&
+         cJSON_AddNumberToObject(ranking, "projections", (double)r->ex->n_proj);
     if (ok && rq->bottom_k > 0)
         ok = cJSON_AddNumberToObject(ranking, "bottom_requested", (double)rq->bottom_k) != NULL;
     for (int li = 0; ok && li < N_LISTS; li++) {
