@@ -29,6 +29,8 @@
 #     bench/peer_explain.py (PyTorch scoring every FFN neuron and head x
 #     position exactly); their top-10s must agree. Peak RSS of those runs as a
 #     multiple of the F32 weight bytes. Ratios are peer time / resid time.
+#     bench_peak measures this CPU's float32 FMA peak and resid's projection
+#     kernel; with the runs' projection counts they give each run's floor.
 #
 # Environment:
 #   OMP_NUM_THREADS / OPENBLAS_NUM_THREADS  threads for everyone (default 2;
@@ -84,7 +86,7 @@ btype=$(sed -n 's/^CMAKE_BUILD_TYPE:[A-Z]*=//p' "$build/CMakeCache.txt" 2>/dev/n
 [ "$btype" = "Release" ] || note "warning: $build is a '$btype' build; timings need Release"
 note "threads: $threads (OMP_NUM_THREADS, OPENBLAS_NUM_THREADS, torch.set_num_threads)"
 cmake --build "$build" -j "$(nproc 2>/dev/null || echo 2)" \
-  --target make_gpt2 make_llama2c bench_forward bench_generate resid_cli >&2 ||
+  --target make_gpt2 make_llama2c bench_forward bench_generate bench_peak resid_cli >&2 ||
   { fail "building the bench targets"; exit 1; }
 
 # ---- 1. forward with the full trace, 16 tokens, vs PyTorch ------------------
@@ -227,7 +229,8 @@ for ((i = 0; i < runs_exp; i++)); do
   fi
 done
 note "resid explain --top 300 (s, peak RSS kB): ${e_t[*]:-} / ${e_rss[*]:-} (load ${eload})"
-if r=$(timed "$out/explain.time" "$build/resid" "${exp_args[@]}" --exhaustive --json /dev/null); then
+if r=$(timed "$out/explain.time" "$build/resid" "${exp_args[@]}" --exhaustive \
+  --json "$out/explain.exhaustive.json"); then
   x_t=${r% *} x_rss=${r#* }
   note "resid explain --exhaustive: ${x_t} s, peak RSS ${x_rss} kB (load $(cut -d' ' -f1-3 /proc/loadavg))"
 else
@@ -265,6 +268,36 @@ row "explain peak RSS / F32 weight bytes (MB)" \
   "$( [ -n "$wbytes" ] && calc "$wbytes / 1e6" || echo n/a)" "${e_rss_ratio:-n/a}" "" "<= 1.25" \
   "$(verdict "$e_rss_ratio" "<=" 1.25)"
 
+# The floors: an exact LPI needs a V x D projection (2VD flops), so a run
+# that did P of them (ranking.projections) takes at least P*2VD / peak,
+# whatever the code, at this CPU's float32 FMA peak (bench_peak). peer/floor
+# is then the best ratio any exact float32 implementation could reach here.
+peak_log="$out/peak.txt"
+if "$build/bench_peak" --runs 5 >"$peak_log"; then
+  cat "$peak_log" >&2
+  peak=$(val fma_peak_gflops "$peak_log") canon=$(val canon_gflops "$peak_log")
+  [ "$peak" = n/a ] && peak=""
+  row "canonical kernel, 128 rows (GFLOPS)" "${canon:-n/a}" "${peak:-n/a}" \
+    "$([ -n "$canon" ] && [ -n "$peak" ] && calc "$canon / $peak" || echo n/a)" "" "" info
+  # pflop JSON: projections x 2VD of an explain JSON, in TFLOP
+  pflop() {
+    "$py" -c 'import json, sys
+d = json.load(open(sys.argv[1])); m = d["model"]
+print(d["ranking"]["projections"], d["ranking"]["projections"] * 2 * m["n_vocab"] * m["n_head"] * m["d_head"] / 1e12)' "$1" 2>/dev/null
+  }
+  for f in explain.resid.json:top-300 explain.exhaustive.json:--exhaustive; do
+    pj=$(pflop "$out/${f%%:*}") || continue
+    n=${pj% *} tf=${pj#* }
+    if [ -n "$peak" ]; then
+      fl=$(calc "$tf * 1000 / $peak")
+      row "  ${f#*:}: $n proj, floor at peak (s)" "$fl" "${p_s:-n/a}" \
+        "$([ -n "$p_s" ] && calc "$p_s / $fl" || echo n/a)" "" "" info
+    fi
+  done
+else
+  fail "bench_peak"
+fi
+
 # ---- the table ------------------------------------------------------------------
 echo
 echo "resid bench: $threads threads, build $build ($btype); load average" \
@@ -277,6 +310,8 @@ echo "peers: forward = PyTorch $(val peer_torch_version "$peer_log" 2>/dev/null 
   "explain = PyTorch (bench/peer_explain.py, every FFN neuron and head x position);" \
   "RSS = F32 weight bytes; gen = llama2.c run.c${LLAMA2C_RUN:+ ($LLAMA2C_RUN)}"
 echo "explain ratios are peer/resid (higher is better); load average before the explain runs: ${eload:-?}"
+echo "floor rows: the run's vocabulary projections x 2VD flops at this CPU's float32 FMA peak" \
+  "(bench_peak); peer/floor is the best ratio any exact float32 implementation could reach here"
 
 # ==== explain --html overhead ==================================================
 # `resid explain --html FILE` against the same `resid explain` without it, on
