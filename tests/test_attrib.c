@@ -382,61 +382,6 @@ static void test_identity8(void **state) {
     free(lp), free(c);
 }
 
-/* rs_lpi_from_many (one pass over c for a direction's units) gives
- * rs_lpi_from's bits for every κ, the fallbacks included: V across
- * several blocks with a tail, more κ than one group, κ of both signs and
- * 0, a far shift (the two-pass fallback) and an unknown range (NAN). */
-static void test_lpi_many(void **state) {
-    (void)state;
-    static const int Vs[] = {2053, 1024, 7};
-    for (size_t vi = 0; vi < sizeof Vs / sizeof Vs[0]; vi++) {
-        const int V = Vs[vi], W = V / 3;
-        resid_explainer e;
-        memset(&e, 0, sizeof e);
-        e.V = V;
-        e.target = W;
-        float *lp = malloc(sizeof(float) * V), *c = malloc(sizeof(float) * V);
-        uint32_t rng = 777u + (uint32_t)V;
-        double mx = -INFINITY, sum = 0;
-        for (int t = 0; t < V; t++) {
-            rng = rng * 1664525u + 1013904223u;
-            lp[t] = (float)(8.0 * (rng >> 8) / (double)(1u << 24) - 4.0);
-            rng = rng * 1664525u + 1013904223u;
-            c[t] = (float)(4.0 * (rng >> 8) / (double)(1u << 24) - 2.0);
-            mx = fmax(mx, lp[t]);
-        }
-        for (int t = 0; t < V; t++) sum += exp(lp[t] - mx);
-        for (int t = 0; t < V; t++) lp[t] = (float)(lp[t] - mx - log(sum));
-        lp[1] = -150.0f, c[1] = 150.0f; /* κ = 1 shifts the bound far above every term */
-        rs_context cx;
-        memset(&cx, 0, sizeof cx);
-        cx.logp = lp;
-        float lpmin, cmax, cmin;
-        rs_minmax(lp, V, &cx.lpmax, &lpmin);
-        rs_minmax(c, V, &cmax, &cmin);
-        enum { N = RS_LPI_MANY + 5 };
-        float k[N];
-        for (int i = 0; i < N; i++) k[i] = (float)(i - 6) * 0.37f;
-        k[3] = 0.0f, k[9] = 1.0f, k[N - 1] = -3.5f;
-        for (int ranged = 0; ranged < 2; ranged++) {
-            const float hi = ranged ? cmax : NAN, lo = ranged ? cmin : NAN;
-            double many[N];
-            rs_lpi_from_many(&e, &cx, c, k, N, hi, lo, many);
-            for (int i = 0; i < N; i++) {
-                const double one = rs_lpi_from(&e, &cx, c, k[i], hi, lo);
-                if (memcmp(&one, &many[i], sizeof one) != 0) {
-                    print_error("V=%d κ=%g %s: many %.17g vs one %.17g\n", V, k[i],
-                                ranged ? "ranged" : "no range", many[i], one);
-                    fail();
-                }
-            }
-        }
-        free(lp), free(c);
-    }
-    printf("  rs_lpi_from_many == rs_lpi_from bit for bit (%s kernels)\n",
-           rs_kernels_avx2() ? "AVX2" : "generic");
-}
-
 /* ---------------------------------------------------------------------- */
 /* §3.2 sums, in bs space                                                 */
 /* ---------------------------------------------------------------------- */
@@ -590,7 +535,6 @@ int main(void) {
         cmocka_unit_test(test_ref64),          cmocka_unit_test(test_identity4),
         cmocka_unit_test(test_identity5),      cmocka_unit_test(test_identity6),
         cmocka_unit_test(test_identity7),      cmocka_unit_test(test_sums),
-        cmocka_unit_test(test_lpi_many),
     };
     if (getenv("RESID_TEST_FILTER")) cmocka_set_test_filter(getenv("RESID_TEST_FILTER"));
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -188,12 +188,6 @@ double rs_lse_shift(const resid_explainer *e, const rs_context *cx, const float 
 /* LPI of κ·c in the context: κ c_w − rs_lse_shift. */
 double rs_lpi_from(const resid_explainer *e, const rs_context *cx, const float *c,
                    float kappa, float cmax, float cmin);
-/* lpi[i] = rs_lpi_from(e, cx, c, kappa[i], cmax, cmin) for i < n, the same
- * bits, with c and the context read once per RS_LPI_MANY scores (the units
- * of one direction). */
-#define RS_LPI_MANY 16
-void rs_lpi_from_many(const resid_explainer *e, const rs_context *cx, const float *c,
-                      const float *kappa, int n, float cmax, float cmin, double *lpi);
 /* The largest and smallest of c[0..n) (NaN-free input). */
 void rs_minmax(const float *c, int n, float *mx, float *mn);
 double rs_dot(const float *a, const float *b, int64_t n);

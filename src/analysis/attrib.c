@@ -595,21 +595,11 @@ static resid_status exact_directional(resid_explainer *e, const resid_unit *cons
             rs_dirstats *ds = u0->kind == RESID_UNIT_FFN_NEURON ? &e->ffn_dirs[u0->layer]
                                                                 : &e->attn_dirs[u0->layer];
             if (isnan(ds->pmax[row])) rs_minmax(P, V, &ds->pmax[row], &ds->pmin[row]);
-            /* the direction's units, RS_LPI_MANY at a time per context (an
-             * attention row's positions share theirs) */
-            for (int64_t q0 = first[r]; q0 < first[r + 1];) {
-                const int ci = rs_unit_ctx(u[refs[q0].unit]);
-                float a[RS_LPI_MANY];
-                double l[RS_LPI_MANY];
-                int m = 0;
-                while (q0 + m < first[r + 1] && m < RS_LPI_MANY &&
-                       rs_unit_ctx(u[refs[q0 + m].unit]) == ci) {
-                    a[m] = (float)rs_unit_coef(e, u[refs[q0 + m].unit], NULL);
-                    m++;
-                }
-                rs_lpi_from_many(e, &e->ctx[ci], P, a, m, ds->pmax[row], ds->pmin[row], l);
-                for (int i = 0; i < m; i++) lpi[refs[q0 + i].unit] = l[i];
-                q0 += m;
+            for (int64_t q = first[r]; q < first[r + 1]; q++) {
+                const resid_unit *uq = u[refs[q].unit];
+                float a = (float)rs_unit_coef(e, uq, NULL);
+                lpi[refs[q].unit] =
+                    rs_lpi_from(e, &e->ctx[rs_unit_ctx(uq)], P, a, ds->pmax[row], ds->pmin[row]);
             }
             /* P is the row's paper lens at the explainer's scale s */
             if (kt)

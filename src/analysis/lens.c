@@ -189,50 +189,6 @@ RS_AVX2 static double lse_sum_avx2(const float *lp, const float *c, float kappa,
     return ((d[0] + d[1]) + (d[2] + d[3])) + ((d[4] + d[5]) + (d[6] + d[7]));
 }
 
-/* lse_sum_avx2 for n (κ, M) pairs over the same lp and c, into sum[n]:
- * blocks of LSE_BLOCK t (in L1) taken in turn by every pair, each pair's
- * accumulators carried from block to block, so every sum is lse_sum_avx2's
- * bit for bit while c and lp are read from memory once, not n times. */
-#define LSE_BLOCK 1024
-RS_AVX2 static void lse_sums_avx2(const float *lp, const float *c, const float *kappa,
-                                  const float *M, int n, int V, double *sum) {
-    const int V8 = V / 8 * 8;
-    __m256d acc[2 * n];
-    for (int i = 0; i < 2 * n; i++) acc[i] = _mm256_setzero_pd();
-    for (int b0 = 0; b0 < V8; b0 += LSE_BLOCK) {
-        const int b1 = V8 - b0 < LSE_BLOCK ? V8 : b0 + LSE_BLOCK;
-        for (int i = 0; i < n; i++) {
-            const __m256 k8 = _mm256_set1_ps(kappa[i]), m8 = _mm256_set1_ps(M[i]);
-            __m256d s0 = acc[2 * i], s1 = acc[2 * i + 1];
-            for (int t = b0; t < b1; t += 8) {
-                __m256 z = _mm256_fmadd_ps(k8, _mm256_loadu_ps(c + t), _mm256_loadu_ps(lp + t));
-                __m256 ex = exp8_avx2(_mm256_sub_ps(z, m8));
-                s0 = _mm256_add_pd(s0, _mm256_cvtps_pd(_mm256_castps256_ps128(ex)));
-                s1 = _mm256_add_pd(s1, _mm256_cvtps_pd(_mm256_extractf128_ps(ex, 1)));
-            }
-            acc[2 * i] = s0, acc[2 * i + 1] = s1;
-        }
-    }
-    for (int i = 0; i < n; i++) {
-        __m256d s0 = acc[2 * i], s1 = acc[2 * i + 1];
-        if (V8 < V) {
-            float zt[8];
-            for (int q = 0; q < 8; q++)
-                zt[q] = V8 + q < V ? __builtin_fmaf(kappa[i], c[V8 + q], lp[V8 + q]) - M[i]
-                                   : -INFINITY;
-            __m256 ex = exp8_avx2(_mm256_loadu_ps(zt));
-            ex = _mm256_and_ps(ex, _mm256_cmp_ps(_mm256_loadu_ps(zt), _mm256_set1_ps(-INFINITY),
-                                                 _CMP_NEQ_OQ));
-            s0 = _mm256_add_pd(s0, _mm256_cvtps_pd(_mm256_castps256_ps128(ex)));
-            s1 = _mm256_add_pd(s1, _mm256_cvtps_pd(_mm256_extractf128_ps(ex, 1)));
-        }
-        double d[8];
-        _mm256_storeu_pd(d, s0);
-        _mm256_storeu_pd(d + 4, s1);
-        sum[i] = ((d[0] + d[1]) + (d[2] + d[3])) + ((d[4] + d[5]) + (d[6] + d[7]));
-    }
-}
-
 /* y = exp(x) for x <= 0, 8 at a time (the tail padded with -inf -> 0) */
 RS_AVX2 static void exp_array_avx2(const float *x, float *y, int n) {
     int i = 0;
@@ -247,7 +203,6 @@ RS_AVX2 static void exp_array_avx2(const float *x, float *y, int n) {
 #else
 #define lse_max_avx2(lp, c, k, V) 0.0f
 #define lse_sum_avx2(lp, c, k, V, M) 0.0
-#define lse_sums_avx2(lp, c, k, M, n, V, sum) ((void)0)
 #endif
 
 RS_HOT static float lse_max_generic(const float *lp, const float *c, float kappa, int V) {
@@ -313,34 +268,6 @@ void rs_exp_array(const float *x, float *y, int n) {
 double rs_lpi_from(const resid_explainer *e, const rs_context *cx, const float *c,
                    float kappa, float cmax, float cmin) {
     return (double)(kappa * c[e->target]) - rs_lse_shift(e, cx, c, kappa, cmax, cmin);
-}
-
-void rs_lpi_from_many(const resid_explainer *e, const rs_context *cx, const float *c,
-                      const float *kappa, int n, float cmax, float cmin, double *lpi) {
-    if (!use_avx2()) {
-        for (int i = 0; i < n; i++) lpi[i] = rs_lpi_from(e, cx, c, kappa[i], cmax, cmin);
-        return;
-    }
-    /* rs_lse_shift's one-pass sums, RS_LPI_MANY at a time */
-    for (int i0 = 0; i0 < n; i0 += RS_LPI_MANY) {
-        const int m = n - i0 < RS_LPI_MANY ? n - i0 : RS_LPI_MANY;
-        float M[RS_LPI_MANY];
-        double sum[RS_LPI_MANY];
-        for (int i = 0; i < m; i++) {
-            const float k = kappa[i0 + i];
-            M[i] = cx->lpmax + (k >= 0 ? k * cmax : k * cmin);
-            if (!isfinite(M[i])) M[i] = 0.0f; /* (its sum is not used) */
-        }
-        lse_sums_avx2(cx->logp, c, kappa + i0, M, m, e->V, sum);
-        for (int i = 0; i < m; i++) {
-            const float k = kappa[i0 + i];
-            const float Mb = cx->lpmax + (k >= 0 ? k * cmax : k * cmin);
-            const double lse = isfinite(Mb) && sum[i] >= LSE_MIN_SUM && isfinite(sum[i])
-                                   ? (double)Mb + log(sum[i])
-                                   : lse_exact_shift(cx->logp, c, k, e->V);
-            lpi[i0 + i] = (double)(k * c[e->target]) - lse;
-        }
-    }
 }
 
 void rs_minmax(const float *c, int n, float *mx, float *mn) {
