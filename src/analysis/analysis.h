@@ -112,7 +112,8 @@ struct resid_explainer {
 
     rs_dirstats *ffn_dirs;  /* [L], lazily filled (n == 0 until then) */
     rs_dirstats *attn_dirs; /* [L] */
-    float **wo_t;           /* [L] W_O transposed [H·d_h][D], lazily */
+    const float **wo_t;     /* [L] W_O transposed [H·d_h][D], lazily (the weights
+                               themselves when stored so in float32) */
 
     int64_t n_proj; /* projections done (for stats) */
 

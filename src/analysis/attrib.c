@@ -243,6 +243,8 @@ static inline const float *value_at(const resid_explainer *e, int32_t l, int32_t
 static const float *wo_t(resid_explainer *e, int32_t l) {
     if (e->wo_t[l]) return e->wo_t[l];
     const rs_tensor *wo = e->m->layers[l].wo;
+    if (wo->dtype == RESID_DTYPE_F32 && wo->transposed) /* (GPT-2): read in place */
+        return e->wo_t[l] = wo->data;
     float *t = malloc((size_t)(wo->n_rows * wo->n_cols) * sizeof(float));
     if (!t) return NULL;
     rs_tensor_cols(wo, t);

@@ -343,7 +343,8 @@ void resid_explainer_free(resid_explainer *e) {
         free(ds);
     }
     if (e->wo_t)
-        for (int l = 0; l < e->L; l++) free(e->wo_t[l]);
+        for (int l = 0; l < e->L; l++)
+            if (e->wo_t[l] != e->m->layers[l].wo->data) free((float *)e->wo_t[l]);
     free(e->wo_t);
     free(e);
 }
