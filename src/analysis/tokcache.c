@@ -179,6 +179,44 @@ static inline void keep(resid_token_value *a, int32_t *n, int32_t k, int32_t id,
     a[i] = (resid_token_value){id, v};
 }
 
+/* The state of one pass of rs_tokcache_extremes after its first k. */
+typedef struct extremes {
+    resid_token_value *top, *bottom;
+    int32_t nt, nb, k;
+    float hi, lo; /* the k-th largest and smallest so far */
+} extremes;
+
+/* Takes c[t] into the lists if it beats the k-th largest or smallest. */
+static inline void extremes_take(extremes *x, int32_t t, float v) {
+    if (v > x->hi) {
+        keep(x->top, &x->nt, x->k, t, v, false);
+        x->hi = (float)x->top[x->k - 1].value;
+    }
+    if (v < x->lo) { /* both, when V < 2k */
+        keep(x->bottom, &x->nb, x->k, t, v, true);
+        x->lo = (float)x->bottom[x->k - 1].value;
+    }
+}
+
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+
+/* extremes_take for t = t0 .. V−1, 8 values compared at a time: a block
+ * none of whose values passes either threshold is skipped, the others go
+ * through extremes_take in order (the same insertions, the same result). */
+RS_AVX2 static int32_t extremes_avx2(extremes *x, const float *c, int32_t t0, int32_t V) {
+    int32_t t = t0;
+    for (; t + 8 <= V; t += 8) {
+        const __m256 v = _mm256_loadu_ps(c + t);
+        const __m256 m = _mm256_or_ps(_mm256_cmp_ps(v, _mm256_set1_ps(x->hi), _CMP_GT_OQ),
+                                      _mm256_cmp_ps(v, _mm256_set1_ps(x->lo), _CMP_LT_OQ));
+        if (_mm256_movemask_ps(m))
+            for (int32_t q = 0; q < 8; q++) extremes_take(x, t + q, c[t + q]);
+    }
+    return t;
+}
+#endif
+
 void rs_tokcache_extremes(const resid_explainer *e, const float *c, double scale,
                           resid_token_value *top, resid_token_value *bottom) {
     /* The k largest and smallest of c[V] in one pass, in the order (and
@@ -190,21 +228,15 @@ void rs_tokcache_extremes(const resid_explainer *e, const float *c, double scale
         keep(top, &nt, k, t, c[t], false);
         keep(bottom, &nb, k, t, c[t], true);
     }
-    float hi = (float)top[k - 1].value, lo = (float)bottom[k - 1].value;
-    for (; t < V; t++) {
-        const float x = c[t];
-        if (x > hi) {
-            keep(top, &nt, k, t, x, false);
-            hi = (float)top[k - 1].value;
-        }
-        if (x < lo) { /* both, when V < 2k */
-            keep(bottom, &nb, k, t, x, true);
-            lo = (float)bottom[k - 1].value;
-        }
-    }
+    extremes x = {top, bottom, nt, nb, k, (float)top[k - 1].value, (float)bottom[k - 1].value};
+#if defined(__x86_64__) || defined(__i386__)
+    if (rs_kernels_avx2()) t = extremes_avx2(&x, c, t, V);
+#endif
+    for (; t < V; t++) extremes_take(&x, t, c[t]);
     if (scale != 1.0)
         for (int32_t i = 0; i < k; i++) top[i].value *= scale, bottom[i].value *= scale;
 }
+
 
 /* ---------------------------------------------------------------------- */
 /* Exact LPIs                                                             */
