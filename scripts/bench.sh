@@ -37,7 +37,8 @@
 #                                            torch.set_num_threads gets the same)
 #   RESID_MODELS   fixture models (default ../shared/models beside the tree)
 #   LLAMA2C_RUN    a built llama2.c `run` binary (optional, see above)
-#   BENCH_RUNS     timed repetitions per figure (default 7 forward, 5 generate)
+#   BENCH_RUNS     timed repetitions per figure (default 7 forward, 5 generate,
+#                  5 explain; the peer explain runs once: ~40 s)
 #
 # Every figure ends up in the table at the end: medians of the runs, their
 # ratio, the ratio of the best runs (fastest vs fastest: more robust when other
@@ -204,7 +205,7 @@ fi
 # neuron and head x position exactly by batched projection, forward included.
 # The peer also checks that its top-10 FFN neurons and head x positions are
 # resid's (same ids, LPIs within 1e-4), so the comparison is honest.
-runs_exp=${BENCH_RUNS:-3}
+runs_exp=${BENCH_RUNS:-5}
 exp_args=(explain "$gpt2" --ids "$ids" --top 300)
 # timed OUTFILE CMD...: runs CMD (stdout to /dev/null); prints "seconds peak_rss_kb"
 timed() {
