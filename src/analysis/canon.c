@@ -366,7 +366,7 @@ RS_HOT void rs_project_canon(resid_explainer *e, const float *y, int n, float *c
         }
         canon_pack_rows(y, n, D, yp);
     }
-#pragma omp parallel for schedule(static) if ((int64_t)n * V * D >= RS_PAR_MIN_WORK)
+#pragma omp parallel for schedule(dynamic, 16) if ((int64_t)n * V * D >= RS_PAR_MIN_WORK)
     for (int p = 0; p < npanel; p++) {
         if (avx2)
             canon_panel_avx2(yp ? yp : y, n, wu, D, V, p * CANON_NR, c);
