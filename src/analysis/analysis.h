@@ -116,6 +116,8 @@ struct resid_explainer {
                                themselves when stored so in float32) */
 
     int64_t n_proj; /* projections done (for stats) */
+    float *proj_buf; /* rs_proj_buf's reused output of the exact scores */
+    size_t proj_buf_n;
 
     const resid_ranges *ranges; /* direction ranges (bounds only), or NULL */
 
@@ -156,6 +158,10 @@ bool rs_lpimemo_get(const resid_explainer *e, const resid_unit *u, double *lpi);
  * that row alone (a fixed operation order, independent of n, tiles and
  * threads): the definition of an exact score. */
 void rs_project_canon(resid_explainer *e, const float *y, int n, float *c);
+/* A buffer of at least n floats owned by the explainer, kept from call to
+ * call (the exact scores' projections: no fresh pages each batch), or NULL
+ * when out of memory. Valid until the next call or the explainer's end. */
+float *rs_proj_buf(resid_explainer *e, size_t n);
 /* For tests: true selects the generic canonical kernels (and lse), false
  * the CPU's best again. Returns whether the AVX2 kernels are now in use.
  * Not to be called while anything is being scored. */

@@ -456,12 +456,12 @@ static resid_status exact_vectors(resid_explainer *e, const resid_unit *const *u
                                   double *lpi, resid_error *err) {
     const int D = e->D, V = e->V, B = RS_CANON_ROWS;
     float *y = malloc((size_t)B * D * sizeof(float));
-    float *c = malloc((size_t)B * V * sizeof(float));
+    float *c = rs_proj_buf(e, (size_t)B * V);
     /* the exact projections double as the units' token lists */
     const int32_t kt = rs_tokcache_k(e);
     resid_token_value *tv = kt ? malloc((size_t)B * 2 * kt * sizeof *tv) : NULL;
     if (!y || !c || (kt && !tv)) {
-        free(y), free(c), free(tv);
+        free(y), free(tv);
         return rs_err(err, RESID_E_NOMEM, "scoring: out of memory");
     }
     for (int64_t i0 = 0; i0 < n; i0 += B) {
@@ -487,7 +487,7 @@ static resid_status exact_vectors(resid_explainer *e, const resid_unit *const *u
         for (int r = 0; kt && r < nb; r++)
             rs_tokcache_put(e, u[i0 + r], tv + (size_t)r * 2 * kt, tv + ((size_t)r * 2 + 1) * kt);
     }
-    free(y), free(c), free(tv);
+    free(y), free(tv);
     return RESID_OK;
 }
 
@@ -551,7 +551,7 @@ static resid_status exact_directional(resid_explainer *e, const resid_unit *cons
     const int B = RS_CANON_ROWS;
     dir_ref *refs = malloc((size_t)n * sizeof *refs);
     float *y = malloc((size_t)B * D * sizeof(float));
-    float *c = malloc((size_t)B * V * sizeof(float));
+    float *c = rs_proj_buf(e, (size_t)B * V);
     float *d = malloc((size_t)B * D * sizeof(float));
     int64_t *first = malloc((B + 1) * sizeof(int64_t));
     const int32_t kt = rs_tokcache_k(e);
@@ -560,7 +560,7 @@ static resid_status exact_directional(resid_explainer *e, const resid_unit *cons
     int32_t bl[RS_CANON_ROWS];
     int64_t brow[RS_CANON_ROWS];
     if (!refs || !y || !c || !d || !first || (kt && !tv)) {
-        free(refs), free(y), free(c), free(d), free(first), free(tv);
+        free(refs), free(y), free(d), free(first), free(tv);
         return rs_err(err, RESID_E_NOMEM, "scoring: out of memory");
     }
     for (int64_t i = 0; i < n; i++) {
@@ -613,7 +613,7 @@ static resid_status exact_directional(resid_explainer *e, const resid_unit *cons
                             tv + ((size_t)r * 2 + 1) * kt);
         i = j;
     }
-    free(refs), free(y), free(c), free(d), free(first), free(tv);
+    free(refs), free(y), free(d), free(first), free(tv);
     return RESID_OK;
 }
 

@@ -318,8 +318,18 @@ static resid_status check_trace(const resid_model *m, const resid_trace *tr,
     return RESID_OK;
 }
 
+float *rs_proj_buf(resid_explainer *e, size_t n) {
+    if (n > e->proj_buf_n) {
+        free(e->proj_buf);
+        e->proj_buf = malloc(n * sizeof(float));
+        e->proj_buf_n = e->proj_buf ? n : 0;
+    }
+    return e->proj_buf;
+}
+
 void resid_explainer_free(resid_explainer *e) {
     if (!e) return;
+    free(e->proj_buf);
     rs_tokcache_free(e->tok);
     rs_lpimemo_free(e->memo);
     free(e->wu_own);
