@@ -144,6 +144,22 @@ RS_HOT static void canon_panel_generic(const float *y, int n, const float *wu, i
     }
 }
 
+/* The row tiles of a call of n >= 1 rows, as the AVX2 kernels run them
+ * and canon_pack_rows lays y out: tile 0 is the first min(n, 4) rows (the
+ * tile that packs the W_U panel), the others split the rest in tiles of
+ * up to 6, as even as can be. */
+static inline int canon_ntiles(int n) {
+    const int m = n - (n < CANON_PACK_ROWS ? n : CANON_PACK_ROWS);
+    return 1 + (m + CANON_MR - 1) / CANON_MR;
+}
+
+static inline int canon_tile_rows(int n, int i) {
+    const int r0 = n < CANON_PACK_ROWS ? n : CANON_PACK_ROWS;
+    if (i == 0) return r0;
+    const int m = n - r0, nt = canon_ntiles(n) - 1;
+    return m / nt + (i - 1 < m % nt);
+}
+
 /* ---- AVX2 + FMA ---- */
 
 #if defined(__x86_64__) || defined(__i386__)
@@ -260,46 +276,33 @@ canon_tile_avx2(const float *y, int D, const float *w, float *wp, int kc, float 
     canon_fold_avx2(acc, c, V, nt, first, R);
 }
 
-/* The tiles of block k0 over the rows packed at yp (canon_pack_rows): the
- * first, of up to CANON_PACK_ROWS rows, packs the block (PACK) unless wp
- * already holds it (packed); then the other rows in tiles of up to 6, as
- * even as can be. */
+/* The tiles of block k0 over the rows packed at yp (canon_pack_rows), in
+ * the rows' tiles (canon_tile_rows): the first packs the block (PACK)
+ * unless wp already holds it (packed). */
 RS_AVX2 __attribute__((always_inline)) static inline void
 canon_tiles_avx2(const float *yp, int n, int D, int k0, const float *w, float *wp, int kc, float *c,
                  int V, int nt, bool first, const float *pf, bool packed) {
-    int r = 0;
-    const int r0 = n < CANON_PACK_ROWS ? n : CANON_PACK_ROWS;
-    const float *y = yp + (size_t)k0 * r0;
-    if (!packed) {
-        r = r0;
-        switch (r) {
-        case 4: canon_tile_avx2(y, D, w, wp, kc, c, V, nt, first, pf, 4, 1); break;
-        case 3: canon_tile_avx2(y, D, w, wp, kc, c, V, nt, first, pf, 3, 1); break;
-        case 2: canon_tile_avx2(y, D, w, wp, kc, c, V, nt, first, pf, 2, 1); break;
-        default: canon_tile_avx2(y, D, w, wp, kc, c, V, nt, first, pf, 1, 1); break;
-        }
-    }
-    const int m = n - r0, ntile = (m + CANON_MR - 1) / CANON_MR;
-    if (packed && r0 > 0) {
-        switch (r0) {
-        case 4: canon_tile_avx2(y, D, w, wp, kc, c, V, nt, first, pf, 4, 0); break;
-        case 3: canon_tile_avx2(y, D, w, wp, kc, c, V, nt, first, pf, 3, 0); break;
-        case 2: canon_tile_avx2(y, D, w, wp, kc, c, V, nt, first, pf, 2, 0); break;
-        default: canon_tile_avx2(y, D, w, wp, kc, c, V, nt, first, pf, 1, 0); break;
-        }
-    }
-    r = r0;
-    for (int i = 0; i < ntile; i++) {
-        const int R = m / ntile + (i < m % ntile);
-        const float *yr = yp + (size_t)r * D + (size_t)k0 * R;
+    const int ntile = canon_ntiles(n);
+    for (int i = 0, r = 0; i < ntile; i++) {
+        const int R = canon_tile_rows(n, i);
+        const float *y = yp + (size_t)r * D + (size_t)k0 * R;
         float *cr = c + (size_t)r * V;
-        switch (R) {
-        case 6: canon_tile_avx2(yr, D, w, wp, kc, cr, V, nt, first, pf, 6, 0); break;
-        case 5: canon_tile_avx2(yr, D, w, wp, kc, cr, V, nt, first, pf, 5, 0); break;
-        case 4: canon_tile_avx2(yr, D, w, wp, kc, cr, V, nt, first, pf, 4, 0); break;
-        case 3: canon_tile_avx2(yr, D, w, wp, kc, cr, V, nt, first, pf, 3, 0); break;
-        case 2: canon_tile_avx2(yr, D, w, wp, kc, cr, V, nt, first, pf, 2, 0); break;
-        default: canon_tile_avx2(yr, D, w, wp, kc, cr, V, nt, first, pf, 1, 0); break;
+        if (i == 0 && !packed) {
+            switch (R) { /* R <= CANON_PACK_ROWS */
+            case 4: canon_tile_avx2(y, D, w, wp, kc, cr, V, nt, first, pf, 4, 1); break;
+            case 3: canon_tile_avx2(y, D, w, wp, kc, cr, V, nt, first, pf, 3, 1); break;
+            case 2: canon_tile_avx2(y, D, w, wp, kc, cr, V, nt, first, pf, 2, 1); break;
+            default: canon_tile_avx2(y, D, w, wp, kc, cr, V, nt, first, pf, 1, 1); break;
+            }
+        } else {
+            switch (R) {
+            case 6: canon_tile_avx2(y, D, w, wp, kc, cr, V, nt, first, pf, 6, 0); break;
+            case 5: canon_tile_avx2(y, D, w, wp, kc, cr, V, nt, first, pf, 5, 0); break;
+            case 4: canon_tile_avx2(y, D, w, wp, kc, cr, V, nt, first, pf, 4, 0); break;
+            case 3: canon_tile_avx2(y, D, w, wp, kc, cr, V, nt, first, pf, 3, 0); break;
+            case 2: canon_tile_avx2(y, D, w, wp, kc, cr, V, nt, first, pf, 2, 0); break;
+            default: canon_tile_avx2(y, D, w, wp, kc, cr, V, nt, first, pf, 1, 0); break;
+            }
         }
         r += R;
     }
@@ -328,15 +331,12 @@ RS_AVX2 static void canon_panel_avx2(const float *y, int n, const float *wu, int
 #define canon_panel_avx2 canon_panel_generic
 #endif
 
-/* The rows of y in the tiles canon_tiles_avx2 runs (the first min(n, 4),
- * then tiles of up to 6, as even as can be), each tile's block k0 as
+/* The rows of y in their tiles (canon_tile_rows), each tile's block k0 as
  * [kc][R] at yp + r·D + k0·R: the kernels' broadcasts read it in order. */
 static void canon_pack_rows(const float *y, int n, int D, float *yp) {
-    const int r0 = n < CANON_PACK_ROWS ? n : CANON_PACK_ROWS;
-    const int m = n - r0, ntile = (m + CANON_MR - 1) / CANON_MR;
-    int r = 0;
-    for (int i = -1; i < ntile; i++) {
-        const int R = i < 0 ? r0 : m / ntile + (i < m % ntile);
+    const int ntile = canon_ntiles(n);
+    for (int i = 0, r = 0; i < ntile; i++) {
+        const int R = canon_tile_rows(n, i);
         for (int k0 = 0; k0 < D; k0 += RS_CANON_KBLOCK) {
             const int kc = D - k0 < RS_CANON_KBLOCK ? D - k0 : RS_CANON_KBLOCK;
             float *t = yp + (size_t)r * D + (size_t)k0 * R;
