@@ -158,6 +158,11 @@ bool rs_lpimemo_get(const resid_explainer *e, const resid_unit *u, double *lpi);
  * that row alone (a fixed operation order, independent of n, tiles and
  * threads): the definition of an exact score. */
 void rs_project_canon(resid_explainer *e, const float *y, int n, float *c);
+/* Sets e->wu (W_U as float32 rows: the weights in place when so stored,
+ * else the owned copy e->wu_own; vd = V·D) and e->gamma (the final-norm
+ * gain, ones without one), what rs_lensmap and rs_project_canon read.
+ * false: out of memory (the caller frees what was set). */
+bool rs_explainer_unembed(resid_explainer *e, const resid_model *m, size_t vd);
 /* A buffer of at least n floats owned by the explainer, kept from call to
  * call (the exact scores' projections: no fresh pages each batch), or NULL
  * when out of memory. Valid until the next call or the explainer's end. */

@@ -318,6 +318,20 @@ static resid_status check_trace(const resid_model *m, const resid_trace *tr,
     return RESID_OK;
 }
 
+bool rs_explainer_unembed(resid_explainer *e, const resid_model *m, size_t vd) {
+    const rs_tensor *wo = m->w_out;
+    if (wo->dtype == RESID_DTYPE_F32 && !wo->transposed) {
+        e->wu = wo->data;
+    } else {
+        if (!(e->wu_own = malloc(vd * sizeof(float)))) return false;
+        rs_tensor_rows(wo, 0, m->hp.n_vocab, e->wu_own);
+        e->wu = e->wu_own;
+    }
+    if (!(e->gamma = malloc((size_t)m->hp.d_model * sizeof(float)))) return false;
+    for (int d = 0; d < m->hp.d_model; d++) e->gamma[d] = m->out_norm_w ? m->out_norm_w[d] : 1.0f;
+    return true;
+}
+
 float *rs_proj_buf(resid_explainer *e, size_t n) {
     if (n > e->proj_buf_n) {
         free(e->proj_buf);
@@ -433,24 +447,13 @@ resid_status resid_explainer_new(const resid_model *m, const resid_trace *tr,
         e->ranges = r;
     }
 
-    const rs_tensor *wo = m->w_out;
-    if (wo->dtype == RESID_DTYPE_F32 && !wo->transposed) {
-        e->wu = wo->data;
-    } else {
-        e->wu_own = malloc(vd * sizeof(float));
-        if (!e->wu_own) goto nomem;
-        rs_tensor_rows(wo, 0, V, e->wu_own);
-        e->wu = e->wu_own;
-    }
-    e->gamma = malloc((size_t)D * sizeof(float));
+    if (!rs_explainer_unembed(e, m, vd)) goto nomem;
     e->gw = calloc((size_t)D, sizeof(float));
     e->ctx = calloc((size_t)nctx, sizeof(rs_context));
     e->ffn_dirs = calloc((size_t)L, sizeof(rs_dirstats));
     e->attn_dirs = calloc((size_t)L, sizeof(rs_dirstats));
     e->wo_t = calloc((size_t)L, sizeof(float *));
-    if (!e->gamma || !e->gw || !e->ctx || !e->ffn_dirs || !e->attn_dirs || !e->wo_t)
-        goto nomem;
-    for (int d = 0; d < D; d++) e->gamma[d] = m->out_norm_w ? m->out_norm_w[d] : 1.0f;
+    if (!e->gw || !e->ctx || !e->ffn_dirs || !e->attn_dirs || !e->wo_t) goto nomem;
 
     /* The lens scale, from x_L. */
     {

@@ -223,31 +223,22 @@ resid_status resid_ranges_build(const resid_model *m, resid_progress_fn progress
         resid_ranges_free(r);
         return rs_err(err, RESID_E_NOMEM, "ranges: unembedding %d x %d too large", V, D);
     }
-    /* The explainer's fields rs_lensmap and rs_project_canon read, at s = 1;
-     * W_U as float32 rows as resid_explainer_new gets it. */
+    /* The explainer's fields rs_lensmap and rs_project_canon read, at s = 1,
+     * set as resid_explainer_new sets them. */
     resid_explainer e;
     memset(&e, 0, sizeof e);
     e.m = m;
     e.D = D, e.V = V, e.L = L;
     e.centre = m->hp.arch == RESID_ARCH_GPT2;
     e.s = 1.0;
-    float *wu_own = NULL;
-    const rs_tensor *wo = m->w_out;
-    if (wo->dtype == RESID_DTYPE_F32 && !wo->transposed) {
-        e.wu = wo->data;
-    } else if ((wu_own = malloc(vd * sizeof(float)))) {
-        rs_tensor_rows(wo, 0, V, wu_own);
-        e.wu = wu_own;
-    }
-    e.gamma = malloc((size_t)D * sizeof(float));
+    const bool unembed = rs_explainer_unembed(&e, m, vd);
     float *rows = malloc((size_t)nmax * D * sizeof(float));
     float *y = malloc((size_t)RS_CANON_ROWS * D * sizeof(float));
     float *c = malloc((size_t)RS_CANON_ROWS * V * sizeof(float));
-    if (!e.wu || !e.gamma || !rows || !y || !c) {
+    if (!unembed || !rows || !y || !c) {
         st = rs_err(err, RESID_E_NOMEM, "ranges: out of memory (V=%d, D=%d)", V, D);
         goto done;
     }
-    for (int d = 0; d < D; d++) e.gamma[d] = m->out_norm_w ? m->out_norm_w[d] : 1.0f;
     for (int32_t l = 0; l < L; l++) {
         if (progress) progress(user, "FFN and W_O rows", l + 1, L);
         rs_tensor_cols(m->layers[l].w_down, rows); /* [D][N] -> [N][D] */
@@ -258,7 +249,7 @@ resid_status resid_ranges_build(const resid_model *m, resid_progress_fn progress
     }
     r->fingerprint = fingerprint(m);
 done:
-    free(wu_own), free(e.gamma), free(rows), free(y), free(c);
+    free(e.wu_own), free(e.gamma), free(rows), free(y), free(c);
     if (st) {
         resid_ranges_free(r);
         return st;
