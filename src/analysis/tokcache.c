@@ -237,7 +237,6 @@ void rs_tokcache_extremes(const resid_explainer *e, const float *c, double scale
         for (int32_t i = 0; i < k; i++) top[i].value *= scale, bottom[i].value *= scale;
 }
 
-
 /* ---------------------------------------------------------------------- */
 /* Exact LPIs                                                             */
 /* ---------------------------------------------------------------------- */
