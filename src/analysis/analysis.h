@@ -158,6 +158,9 @@ bool rs_lpimemo_get(const resid_explainer *e, const resid_unit *u, double *lpi);
  * that row alone (a fixed operation order, independent of n, tiles and
  * threads): the definition of an exact score. */
 void rs_project_canon(resid_explainer *e, const float *y, int n, float *c);
+/* c[n][nw] = y[n][D]·wᵀ for any float32 rows w[nw][D], in the same
+ * order (rs_project_canon is this on W_U, counted in e->n_proj). */
+void rs_canon_gemm(const float *w, int nw, int D, const float *y, int n, float *c);
 /* Sets e->wu (W_U as float32 rows: the weights in place when so stored,
  * else the owned copy e->wu_own; vd = V·D) and e->gamma (the final-norm
  * gain, ones without one), what rs_lensmap and rs_project_canon read.

@@ -348,10 +348,8 @@ static void canon_pack_rows(const float *y, int n, int D, float *yp) {
     }
 }
 
-RS_HOT void rs_project_canon(resid_explainer *e, const float *y, int n, float *c) {
-    const int D = e->D, V = e->V;
-    const float *wu = e->wu;
-    const int npanel = (V + CANON_NR - 1) / CANON_NR;
+RS_HOT void rs_canon_gemm(const float *w, int nw, int D, const float *y, int n, float *c) {
+    const int npanel = (nw + CANON_NR - 1) / CANON_NR;
     const bool avx2 = rs_kernels_avx2();
     if (n <= 0) return;
     /* the AVX2 kernels read y in tiles (canon_pack_rows); one row is its
@@ -361,18 +359,22 @@ RS_HOT void rs_project_canon(resid_explainer *e, const float *y, int n, float *c
         yp = malloc((size_t)n * D * sizeof(float));
         if (!yp) { /* row by row: the same bits, no buffer */
             for (int r = 0; r < n; r++)
-                rs_project_canon(e, y + (size_t)r * D, 1, c + (size_t)r * V);
+                rs_canon_gemm(w, nw, D, y + (size_t)r * D, 1, c + (size_t)r * nw);
             return;
         }
         canon_pack_rows(y, n, D, yp);
     }
-#pragma omp parallel for schedule(dynamic, 16) if ((int64_t)n * V * D >= RS_PAR_MIN_WORK)
+#pragma omp parallel for schedule(dynamic, 16) if ((int64_t)n * nw * D >= RS_PAR_MIN_WORK)
     for (int p = 0; p < npanel; p++) {
         if (avx2)
-            canon_panel_avx2(yp ? yp : y, n, wu, D, V, p * CANON_NR, c);
+            canon_panel_avx2(yp ? yp : y, n, w, D, nw, p * CANON_NR, c);
         else
-            canon_panel_generic(y, n, wu, D, V, p * CANON_NR, c);
+            canon_panel_generic(y, n, w, D, nw, p * CANON_NR, c);
     }
     free(yp);
-    e->n_proj += n;
+}
+
+void rs_project_canon(resid_explainer *e, const float *y, int n, float *c) {
+    rs_canon_gemm(e->wu, e->V, e->D, y, n, c);
+    if (n > 0) e->n_proj += n;
 }

@@ -649,7 +649,11 @@ static resid_status query_contrib(rs_web_ctx *c, query_job *jobs, int32_t n_jobs
             }
         if (!nq) continue;
         const rs_tensor *wd = c->m->layers[i].w_down;
-        if (wd->dtype == RESID_DTYPE_F32) { /* straight from the mapped weights */
+        if (wd->dtype == RESID_DTYPE_F32 && wd->transposed) {
+            /* fc2_k are the mapped weights' rows: each read once for
+             * all the keys, no packed copy */
+            rs_canon_gemm((const float *)wd->data, N, D, kq, nq, g);
+        } else if (wd->dtype == RESID_DTYPE_F32) { /* straight from the mapped weights */
             cblas_sgemm(CblasRowMajor, CblasNoTrans, wd->transposed ? CblasTrans : CblasNoTrans,
                         nq, N, D, 1.0f, kq, D, (const float *)wd->data, wd->transposed ? D : N,
                         0.0f, g, N);
