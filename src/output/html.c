@@ -206,31 +206,35 @@ static int64_t proj_rows_fit(const rs_web_ctx *c, int64_t n) {
  * resid_lens_grid_new computes them. */
 static void cell_from(const float *z, const double *sub, int32_t V, int32_t w,
                       resid_lens_cell *cell) {
-    int32_t best = 0;
-    double zb = z[0] - (sub ? sub[0] : 0);
-    for (int32_t t = 1; t < V; t++) {
-        const double zt = z[t] - (sub ? sub[t] : 0);
-        if (zt > zb) best = t, zb = zt;
-    }
-    const double zw = z[w] - (sub ? sub[w] : 0);
-    double sum = 0;
-    int32_t rank = 0;
-    if (sub) {
-        for (int32_t t = 0; t < V; t++) {
-            const double zt = z[t] - sub[t];
-            sum += exp(zt - zb);
-            rank += zt > zw || (zt == zw && t < w);
-        }
-    } else { /* floats: the exact scores' log-sum-exp */
+    if (!sub) { /* floats: the exact scores' log-sum-exp */
+        float zb, zmin;
+        rs_minmax(z, V, &zb, &zmin);
+        int32_t best = 0;
+        while (best < V - 1 && z[best] != zb) best++; /* the lowest id on ties */
         const float fw = z[w];
+        int32_t rank = 0;
         for (int32_t t = 0; t < V; t++) rank += z[t] > fw;
         for (int32_t t = 0; t < w; t++) rank += z[t] == fw;
         const double lse = rs_logsumexp(z, V);
         cell->top1 = best;
         cell->p_top1 = exp(zb - lse);
-        cell->p_target = exp(zw - lse);
+        cell->p_target = exp(fw - lse);
         cell->rank_target = rank;
         return;
+    }
+    int32_t best = 0;
+    double zb = z[0] - sub[0];
+    for (int32_t t = 1; t < V; t++) {
+        const double zt = z[t] - sub[t];
+        if (zt > zb) best = t, zb = zt;
+    }
+    const double zw = z[w] - sub[w];
+    double sum = 0;
+    int32_t rank = 0;
+    for (int32_t t = 0; t < V; t++) {
+        const double zt = z[t] - sub[t];
+        sum += exp(zt - zb);
+        rank += zt > zw || (zt == zw && t < w);
     }
     cell->top1 = best;
     cell->p_top1 = 1.0 / sum;
@@ -309,10 +313,10 @@ static resid_status grid_fast(rs_web_ctx *c, resid_lens lens, int32_t n_cols,
         }
     const int64_t nb = proj_rows_fit(c, n_rows);
     float *y = malloc(((size_t)nb + 1) * D * sizeof *y);
-    float *z = malloc(((size_t)nb + 1) * V * sizeof *z);
+    float *z = rs_proj_buf(c->ex, ((size_t)nb + 1) * V); /* no fresh pages */
     if (!y || !z) {
         resid_lens_grid_free(g);
-        free(job), free(sc), free(y), free(z);
+        free(job), free(sc), free(y);
         return rs_err(err, RESID_E_NOMEM, "web: out of memory for the lens grid");
     }
 #define GRID_CELL(slot, t)                                                                         \
@@ -333,6 +337,7 @@ static resid_status grid_fast(rs_web_ctx *c, resid_lens lens, int32_t n_cols,
             cell_from(z + (size_t)i * V, NULL, V, w, GRID_CELL(job[r0 + i][0], job[r0 + i][1]));
     }
     if (from_ctx) /* context 2L is x_L */
+#pragma omp parallel for schedule(dynamic) if ((int64_t)(2 * L + 1) * V >= RS_PAR_MIN_WORK)
         for (int32_t slot = 0; slot <= 2 * L; slot++) {
             const int ci = slot == 2 * L ? 2 * L : slot < L ? 2 * slot : 2 * (slot - L) + 1;
             if (slot < 2 * L || !from_logits)
@@ -345,7 +350,7 @@ static resid_status grid_fast(rs_web_ctx *c, resid_lens lens, int32_t n_cols,
             cell_from(tr->logits + (size_t)(P0 + t) * V, sub, V, w, GRID_CELL(2 * L, t));
     }
 #undef GRID_CELL
-    free(job), free(sc), free(y), free(z);
+    free(job), free(sc), free(y);
     *out = g;
     return RESID_OK;
 }
