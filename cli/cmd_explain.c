@@ -64,11 +64,16 @@ static const char help[] =
     "                       from disk; adds the lens grid, head and neuron\n"
     "                       details); see docs/serve.md\n"
     "      --html-positions N  lens-grid columns in the HTML report: the last N\n"
-    "                       positions (default 4; 0 = all). Each column costs\n"
-    "                       2 x layers vocabulary projections\n"
+    "                       positions (0 = all). Each but the last costs\n"
+    "                       2 x layers vocabulary projections (~5% of a default\n"
+    "                       explain on GPT-2 small). Default: all when the\n"
+    "                       whole grid costs at most 2^30 multiply-adds (small\n"
+    "                       models), else the last (free)\n"
     "      --html-heads N   heads given a source-position breakdown in the HTML\n"
-    "                       report (default 3, the best by score; resid serve\n"
-    "                       computes any head on click)\n"
+    "                       report, the best by score; each costs up to one\n"
+    "                       projection per prompt token. Default: all when\n"
+    "                       that is at most 2^30 multiply-adds, else 1 (resid\n"
+    "                       serve computes any head on click)\n"
     "      --compare-scores also run the scoring-method comparison: the top-10\n"
     "                       FFN neurons by each of 8 scores zeroed, and 10\n"
     "                       random ones (as resid ablate --compare-scores);\n"
@@ -478,15 +483,17 @@ static int run(const cli_command *cmd, int argc, char **argv) {
         {NULL, 0, NULL, 0},
     };
     /* The HTML report's extra views cost vocabulary projections: by default
-     * few enough that --html adds at most ~10% to the explain's time on
-     * GPT-2 small (scripts/bench.sh). */
+     * (-1: RS_WEB_CHEAP_MACS) all of them on small models, else only the
+     * free lens-grid column (t*, from the explainer's contexts) and one
+     * head's breakdown, so that --html adds well under 10% to the explain's
+     * time on GPT-2 small (scripts/bench.sh). */
     explain_opts o = {.target_id = -1,
                       .vs_id = -1,
                       .lens = RESID_LENS_PAPER,
                       .top = 10,
                       .n_tokens = 5,
-                      .html_positions = 4,
-                      .html_heads = 3};
+                      .html_positions = -1,
+                      .html_heads = -1};
     cli_args a;
     int r = cli_parse(cmd, argc, argv, CLI_OPT_PROMPT, extra, "k:", on_opt, &o, &a);
     if (r != CLI_CONTINUE) return r;

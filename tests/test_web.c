@@ -22,7 +22,9 @@
  *    library's resid_lens_grid_new (p and p_top1 1e-5, same top-1 and rank),
  *    also with only the last 3 columns; every head x position score of the
  *    detailed heads against resid_score_units (exact, canonical) (LPI,
- *    bs_target 1e-5); a session of the last position only is refused.
+ *    bs_target 1e-5); a session of the last position only is refused;
+ *  - the default page's size (-1): everything on a small model and prompt,
+ *    the t* column and the best head beyond RS_WEB_CHEAP_MACS.
  * The reports written (web-report-*.html in the working directory) are
  * kept as artifacts.
  */
@@ -450,6 +452,62 @@ static void test_session_gpt2(void **state) {
     check_session(GPT2S, -1, RESID_LENS_PAPER);
 }
 
+/* The page's size at grid_positions = n_head_detail = -1 (what explain
+ * --html asks for) for `prompt` on `model`: *P lens-grid columns, *nd heads
+ * with a position breakdown; *T the prompt's length. */
+static void auto_size(const char *model, const char *prompt, int32_t *T, int32_t *P,
+                      int32_t *nd) {
+    resid_model *m = tu_open_model(model);
+    const resid_tokenizer *tok = resid_model_tokenizer(m);
+    resid_error err;
+    resid_encode_opts eo = resid_encode_defaults(tok);
+    int32_t *ids;
+    assert_int_equal(resid_tokenize(tok, prompt, -1, &eo, &ids, T, &err), RESID_OK);
+    resid_explain_request rq = resid_explain_request_defaults();
+    rq.tokens = ids;
+    rq.n_tokens = *T;
+    rs_explain_session *s;
+    cJSON *rep;
+    rs_web_ctx *c;
+    assert_int_equal(rs_explain_session_new(m, &rq, true, &s, &err), RESID_OK);
+    assert_int_equal(rs_explain_session_json(s, &rep, &err), RESID_OK);
+    assert_int_equal(rs_web_ctx_from_session(m, s, &c, &err), RESID_OK);
+    rs_web_opts o = rs_web_defaults();
+    o.grid_positions = o.n_head_detail = -1;
+    assert_int_equal(rs_web_extras(c, rep, &o, &err), RESID_OK);
+    const cJSON *rows = cJSON_GetObjectItem(cJSON_GetObjectItem(rep, "lens_grid"), "rows"), *e;
+    *P = cJSON_GetArraySize(cJSON_GetObjectItem(cJSON_GetArrayItem(rows, 0), "cells"));
+    *nd = 0;
+    cJSON_ArrayForEach(e, cJSON_GetObjectItem(rep, "head_details")) {
+        *nd += cJSON_HasObjectItem(e, "positions");
+    }
+    rs_web_ctx_free(c);
+    rs_explain_session_free(s);
+    cJSON_Delete(rep);
+    free(ids);
+    resid_model_free(m);
+}
+
+/* explain --html's default page: everything when it costs at most
+ * RS_WEB_CHEAP_MACS (tiny-gpt2-stories, 4 layers x 4 heads, V·D = 3.2M:
+ * P_RED's 17 tokens), else the t* column and the best head (the same model
+ * on a prompt of ~70 tokens: the grid 1.7G, the heads 3.6G multiply-adds). */
+static void test_auto_size(void **state) {
+    (void)state;
+    int32_t T, P, nd;
+    auto_size(GPT2S, P_RED, &T, &P, &nd);
+    printf("# %s, %d tokens: %d grid columns, %d heads detailed\n", GPT2S, T, P, nd);
+    assert_true(2.0 * 4 * (T - 1) * 50257 * 64 <= RS_WEB_CHEAP_MACS);
+    assert_true(16.0 * T * 50257 * 64 <= RS_WEB_CHEAP_MACS);
+    assert_int_equal(P, T);
+    assert_int_equal(nd, 16);
+    auto_size(GPT2S, P_RED " ball. " P_RED " car. " P_RED " hat. " P_RED, &T, &P, &nd);
+    printf("# %s, %d tokens: %d grid columns, %d heads detailed\n", GPT2S, T, P, nd);
+    assert_true(2.0 * 4 * (T - 1) * 50257 * 64 > RS_WEB_CHEAP_MACS);
+    assert_int_equal(P, 1);
+    assert_int_equal(nd, 1);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_escaping),
@@ -457,6 +515,7 @@ int main(void) {
         cmocka_unit_test(test_report_gpt2_contrast),
         cmocka_unit_test(test_session_stories),
         cmocka_unit_test(test_session_gpt2),
+        cmocka_unit_test(test_auto_size),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

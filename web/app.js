@@ -133,8 +133,9 @@
     const yl = top + rows.length * ch + 4;
     R.tokens.slice(g.pos_first).forEach((x, t) => svg.append(
       s('text', { x: left + t * cw + cw / 2, y: yl, class: 'lab tokl', transform: `rotate(40 ${left + t * cw + cw / 2} ${yl})` }, tokText(x).slice(0, 10))));
+    const part = g.pos_first > 0 ? ` This report has the last ${T === 1 ? 'position' : T + ' positions'} only: resid explain --html-positions 0 (or resid serve) gives every one.` : '';
     return section('lens', 'Logit lens: p(target) per layer and position',
-      `${g.lens} lens; rows are residuals (x_in = before attention, x_mid = before the FFN), darker = higher p(target), ★ = the target is top-1. Hover a cell for its top token.`,
+      `${g.lens} lens; rows are residuals (x_in = before attention, x_mid = before the FFN), darker = higher p(target), ★ = the target is top-1. Hover a cell for its top token.${part}`,
       h('div', { class: 'scroll' }, svg));
   }
 

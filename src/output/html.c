@@ -839,7 +839,12 @@ static double num(const cJSON *o, const char *name, double dflt) {
 
 resid_status rs_web_extras(rs_web_ctx *c, cJSON *report, const rs_web_opts *o, resid_error *err) {
     rs_web_opts d = o ? *o : rs_web_defaults();
-    const int32_t L = c->info->n_layer, H = c->info->n_head;
+    const int32_t L = c->info->n_layer, H = c->info->n_head, T = c->n;
+    const double proj = (double)c->info->n_vocab * c->info->d_model; /* multiply-adds */
+    if (d.grid_positions < 0)
+        d.grid_positions = 2.0 * L * (T - 1) * proj <= RS_WEB_CHEAP_MACS ? 0 : 1;
+    if (d.n_head_detail < 0)
+        d.n_head_detail = (double)L * H * T * proj <= RS_WEB_CHEAP_MACS ? L * H : 1;
     resid_status st;
     resid_lens lens = RESID_LENS_PAPER;
     const cJSON *ln = cJSON_GetObjectItemCaseSensitive(report, "lens");

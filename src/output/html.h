@@ -27,12 +27,12 @@ typedef struct rs_web_ctx rs_web_ctx;
 
 typedef struct rs_web_opts {
     int32_t n_head_detail; /* heads given a position breakdown (best by the
-                              report's score); default 12 */
+                              report's score); default 12; < 0: auto */
     int32_t n_tokens;      /* top/bottom tokens per head (default 5) */
     int32_t n_query;       /* query neurons listed per neuron (default 8) */
     int32_t grid_positions; /* lens-grid columns: the last N positions (0 =
-                               all; default 0). Each column costs 2L
-                               vocabulary projections. */
+                               all; default 0; < 0: auto). Each column
+                               but t*'s costs 2L vocabulary projections. */
     /* rs_web_extras' stages, steps 1-3 of 3: "lens grid", "head details",
      * "neuron details" (default NULL: none). */
     resid_progress_fn progress;
@@ -78,6 +78,12 @@ resid_status rs_web_head(rs_web_ctx *c, int32_t layer, int32_t head, const rs_we
  * FFN neuron i's part of the first key's pre-activation share. */
 resid_status rs_web_neuron(rs_web_ctx *c, const resid_unit *u, const rs_web_opts *o, cJSON **out,
                            resid_error *err);
+
+/* The page's size when grid_positions or n_head_detail is < 0 (auto):
+ * everything when it costs at most this many multiply-adds (V·D per
+ * vocabulary projection; small models), else the free lens-grid column
+ * (t*) and the best head's breakdown. */
+#define RS_WEB_CHEAP_MACS ((double)(1 << 30))
 
 /* Adds "lens_grid" (in the report's "lens"), "head_details" (every head's
  * attention row; positions and tokens for the best n_head_detail heads),

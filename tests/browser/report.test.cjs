@@ -1,6 +1,7 @@
 // report.test.cjs - the self-contained report of `resid explain --html` in
 // headless Chromium: opened from disk, it shows the target, the lens grid
-// ((2L+1) x the last 4 positions), the layer chart (2L bars), the head map (L x H cells);
+// ((2L+1) x every position on this small model; --html-positions 1: the last one,
+// with a note), the layer chart (2L bars), the head map (L x H cells);
 // clicking a head and a neuron opens their details (no ablate button nor
 // ablation-mode control: no server); the scoring-method comparison is hidden without --compare-scores
 // and shows 8 methods + original + random with it; no console errors, no
@@ -33,10 +34,10 @@ test('report of stories260K opens from disk and is interactive', async () => {
     assert.strictEqual(await page.locator('#head-map .head-cell').count(), L * H);
     assert.strictEqual(await page.locator('#layer-chart .bar').count(), 2 * L);
     assert.strictEqual(await page.locator('#layer-chart .bar.attn').count(), L);
-    // explain --html: the lens grid covers the last 4 positions (--html-positions).
-    const P = Math.min(T, 4);
-    assert.strictEqual(data.lens_grid.pos_first, T - P);
-    assert.strictEqual(await page.locator('#lens-grid .cell').count(), (2 * L + 1) * P);
+    // explain --html on a model this small: the lens grid covers every position.
+    assert.strictEqual(data.lens_grid.pos_first, 0);
+    assert.strictEqual(await page.locator('#lens-grid .cell').count(), (2 * L + 1) * T);
+    assert.doesNotMatch(await page.textContent('#lens'), /--html-positions/);
     assert.strictEqual(await page.locator('#ffn-table tbody tr').count(), json.ffn_neurons.length);
     assert.strictEqual(await page.locator('#query-chart .bar').count(), 2 * L + 1);
     assert.ok(await page.locator('#compare').isHidden(), 'no ablations: comparison hidden');
@@ -69,6 +70,36 @@ test('report of stories260K opens from disk and is interactive', async () => {
     // and no ablation-mode control.
     assert.strictEqual(await page.locator('button.ablate').count(), 0);
     assert.strictEqual(await page.locator('#ablate-opts, #ab-mode').count(), 0);
+    assert.deepStrictEqual(errors, []);
+  } finally {
+    await browser.close();
+  }
+});
+
+test('a trimmed report (what larger models get by default) says what it left out', async () => {
+  const out = path.resolve('browser-report-trimmed.html');
+  const json = JSON.parse(cli(['explain', STORIES, '-p', PROMPT, '--json', '-']));
+  cli(['explain', STORIES, '-p', PROMPT, '--html', out, '--html-positions', '2', '--html-heads', '1'],
+    { stdio: ['ignore', 'ignore', 'pipe'] });
+  const L = json.model.n_layer, T = json.tokens.length;
+  const { browser, page, errors } = await launch();
+  try {
+    await page.goto('file://' + out);
+    await page.waitForSelector('#head-map');
+    const data = await page.evaluate(() => JSON.parse(document.getElementById('resid-data').textContent));
+    assert.strictEqual(data.lens_grid.pos_first, T - 2);
+    assert.strictEqual(await page.locator('#lens-grid .cell').count(), (2 * L + 1) * 2);
+    assert.match(await page.textContent('#lens'), /last 2 positions only: resid explain --html-positions 0/);
+    assert.strictEqual(data.head_details.filter((d) => d.positions).length, 1);
+    // The best head has its breakdown; the second best points to resid serve.
+    const [best, second] = json.heads.slice().sort((a, b) => b.lpi - a.lpi);
+    await page.click(`#head-map .head-cell[data-id="${best.id}"]`);
+    assert.strictEqual(await page.locator('#head-pos-chart .bar').count(), T);
+    await page.click(`#head-map .head-cell[data-id="${second.id}"]`);
+    assert.match(await page.textContent('#head-detail h3'), new RegExp('Head ' + second.id));
+    assert.strictEqual(await page.locator('#head-pos-chart').count(), 0);
+    assert.match(await page.textContent('#head-detail'), /best heads only; resid serve computes any head/);
+    assert.strictEqual(await page.locator('#head-detail .attn .tok').count(), T);
     assert.deepStrictEqual(errors, []);
   } finally {
     await browser.close();
