@@ -74,6 +74,10 @@ static const char help[] =
     "                       projection per prompt token. Default: all when\n"
     "                       that is at most 2^30 multiply-adds, else 1 (resid\n"
     "                       serve computes any head on click)\n"
+    "      --html-neurons N the first N of each neuron list get their query\n"
+    "                       layers and query neurons in the HTML report (each\n"
+    "                       costs reading the FFN weights below it). Default:\n"
+    "                       all when that is at most 2^30 multiply-adds, else 10\n"
     "      --compare-scores also run the scoring-method comparison: the top-10\n"
     "                       FFN neurons by each of 8 scores zeroed, and 10\n"
     "                       random ones (as resid ablate --compare-scores);\n"
@@ -100,6 +104,7 @@ enum {
     OPT_HTML_FILE,
     OPT_HTML_POSITIONS,
     OPT_HTML_HEADS,
+    OPT_HTML_NEURONS,
     OPT_COMPARE,
     OPT_BOTTOM,
     OPT_RANGES,
@@ -114,7 +119,7 @@ typedef struct explain_opts {
     bool exhaustive, compare;
     const char *json_path;
     const char *html_path;
-    long html_positions, html_heads;
+    long html_positions, html_heads, html_neurons;
     const char *ranges_path;
 } explain_opts;
 
@@ -136,6 +141,8 @@ static int on_opt(const cli_command *cmd, void *user, int opt, const char *arg) 
     case OPT_HTML_POSITIONS:
         return cli_parse_int(cmd, "--html-positions", arg, 0, INT32_MAX, &o->html_positions);
     case OPT_HTML_HEADS: return cli_parse_int(cmd, "--html-heads", arg, 0, INT32_MAX, &o->html_heads);
+    case OPT_HTML_NEURONS:
+        return cli_parse_int(cmd, "--html-neurons", arg, 0, INT32_MAX, &o->html_neurons);
     case OPT_LENS: return cli_parse_lens(cmd, arg, &o->lens);
     }
     return cli_usage_error(cmd, "unknown option");
@@ -477,23 +484,26 @@ static int run(const cli_command *cmd, int argc, char **argv) {
         {"html", required_argument, NULL, OPT_HTML_FILE},
         {"html-positions", required_argument, NULL, OPT_HTML_POSITIONS},
         {"html-heads", required_argument, NULL, OPT_HTML_HEADS},
+        {"html-neurons", required_argument, NULL, OPT_HTML_NEURONS},
         {"compare-scores", no_argument, NULL, OPT_COMPARE},
         {"bottom", required_argument, NULL, OPT_BOTTOM},
         {"ranges", required_argument, NULL, OPT_RANGES},
         {NULL, 0, NULL, 0},
     };
-    /* The HTML report's extra views cost vocabulary projections: by default
-     * (-1: RS_WEB_CHEAP_MACS) all of them on small models, else only the
-     * free lens-grid column (t*, from the explainer's contexts) and one
-     * head's breakdown, so that --html adds well under 10% to the explain's
-     * time on GPT-2 small (scripts/bench.sh). */
+    /* The HTML report's extra views cost vocabulary projections and reads
+     * of the FFN weights: by default (-1: RS_WEB_CHEAP_MACS) all of them on
+     * small models, else only the free lens-grid column (t*, from the
+     * explainer's contexts), one head's breakdown and 10 neurons per list,
+     * so that --html adds well under 10% to the explain's time on GPT-2
+     * small (scripts/bench.sh). */
     explain_opts o = {.target_id = -1,
                       .vs_id = -1,
                       .lens = RESID_LENS_PAPER,
                       .top = 10,
                       .n_tokens = 5,
                       .html_positions = -1,
-                      .html_heads = -1};
+                      .html_heads = -1,
+                      .html_neurons = -1};
     cli_args a;
     int r = cli_parse(cmd, argc, argv, CLI_OPT_PROMPT, extra, "k:", on_opt, &o, &a);
     if (r != CLI_CONTINUE) return r;
@@ -584,6 +594,7 @@ static int run(const cli_command *cmd, int argc, char **argv) {
         wo.n_tokens = (int32_t)o.n_tokens;
         wo.grid_positions = (int32_t)o.html_positions;
         wo.n_head_detail = (int32_t)o.html_heads;
+        wo.n_neuron_detail = (int32_t)o.html_neurons;
         if (tty) wo.progress = tty_progress, wo.progress_user = "html report";
         resid_error err;
         rs_web_ctx *wc = NULL;

@@ -24,7 +24,9 @@
  *    detailed heads against resid_score_units (exact, canonical) (LPI,
  *    bs_target 1e-5); a session of the last position only is refused;
  *  - the default page's size (-1): everything on a small model and prompt,
- *    the t* column and the best head beyond RS_WEB_CHEAP_MACS.
+ *    the t* column, the best head and 10 neurons per list beyond
+ *    RS_WEB_CHEAP_MACS; explicit sizes kept (the neuron details are those of
+ *    the lists' first entries).
  * The reports written (web-report-*.html in the working directory) are
  * kept as artifacts.
  */
@@ -452,11 +454,11 @@ static void test_session_gpt2(void **state) {
     check_session(GPT2S, -1, RESID_LENS_PAPER);
 }
 
-/* The page's size at grid_positions = n_head_detail = -1 (what explain
- * --html asks for) for `prompt` on `model`: *P lens-grid columns, *nd heads
- * with a position breakdown; *T the prompt's length. */
-static void auto_size(const char *model, const char *prompt, int32_t *T, int32_t *P,
-                      int32_t *nd) {
+/* The page's size for `prompt` on `model` with o's sizes: *P lens-grid
+ * columns, *nd heads with a position breakdown, *nn neurons with details;
+ * *T the prompt's length. */
+static void page_size(const char *model, const char *prompt, rs_web_opts o, int32_t *T,
+                      int32_t *P, int32_t *nd, int32_t *nn) {
     resid_model *m = tu_open_model(model);
     const resid_tokenizer *tok = resid_model_tokenizer(m);
     resid_error err;
@@ -472,14 +474,23 @@ static void auto_size(const char *model, const char *prompt, int32_t *T, int32_t
     assert_int_equal(rs_explain_session_new(m, &rq, true, &s, &err), RESID_OK);
     assert_int_equal(rs_explain_session_json(s, &rep, &err), RESID_OK);
     assert_int_equal(rs_web_ctx_from_session(m, s, &c, &err), RESID_OK);
-    rs_web_opts o = rs_web_defaults();
-    o.grid_positions = o.n_head_detail = -1;
     assert_int_equal(rs_web_extras(c, rep, &o, &err), RESID_OK);
     const cJSON *rows = cJSON_GetObjectItem(cJSON_GetObjectItem(rep, "lens_grid"), "rows"), *e;
     *P = cJSON_GetArraySize(cJSON_GetObjectItem(cJSON_GetArrayItem(rows, 0), "cells"));
     *nd = 0;
     cJSON_ArrayForEach(e, cJSON_GetObjectItem(rep, "head_details")) {
         *nd += cJSON_HasObjectItem(e, "positions");
+    }
+    *nn = cJSON_GetArraySize(cJSON_GetObjectItem(rep, "neuron_details"));
+    /* the details are those of the lists' first entries */
+    const char *lists[] = {"ffn_neurons", "attn_neurons"};
+    for (int li = 0; li < 2; li++) {
+        int32_t i = 0;
+        cJSON_ArrayForEach(e, cJSON_GetObjectItem(rep, lists[li])) {
+            const char *id = cJSON_GetObjectItem(e, "id")->valuestring;
+            assert_int_equal(cJSON_HasObjectItem(cJSON_GetObjectItem(rep, "neuron_details"), id),
+                             i++ < o.n_neuron_detail || o.n_neuron_detail < 0);
+        }
     }
     rs_web_ctx_free(c);
     rs_explain_session_free(s);
@@ -488,24 +499,67 @@ static void auto_size(const char *model, const char *prompt, int32_t *T, int32_t
     resid_model_free(m);
 }
 
-/* explain --html's default page: everything when it costs at most
- * RS_WEB_CHEAP_MACS (tiny-gpt2-stories, 4 layers x 4 heads, V·D = 3.2M:
- * P_RED's 17 tokens), else the t* column and the best head (the same model
- * on a prompt of ~70 tokens: the grid 1.7G, the heads 3.6G multiply-adds). */
+/* explain --html's default page (the sizes at -1, rs_web_auto): each view
+ * whole when it costs at most RS_WEB_CHEAP_MACS, else the t* column, the
+ * best head and RS_WEB_AUTO_NEURONS neurons per list. tiny-gpt2-stories (4
+ * layers x 4 heads, V·D = 3.2M) on P_RED's 17 tokens gets everything, on
+ * ~70 tokens the trimmed grid and heads (1.7G and 3.6G multiply-adds);
+ * GPT-2 small's sizes (no fixture) through rs_web_auto directly. */
 static void test_auto_size(void **state) {
     (void)state;
-    int32_t T, P, nd;
-    auto_size(GPT2S, P_RED, &T, &P, &nd);
-    printf("# %s, %d tokens: %d grid columns, %d heads detailed\n", GPT2S, T, P, nd);
+    rs_web_opts o = rs_web_defaults();
+    o.grid_positions = o.n_head_detail = o.n_neuron_detail = -1;
+    int32_t T, P, nd, nn;
+    page_size(GPT2S, P_RED, o, &T, &P, &nd, &nn);
+    printf("# %s, %d tokens: %d grid columns, %d heads, %d neurons detailed\n", GPT2S, T, P, nd,
+           nn);
     assert_true(2.0 * 4 * (T - 1) * 50257 * 64 <= RS_WEB_CHEAP_MACS);
     assert_true(16.0 * T * 50257 * 64 <= RS_WEB_CHEAP_MACS);
     assert_int_equal(P, T);
     assert_int_equal(nd, 16);
-    auto_size(GPT2S, P_RED " ball. " P_RED " car. " P_RED " hat. " P_RED, &T, &P, &nd);
-    printf("# %s, %d tokens: %d grid columns, %d heads detailed\n", GPT2S, T, P, nd);
+    assert_int_equal(nn, 20);
+    page_size(GPT2S, P_RED " ball. " P_RED " car. " P_RED " hat. " P_RED, o, &T, &P, &nd, &nn);
+    printf("# %s, %d tokens: %d grid columns, %d heads, %d neurons detailed\n", GPT2S, T, P, nd,
+           nn);
     assert_true(2.0 * 4 * (T - 1) * 50257 * 64 > RS_WEB_CHEAP_MACS);
     assert_int_equal(P, 1);
     assert_int_equal(nd, 1);
+    assert_int_equal(nn, 20);
+    /* explicit sizes are kept: 3 columns, 2 heads, the first 3 neurons */
+    rs_web_opts x = rs_web_defaults();
+    x.grid_positions = 3, x.n_head_detail = 2, x.n_neuron_detail = 3;
+    page_size(GPT2S, P_RED, x, &T, &P, &nd, &nn);
+    assert_int_equal(P, 3);
+    assert_int_equal(nd, 2);
+    assert_int_equal(nn, 6);
+
+    resid_model_info g2 = {.n_layer = 12, .n_head = 12, .n_vocab = 50257, .d_model = 768,
+                           .d_ffn = 3072};
+    const double nmacs = 3072.0 * 768; /* one neuron in layer 1 */
+    rs_web_opts a = o;
+    rs_web_auto(&a, &g2, 16, 20 * 6 * nmacs); /* explain's --top 10 */
+    assert_int_equal(a.grid_positions, 1);
+    assert_int_equal(a.n_head_detail, 1);
+    assert_int_equal(a.n_neuron_detail, INT32_MAX);
+    a = o;
+    rs_web_auto(&a, &g2, 16, 600 * 6 * nmacs); /* --top 300 */
+    assert_int_equal(a.n_neuron_detail, RS_WEB_AUTO_NEURONS);
+    a = o;
+    rs_web_auto(&a, &g2, 2, 0); /* 2 tokens: the grid's other column, 0.93G */
+    assert_int_equal(a.grid_positions, 0);
+    a = o;
+    rs_web_auto(&a, &g2, 3, 0); /* 3 tokens: two more, 1.85G */
+    assert_int_equal(a.grid_positions, 1);
+    resid_model_info small = {.n_layer = 5, .n_head = 8, .n_vocab = 512, .d_model = 64};
+    a = o;
+    rs_web_auto(&a, &small, 21, 0); /* stories260K: everything */
+    assert_int_equal(a.grid_positions, 0);
+    assert_int_equal(a.n_head_detail, 40);
+    a = x;
+    rs_web_auto(&a, &g2, 16, 1e12);
+    assert_int_equal(a.grid_positions, 3);
+    assert_int_equal(a.n_head_detail, 2);
+    assert_int_equal(a.n_neuron_detail, 3);
 }
 
 int main(void) {

@@ -272,7 +272,10 @@
       if (u.neuron != null) body.neuron = u.neuron; else Object.assign(body, { head: u.head, dim: u.dim, pos: u.pos });
       try { d = await api('/api/neuron', body, st); } catch (e) { box.replaceChildren(errBox(e)); return; }
     }
-    if (!d) { box.replaceChildren(h('p', { class: 'muted' }, 'No details for ' + u.id)); return; }
+    if (!d) {
+      box.replaceChildren(h('p', { class: 'muted' }, `No details for ${u.id} in this report: it has them for the first neurons of each list only (resid explain --html-neurons N sets how many; resid serve computes any neuron).`));
+      return;
+    }
     const kids = [h('h3', null, `Neuron ${u.id}`), h('p', null, `coefficient ${fmt(u.coef, 4)}; its input is read at position ${d.pos} (`, tok(R.tokens[d.pos]), ')'),
       ablateButton([u.neuron != null ? 'n:' + u.id : u.id], 'neuron-ablate')];
     for (const k of d.keys) {

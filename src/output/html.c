@@ -25,7 +25,11 @@ const rs_web_asset *rs_web_asset_find(const char *name) {
 }
 
 rs_web_opts rs_web_defaults(void) {
-    rs_web_opts o = {.n_head_detail = 12, .n_tokens = 5, .n_query = 8, .grid_positions = 0};
+    rs_web_opts o = {.n_head_detail = 12,
+                     .n_tokens = 5,
+                     .n_query = 8,
+                     .grid_positions = 0,
+                     .n_neuron_detail = INT32_MAX};
     return o;
 }
 
@@ -837,14 +841,29 @@ static double num(const cJSON *o, const char *name, double dflt) {
     return cJSON_IsNumber(v) ? v->valuedouble : dflt;
 }
 
+void rs_web_auto(rs_web_opts *o, const resid_model_info *info, int32_t T, double neuron_macs) {
+    const int32_t L = info->n_layer, H = info->n_head;
+    const double proj = (double)info->n_vocab * info->d_model; /* multiply-adds */
+    if (o->grid_positions < 0)
+        o->grid_positions = 2.0 * L * (T - 1) * proj <= RS_WEB_CHEAP_MACS ? 0 : 1;
+    if (o->n_head_detail < 0)
+        o->n_head_detail = (double)L * H * T * proj <= RS_WEB_CHEAP_MACS ? L * H : 1;
+    if (o->n_neuron_detail < 0)
+        o->n_neuron_detail = neuron_macs <= RS_WEB_CHEAP_MACS ? INT32_MAX : RS_WEB_AUTO_NEURONS;
+}
+
 resid_status rs_web_extras(rs_web_ctx *c, cJSON *report, const rs_web_opts *o, resid_error *err) {
     rs_web_opts d = o ? *o : rs_web_defaults();
-    const int32_t L = c->info->n_layer, H = c->info->n_head, T = c->n;
-    const double proj = (double)c->info->n_vocab * c->info->d_model; /* multiply-adds */
-    if (d.grid_positions < 0)
-        d.grid_positions = 2.0 * L * (T - 1) * proj <= RS_WEB_CHEAP_MACS ? 0 : 1;
-    if (d.n_head_detail < 0)
-        d.n_head_detail = (double)L * H * T * proj <= RS_WEB_CHEAP_MACS ? L * H : 1;
+    const int32_t L = c->info->n_layer, H = c->info->n_head;
+    static const char *lists[] = {"ffn_neurons", "attn_neurons"};
+    double neuron_macs = 0;
+    for (int li = 0; li < 2; li++) {
+        const cJSON *e;
+        cJSON_ArrayForEach(e, cJSON_GetObjectItemCaseSensitive(report, lists[li])) {
+            neuron_macs += num(e, "layer", 0) * c->info->d_ffn * c->info->d_model;
+        }
+    }
+    rs_web_auto(&d, c->info, c->n, neuron_macs);
     resid_status st;
     resid_lens lens = RESID_LENS_PAPER;
     const cJSON *ln = cJSON_GetObjectItemCaseSensitive(report, "lens");
@@ -911,10 +930,12 @@ resid_status rs_web_extras(rs_web_ctx *c, cJSON *report, const rs_web_opts *o, r
 
     /* Neurons of the two neuron lists. */
     if (d.progress) d.progress(d.progress_user, "neuron details", 3, 3);
-    static const char *lists[] = {"ffn_neurons", "attn_neurons"};
-    int32_t n_units = 0;
-    for (int li = 0; li < 2; li++)
-        n_units += cJSON_GetArraySize(cJSON_GetObjectItemCaseSensitive(report, lists[li]));
+    int32_t n_units = 0, n_list[2];
+    for (int li = 0; li < 2; li++) {
+        n_list[li] = cJSON_GetArraySize(cJSON_GetObjectItemCaseSensitive(report, lists[li]));
+        if (n_list[li] > d.n_neuron_detail) n_list[li] = d.n_neuron_detail;
+        n_units += n_list[li];
+    }
     resid_unit *units = calloc((size_t)n_units + 1, sizeof *units);
     cJSON **outs = calloc((size_t)n_units + 1, sizeof *outs);
     cJSON *nd = cJSON_AddObjectToObject(report, "neuron_details");
@@ -925,7 +946,9 @@ resid_status rs_web_extras(rs_web_ctx *c, cJSON *report, const rs_web_opts *o, r
     int32_t q = 0;
     for (int li = 0; li < 2; li++) {
         const cJSON *e;
+        int32_t i = 0;
         cJSON_ArrayForEach(e, cJSON_GetObjectItemCaseSensitive(report, lists[li])) {
+            if (i++ == n_list[li]) break;
             resid_unit *u = &units[q++];
             u->layer = (int32_t)num(e, "layer", -1);
             if (li == 0) {

@@ -33,6 +33,10 @@ typedef struct rs_web_opts {
     int32_t grid_positions; /* lens-grid columns: the last N positions (0 =
                                all; default 0; < 0: auto). Each column
                                but t*'s costs 2L vocabulary projections. */
+    int32_t n_neuron_detail; /* neurons given details (keys, query neurons):
+                                the first N of each neuron list (default
+                                INT32_MAX; < 0: auto). Each costs its
+                                layer·N·D multiply-adds. */
     /* rs_web_extras' stages, steps 1-3 of 3: "lens grid", "head details",
      * "neuron details" (default NULL: none). */
     resid_progress_fn progress;
@@ -79,11 +83,17 @@ resid_status rs_web_head(rs_web_ctx *c, int32_t layer, int32_t head, const rs_we
 resid_status rs_web_neuron(rs_web_ctx *c, const resid_unit *u, const rs_web_opts *o, cJSON **out,
                            resid_error *err);
 
-/* The page's size when grid_positions or n_head_detail is < 0 (auto):
- * everything when it costs at most this many multiply-adds (V·D per
- * vocabulary projection; small models), else the free lens-grid column
- * (t*) and the best head's breakdown. */
-#define RS_WEB_CHEAP_MACS ((double)(1 << 30))
+/* The page's size when grid_positions, n_head_detail or n_neuron_detail is
+ * < 0 (auto): each view whole when it costs at most this many
+ * multiply-adds (V·D per vocabulary projection; small models), else the
+ * free lens-grid column (t*), the best head's breakdown and the first
+ * RS_WEB_AUTO_NEURONS neurons of each list. */
+#define RS_WEB_CHEAP_MACS   ((double)(1 << 30))
+#define RS_WEB_AUTO_NEURONS 10
+
+/* Resolves o's auto fields (< 0) for a report of T tokens whose listed
+ * neurons' query analysis costs neuron_macs (Σ layer·N·D). */
+void rs_web_auto(rs_web_opts *o, const resid_model_info *info, int32_t T, double neuron_macs);
 
 /* Adds "lens_grid" (in the report's "lens"), "head_details" (every head's
  * attention row; positions and tokens for the best n_head_detail heads),

@@ -79,7 +79,8 @@ test('report of stories260K opens from disk and is interactive', async () => {
 test('a trimmed report (what larger models get by default) says what it left out', async () => {
   const out = path.resolve('browser-report-trimmed.html');
   const json = JSON.parse(cli(['explain', STORIES, '-p', PROMPT, '--json', '-']));
-  cli(['explain', STORIES, '-p', PROMPT, '--html', out, '--html-positions', '2', '--html-heads', '1'],
+  cli(['explain', STORIES, '-p', PROMPT, '--html', out, '--html-positions', '2', '--html-heads', '1',
+    '--html-neurons', '1'],
     { stdio: ['ignore', 'ignore', 'pipe'] });
   const L = json.model.n_layer, T = json.tokens.length;
   const { browser, page, errors } = await launch();
@@ -100,6 +101,13 @@ test('a trimmed report (what larger models get by default) says what it left out
     assert.strictEqual(await page.locator('#head-pos-chart').count(), 0);
     assert.match(await page.textContent('#head-detail'), /best heads only; resid serve computes any head/);
     assert.strictEqual(await page.locator('#head-detail .attn .tok').count(), T);
+    // Neurons: the first of each list has its details, the second says how to get them.
+    assert.deepStrictEqual(Object.keys(data.neuron_details).sort(),
+      [json.ffn_neurons[0].id, json.attn_neurons[0].id].sort());
+    await page.click(`#ffn-table tr[data-id="${json.ffn_neurons[0].id}"]`);
+    assert.ok(await page.locator('#query-neurons tr').count() > 1);
+    await page.click(`#ffn-table tr[data-id="${json.ffn_neurons[1].id}"]`);
+    assert.match(await page.textContent('#neuron-detail'), /No details for .* --html-neurons N/);
     assert.deepStrictEqual(errors, []);
   } finally {
     await browser.close();
