@@ -9,6 +9,7 @@
  */
 #include <cblas.h>
 #include <math.h>
+#include <sys/mman.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -332,10 +333,24 @@ bool rs_explainer_unembed(resid_explainer *e, const resid_model *m, size_t vd) {
     return true;
 }
 
+/* n bytes for a large buffer written whole: aligned to and marked for
+ * transparent huge pages, so that its first touch costs a fault per 2 MB
+ * instead of one per 4 KB. Freed with free(). */
+static void *alloc_large(size_t n) {
+    const size_t huge = (size_t)2 << 20;
+    if (n < 2 * huge) return malloc(n);
+    void *p;
+    if (posix_memalign(&p, huge, n) != 0) return NULL;
+#ifdef MADV_HUGEPAGE
+    (void)madvise(p, n, MADV_HUGEPAGE); /* a hint: without it, 4 KB pages */
+#endif
+    return p;
+}
+
 float *rs_proj_buf(resid_explainer *e, size_t n) {
     if (n > e->proj_buf_n) {
         free(e->proj_buf);
-        e->proj_buf = malloc(n * sizeof(float));
+        e->proj_buf = alloc_large(n * sizeof(float));
         e->proj_buf_n = e->proj_buf ? n : 0;
     }
     return e->proj_buf;
