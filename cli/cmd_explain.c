@@ -175,17 +175,8 @@ typedef struct text_ctx {
     const cJSON *root;
 } text_ctx;
 
-static const cJSON *jget(const cJSON *o, const char *k) {
-    return cJSON_GetObjectItemCaseSensitive(o, k);
-}
-
-static double jnum(const cJSON *o, const char *k) {
-    const cJSON *v = jget(o, k);
-    return cJSON_IsNumber(v) ? v->valuedouble : NAN;
-}
-
 static const char *jstr(const cJSON *o, const char *k) {
-    const cJSON *v = jget(o, k);
+    const cJSON *v = cli_jget(o, k);
     return cJSON_IsString(v) ? v->valuestring : "?";
 }
 
@@ -207,7 +198,7 @@ static void put_token_list(const text_ctx *r, const cJSON *arr) {
     const cJSON *t;
     cJSON_ArrayForEach(t, arr) {
         if (i++) putchar(' ');
-        put_token(r, (int32_t)jnum(t, "id"));
+        put_token(r, (int32_t)cli_jnum(t, "id"));
     }
 }
 
@@ -237,15 +228,15 @@ static const struct {
 enum { N_LISTS = sizeof lists / sizeof lists[0] };
 
 static int print_text(const text_ctx *r) {
-    const cJSON *root = r->root, *mo = jget(root, "model");
-    const int32_t L = (int32_t)jnum(mo, "n_layer");
-    const cJSON *contrast = jget(root, "contrast"), *target = jget(root, "target");
+    const cJSON *root = r->root, *mo = cli_jget(root, "model");
+    const int32_t L = (int32_t)cli_jnum(mo, "n_layer");
+    const cJSON *contrast = cli_jget(root, "contrast"), *target = cli_jget(root, "target");
     const bool vs = contrast != NULL;
     const char *lens = jstr(root, "lens");
     const char *score = vs ? "contrast" : "lpi";
-    const double top_requested = jnum(jget(root, "ranking"), "top_requested");
+    const double top_requested = cli_jnum(cli_jget(root, "ranking"), "top_requested");
     printf("model   %s (%s, %d layers, %d heads, %d FFN neurons per layer)\n", jstr(mo, "name"),
-           jstr(mo, "arch"), L, (int)jnum(mo, "n_head"), (int)jnum(mo, "d_ffn"));
+           jstr(mo, "arch"), L, (int)cli_jnum(mo, "n_head"), (int)cli_jnum(mo, "d_ffn"));
     printf("prompt  %d tokens:", r->n_ids);
     for (int32_t i = 0; i < r->n_ids; i++) {
         size_t len;
@@ -257,17 +248,17 @@ static int print_text(const text_ctx *r) {
             printf("#%d", r->ids[i]);
     }
     printf("\ntarget  ");
-    put_token(r, (int32_t)jnum(target, "id"));
-    printf(" (%d)  p = %.6f in the %s lens; model p = %.6f\n", (int)jnum(target, "id"),
-           jnum(target, "prob"), lens, jnum(target, "model_prob"));
+    put_token(r, (int32_t)cli_jnum(target, "id"));
+    printf(" (%d)  p = %.6f in the %s lens; model p = %.6f\n", (int)cli_jnum(target, "id"),
+           cli_jnum(target, "prob"), lens, cli_jnum(target, "model_prob"));
     if (vs) {
         printf("vs      ");
-        put_token(r, (int32_t)jnum(contrast, "id"));
-        printf(" (%d)  p = %.6f in the %s lens; model p = %.6f\n", (int)jnum(contrast, "id"),
-               jnum(contrast, "prob"), lens, jnum(contrast, "model_prob"));
+        put_token(r, (int32_t)cli_jnum(contrast, "id"));
+        printf(" (%d)  p = %.6f in the %s lens; model p = %.6f\n", (int)cli_jnum(contrast, "id"),
+               cli_jnum(contrast, "prob"), lens, cli_jnum(contrast, "model_prob"));
     }
     const bool exhaustive =
-        !strcmp(jstr(jget(jget(root, "ranking"), "ffn_neurons"), "method"), "exhaustive");
+        !strcmp(jstr(cli_jget(cli_jget(root, "ranking"), "ffn_neurons"), "method"), "exhaustive");
     printf("lens    %s\n", lens_desc(lens));
     printf("units   scored by %s, ranking %s\n",
            vs ? "contrast = change of log p(w) - log p(c) (LPI beside it)"
@@ -280,61 +271,63 @@ static int print_text(const text_ctx *r) {
     if (vs) printf(" %11s %11s", "attn_contr", "ffn_contr");
     putchar('\n');
     double cum = 0, sa = 0, sf = 0, ca = 0, cf = 0;
-    const cJSON *layers = jget(root, "layers");
+    const cJSON *layers = cli_jget(root, "layers");
     for (int32_t l = 0; l < L; l++) {
         const cJSON *w = cJSON_GetArrayItem(layers, l);
-        const double a = jnum(w, "attn_lpi"), f = jnum(w, "ffn_lpi");
+        const double a = cli_jnum(w, "attn_lpi"), f = cli_jnum(w, "ffn_lpi");
         cum += a + f;
         sa += a;
         sf += f;
-        printf("%5d %10.6f %+10.4f %+10.4f %+10.4f %10.6f", l, jnum(w, "p_in"), a, f, cum,
-               l + 1 < L ? jnum(cJSON_GetArrayItem(layers, l + 1), "p_in") : jnum(target, "prob"));
+        printf("%5d %10.6f %+10.4f %+10.4f %+10.4f %10.6f", l, cli_jnum(w, "p_in"), a, f, cum,
+               l + 1 < L ? cli_jnum(cJSON_GetArrayItem(layers, l + 1), "p_in")
+                         : cli_jnum(target, "prob"));
         if (vs) {
-            printf(" %+11.4f %+11.4f", jnum(w, "attn_contrast"), jnum(w, "ffn_contrast"));
-            ca += jnum(w, "attn_contrast");
-            cf += jnum(w, "ffn_contrast");
+            printf(" %+11.4f %+11.4f", cli_jnum(w, "attn_contrast"), cli_jnum(w, "ffn_contrast"));
+            ca += cli_jnum(w, "attn_contrast");
+            cf += cli_jnum(w, "ffn_contrast");
         }
         putchar('\n');
     }
-    const cJSON *tot = jget(root, "layer_totals");
+    const cJSON *tot = cli_jget(root, "layer_totals");
     printf("total   attention %+.4f + FFN %+.4f = %+.4f = log p(w|x_L) - log p(w|x_in[0]) = "
            "%.4f - (%.4f)\n",
-           sa, sf, sa + sf, jnum(tot, "logp_final"), jnum(tot, "logp_initial"));
+           sa, sf, sa + sf, cli_jnum(tot, "logp_final"), cli_jnum(tot, "logp_initial"));
     if (vs)
         printf("contrast attention %+.4f + FFN %+.4f = %+.4f = (log p(w) - log p(c)) at x_L "
                "minus at x_in[0] = %.4f - (%.4f)\n",
-               ca, cf, ca + cf, jnum(contrast, "logit_diff_final"),
-               jnum(contrast, "logit_diff_initial"));
+               ca, cf, ca + cf, cli_jnum(contrast, "logit_diff_final"),
+               cli_jnum(contrast, "logit_diff_initial"));
 
-    const cJSON *heads = jget(root, "heads");
+    const cJSON *heads = cli_jget(root, "heads");
     const int n_heads = cJSON_GetArraySize(heads);
     rs_keyed *order = malloc((size_t)(n_heads + 1) * sizeof *order);
     if (!order) return cli_error("out of memory");
     for (int li = 0; li < N_LISTS; li++) {
         if (lists[li].bottom && !cJSON_GetObjectItemCaseSensitive(root, lists[li].name)) continue;
-        const cJSON *arr = jget(root, lists[li].name);
-        const cJSON *rk = jget(jget(root, "ranking"), lists[li].name);
+        const cJSON *arr = cli_jget(root, lists[li].name);
+        const cJSON *rk = cli_jget(cli_jget(root, "ranking"), lists[li].name);
         const resid_unit_kind kind = lists[li].kind;
         const bool all_exact = !strcmp(jstr(rk, "method"), "exhaustive");
-        const bool clamped = cJSON_IsTrue(jget(rk, "clamped"));
-        int64_t shown = (int64_t)jnum(rk, "k");
+        const bool clamped = cJSON_IsTrue(cli_jget(rk, "clamped"));
+        int64_t shown = (int64_t)cli_jnum(rk, "k");
         if (li == 0) shown = top_requested < n_heads ? (int64_t)top_requested : n_heads;
         printf("\n%s %lld %s by %s%s", lists[li].bottom ? "Bottom" : "Top", (long long)shown,
                lists[li].title, vs ? "contrast" : "LPI", lists[li].bottom ? ", lowest first" : "");
         if (clamped)
             printf(" (--%s %ld clamped: there are %lld)", lists[li].bottom ? "bottom" : "top",
-                   (long)(lists[li].bottom ? jnum(jget(root, "ranking"), "bottom_requested")
+                   (long)(lists[li].bottom ? cli_jnum(cli_jget(root, "ranking"), "bottom_requested")
                                            : top_requested),
-                   (long long)jnum(rk, "units_total"));
+                   (long long)cli_jnum(rk, "units_total"));
         if (all_exact)
-            printf(" - all %lld scored exactly\n", (long long)jnum(rk, "units_total"));
+            printf(" - all %lld scored exactly\n", (long long)cli_jnum(rk, "units_total"));
         else
             printf(" - %s: %lld of %lld scored exactly\n", "certified",
-                   (long long)jnum(rk, "units_scored_exactly"), (long long)jnum(rk, "units_total"));
+                   (long long)cli_jnum(rk, "units_scored_exactly"),
+                   (long long)cli_jnum(rk, "units_total"));
         /* Heads come in enumeration order: sort a permutation. */
         const int n = cJSON_GetArraySize(arr);
         for (int i = 0; i < n && li == 0; i++)
-            order[i] = (rs_keyed){jnum(cJSON_GetArrayItem(arr, i), score), i};
+            order[i] = (rs_keyed){cli_jnum(cJSON_GetArrayItem(arr, i), score), i};
         if (li == 0) rs_keyed_sort(order, (size_t)n);
 
         switch (kind) {
@@ -354,14 +347,14 @@ static int print_text(const text_ctx *r) {
             printf("  tokens the unit pushes up | down\n");
         for (int64_t i = 0; i < shown && i < n; i++) {
             const cJSON *e = cJSON_GetArrayItem(arr, li == 0 ? (int)order[i].i : (int)i);
-            const double coef = jnum(e, "coef");
+            const double coef = cli_jnum(e, "coef");
             printf("%4lld ", (long long)i + 1);
             if (kind == RESID_UNIT_HEAD) {
                 printf("%-9s", jstr(e, "id"));
             } else {
                 printf(kind == RESID_UNIT_ATTN_NEURON ? "%-12s " : "%-9s ", jstr(e, "id"));
                 if (kind != RESID_UNIT_FFN_NEURON) {
-                    const int32_t pos = (int32_t)jnum(e, "pos");
+                    const int32_t pos = (int32_t)cli_jnum(e, "pos");
                     size_t len;
                     const char *b = tok_text(r->tok, pos ? r->ids[pos - 1] : -1, r->ids[pos], &len);
                     int w = printf("%d:", pos);
@@ -370,28 +363,28 @@ static int print_text(const text_ctx *r) {
                 }
                 printf(kind == RESID_UNIT_HEAD_POS ? "%7.4f" : "%+9.4f", coef);
             }
-            printf(" %+9.4f %+9.5f", jnum(e, "lpi"), jnum(e, "prob_inc"));
-            if (vs) printf(" %+9.4f", jnum(e, "contrast"));
+            printf(" %+9.4f %+9.5f", cli_jnum(e, "lpi"), cli_jnum(e, "prob_inc"));
+            if (vs) printf(" %+9.4f", cli_jnum(e, "contrast"));
             bool neuron = kind == RESID_UNIT_FFN_NEURON || kind == RESID_UNIT_ATTN_NEURON;
             printf("  %s", neuron ? (coef < 0 ? "- " : "+ ") : "");
-            put_token_list(r, jget(e, "top_tokens"));
+            put_token_list(r, cli_jget(e, "top_tokens"));
             printf(" | ");
-            put_token_list(r, jget(e, "bottom_tokens"));
+            put_token_list(r, cli_jget(e, "bottom_tokens"));
             putchar('\n');
         }
     }
     free(order);
 
     printf("\nQuery layers (Q1): ");
-    const cJSON *q = jget(root, "query"), *ql = jget(root, "query_layers");
-    if (jget(q, "error")) {
+    const cJSON *q = cli_jget(root, "query"), *ql = cli_jget(root, "query_layers");
+    if (cli_jget(q, "error")) {
         printf("not available: %s\n", jstr(q, "error"));
         return CLI_EXIT_OK;
     }
     const bool gate = !strcmp(jstr(q, "key"), "up+gate");
     printf("which lower vectors activate the top %d FFN neurons by LPI (sum of their LPIs "
            "%+.4f, mean layer %.2f)\n",
-           (int)jnum(q, "n_value"), jnum(q, "lpi_sum"), jnum(q, "mean_layer"));
+           (int)cli_jnum(q, "n_value"), cli_jnum(q, "lpi_sum"), cli_jnum(q, "mean_layer"));
     printf("each neuron's LPI is shared among emb, a_i, f_i by their inner product with its "
            "key%s\n",
            gate ? " (SwiGLU: up key and gate key separately)" : " (gamma_2 * fc1_k)");
@@ -400,7 +393,8 @@ static int print_text(const text_ctx *r) {
     if (!qo) return cli_error("out of memory");
     for (int j = 0; j < n_slots; j++) {
         const cJSON *e = cJSON_GetArrayItem(ql, j);
-        qo[j] = (rs_keyed){gate ? jnum(e, "up_share") + jnum(e, "gate_share") : jnum(e, "share"), j};
+        qo[j] = (rs_keyed){
+            gate ? cli_jnum(e, "up_share") + cli_jnum(e, "gate_share") : cli_jnum(e, "share"), j};
     }
     rs_keyed_sort(qo, (size_t)n_slots);
     if (gate)
@@ -410,44 +404,45 @@ static int print_text(const text_ctx *r) {
     for (int i = 0; i < n_slots; i++) {
         const cJSON *e = cJSON_GetArrayItem(ql, (int)qo[i].i);
         if (gate)
-            printf("%5s %+10.4f %+10.4f\n", jstr(e, "slot"), jnum(e, "up_share"),
-                   jnum(e, "gate_share"));
+            printf("%5s %+10.4f %+10.4f\n", jstr(e, "slot"), cli_jnum(e, "up_share"),
+                   cli_jnum(e, "gate_share"));
         else
-            printf("%5s %+10.4f\n", jstr(e, "slot"), jnum(e, "share"));
+            printf("%5s %+10.4f\n", jstr(e, "slot"), cli_jnum(e, "share"));
     }
-    if (jnum(q, "n_small_den") > 0)
+    if (cli_jnum(q, "n_small_den") > 0)
         printf("note: %d neuron(s) had a near-zero key inner product sum (shares unstable)\n",
-               (int)jnum(q, "n_small_den"));
+               (int)cli_jnum(q, "n_small_den"));
     free(qo);
     return CLI_EXIT_OK;
 }
 
 /* The scoring-method comparison ("score_compare"), when it was run. */
 static void print_compare(const text_ctx *r) {
-    const cJSON *c = jget(r->root, "score_compare");
+    const cJSON *c = cli_jget(r->root, "score_compare");
     if (!c) return;
     printf("\nScoring methods compared: the top %d FFN neurons by each score zeroed (fc2 rows, "
            "every position)\n",
-           (int)jnum(c, "k"));
+           (int)cli_jnum(c, "k"));
     printf("%-3s %-12s %9s %9s %7s %10s  %s\n", "", "method", "prob", "MRR", "rank", "model_prob",
            "neurons zeroed");
     const cJSON *rows[RESID_FSCORE_COUNT + 2];
     int n = 0;
-    rows[n++] = jget(c, "original");
+    rows[n++] = cli_jget(c, "original");
     const cJSON *e;
-    cJSON_ArrayForEach(e, jget(c, "methods")) {
+    cJSON_ArrayForEach(e, cli_jget(c, "methods")) {
         if (n < RESID_FSCORE_COUNT + 1) rows[n++] = e;
     }
-    rows[n++] = jget(c, "random");
+    rows[n++] = cli_jget(c, "random");
     for (int i = 0; i < n; i++) {
         const cJSON *w = rows[i];
-        const cJSON *letter = jget(w, "letter");
+        const cJSON *letter = cli_jget(w, "letter");
         printf("%-3s %-12s %9.4f %9.4f %7d %10.4f ",
-               cJSON_IsString(letter) ? letter->valuestring : "", jstr(w, "name"), jnum(w, "prob"),
-               jnum(w, "rr"), (int)jnum(w, "rank"), jnum(w, "model_prob"));
+               cJSON_IsString(letter) ? letter->valuestring : "", jstr(w, "name"),
+               cli_jnum(w, "prob"), cli_jnum(w, "rr"), (int)cli_jnum(w, "rank"),
+               cli_jnum(w, "model_prob"));
         const cJSON *u;
         int j = 0;
-        cJSON_ArrayForEach(u, jget(w, "units")) {
+        cJSON_ArrayForEach(u, cli_jget(w, "units")) {
             if (j < 4) printf(" %s", cJSON_IsString(u) ? u->valuestring : "?");
             j++;
         }
@@ -574,10 +569,11 @@ static int run(const cli_command *cmd, int argc, char **argv) {
                 fprintf(stderr,
                         "resid: note: --%s %ld is more than the %lld %s; showing all of them\n",
                         lists[i].bottom ? "bottom" : "top", lists[i].bottom ? o.bottom : o.top,
-                        (long long)jnum(rk, "units_total"), lists[i].title);
+                        (long long)cli_jnum(rk, "units_total"), lists[i].title);
         }
         const cJSON *c = cJSON_GetObjectItemCaseSensitive(root, "contrast");
-        if (c && jnum(c, "id") == jnum(cJSON_GetObjectItemCaseSensitive(root, "target"), "id"))
+        if (c &&
+            cli_jnum(c, "id") == cli_jnum(cJSON_GetObjectItemCaseSensitive(root, "target"), "id"))
             fprintf(stderr, "resid: note: the contrast token is the target: every contrast "
                             "score is 0\n");
     }

@@ -90,15 +90,6 @@ static int on_opt(const cli_command *cmd, void *user, int opt, const char *arg) 
 /* Neuron id counting                                                        */
 /* ------------------------------------------------------------------------- */
 
-static const cJSON *jget(const cJSON *o, const char *k) {
-    return cJSON_GetObjectItemCaseSensitive(o, k);
-}
-
-static double jnum(const cJSON *o, const char *k) {
-    const cJSON *v = jget(o, k);
-    return cJSON_IsNumber(v) ? v->valuedouble : NAN;
-}
-
 /* A string -> count map (open addressing), for neuron ids. */
 typedef struct counter {
     char **key;
@@ -209,7 +200,7 @@ static int64_t record_keys(const cJSON *r, int li, long k, nkey *out) {
         /* The next entry: from a, or (value) whichever has the higher LPI. */
         const cJSON *e;
         bool attn = li == LIST_ATTN;
-        if (y && (!x || jnum(y, "lpi") > jnum(x, "lpi"))) {
+        if (y && (!x || cli_jnum(y, "lpi") > cli_jnum(x, "lpi"))) {
             e = y, y = y->next, attn = true;
         } else {
             e = x, x = x->next;
@@ -322,34 +313,34 @@ static bool group_add(const summary *s, group *g, const cJSON *r, long k_neurons
         }
     }
     free(keys);
-    const cJSON *tot = jget(r, "layer_totals");
-    g->attn_sum += jnum(tot, "attn_lpi");
-    g->ffn_sum += jnum(tot, "ffn_lpi");
-    const cJSON *heads = jget(r, "heads");
+    const cJSON *tot = cli_jget(r, "layer_totals");
+    g->attn_sum += cli_jnum(tot, "attn_lpi");
+    g->ffn_sum += cli_jnum(tot, "ffn_lpi");
+    const cJSON *heads = cli_jget(r, "heads");
     if (cJSON_GetArraySize(heads) == L * H) {
         g->n_heads++;
         int i = 0;
         const cJSON *e;
-        cJSON_ArrayForEach(e, heads) g->head_sum[i++] += jnum(e, "lpi");
+        cJSON_ArrayForEach(e, heads) g->head_sum[i++] += cli_jnum(e, "lpi");
     }
-    const cJSON *layers = jget(r, "layers");
+    const cJSON *layers = cli_jget(r, "layers");
     int l = 0;
     const cJSON *e;
     cJSON_ArrayForEach(e, layers) {
         if (l >= L) break;
-        g->layer_attn[l] += jnum(e, "attn_lpi");
-        g->layer_ffn[l] += jnum(e, "ffn_lpi");
+        g->layer_attn[l] += cli_jnum(e, "attn_lpi");
+        g->layer_ffn[l] += cli_jnum(e, "ffn_lpi");
         l++;
     }
-    const cJSON *ab = jget(r, "ablation");
+    const cJSON *ab = cli_jget(r, "ablation");
     if (ab) {
         g->n_ablate++;
         for (int i = 0; i < N_STATS; i++) {
-            const cJSON *st = i == 0             ? jget(ab, "original")
-                              : i == N_STATS - 1 ? jget(ab, "random")
-                                                 : jget(jget(ab, "methods"), stat_name(i));
-            g->ab_prob[i] += jnum(st, "prob");
-            g->ab_rr[i] += jnum(st, "rr");
+            const cJSON *st = i == 0             ? cli_jget(ab, "original")
+                              : i == N_STATS - 1 ? cli_jget(ab, "random")
+                                                 : cli_jget(cli_jget(ab, "methods"), stat_name(i));
+            g->ab_prob[i] += cli_jnum(st, "prob");
+            g->ab_rr[i] += cli_jnum(st, "rr");
         }
     }
     return true;
@@ -374,7 +365,7 @@ static double sharing_rate(const summary *s, const group *g, int li, long k_neur
     double sum = 0;
     for (int64_t ri = 0; ri < s->n_recs; ri++) {
         const cJSON *r = s->recs[ri];
-        const cJSON *t = jget(r, "type");
+        const cJSON *t = cli_jget(r, "type");
         if (g->type && !(cJSON_IsString(t) && !strcmp(t->valuestring, g->type))) continue;
         const int64_t n = record_keys(r, li, k_neurons, keys);
         if (n == -2) {
@@ -536,8 +527,8 @@ static void csv_num(const char *g, const char *sec, const char *key, const char 
 static void print_csv(const cJSON *root) {
     printf("group,section,key,field,value\n");
     const cJSON *go;
-    cJSON_ArrayForEach(go, jget(root, "groups")) {
-        const char *t = jget(go, "type")->valuestring;
+    cJSON_ArrayForEach(go, cli_jget(root, "groups")) {
+        const char *t = cli_jget(go, "type")->valuestring;
         char g[512];
         if (strpbrk(t, ",\"\n\r")) {
             size_t k = 0;
@@ -551,31 +542,31 @@ static void print_csv(const cJSON *root) {
         } else {
             snprintf(g, sizeof g, "%s", t);
         }
-        csv_num(g, "count", "records", "n", jnum(go, "n"));
+        csv_num(g, "count", "records", "n", cli_jnum(go, "n"));
         for (int li = 0; li < N_NLISTS; li++) {
             char name[64];
             snprintf(name, sizeof name, "%s_layer_hist", neuron_lists[li].name);
             int l = 0;
             const cJSON *v;
-            cJSON_ArrayForEach(v, jget(go, name)) {
+            cJSON_ArrayForEach(v, cli_jget(go, name)) {
                 char key[16];
                 snprintf(key, sizeof key, "%d", l++);
                 csv_num(g, name, key, "count", v->valuedouble);
             }
         }
         const cJSON *e;
-        cJSON_ArrayForEach(e, jget(go, "importance"))
+        cJSON_ArrayForEach(e, cli_jget(go, "importance"))
             csv_num(g, "importance", e->string, "value", e->valuedouble);
-        cJSON_ArrayForEach(e, jget(go, "sharing")) {
+        cJSON_ArrayForEach(e, cli_jget(go, "sharing")) {
             const cJSON *f;
             cJSON_ArrayForEach(f, e) if (cJSON_IsNumber(f) || cJSON_IsNull(f))
-                csv_num(g, "sharing", e->string, f->string, jnum(e, f->string));
+                csv_num(g, "sharing", e->string, f->string, cli_jnum(e, f->string));
         }
-        cJSON_ArrayForEach(e, jget(go, "heads"))
-            csv_num(g, "heads", jget(e, "id")->valuestring, "mean_lpi", jnum(e, "mean_lpi"));
-        cJSON_ArrayForEach(e, jget(go, "layers"))
-            csv_num(g, "layers", jget(e, "id")->valuestring, "mean_lpi", jnum(e, "mean_lpi"));
-        cJSON_ArrayForEach(e, jget(go, "ablation")) {
+        cJSON_ArrayForEach(e, cli_jget(go, "heads")) csv_num(
+            g, "heads", cli_jget(e, "id")->valuestring, "mean_lpi", cli_jnum(e, "mean_lpi"));
+        cJSON_ArrayForEach(e, cli_jget(go, "layers")) csv_num(
+            g, "layers", cli_jget(e, "id")->valuestring, "mean_lpi", cli_jnum(e, "mean_lpi"));
+        cJSON_ArrayForEach(e, cli_jget(go, "ablation")) {
             if (!cJSON_IsObject(e)) continue;
             const cJSON *f;
             cJSON_ArrayForEach(f, e) csv_num(g, "ablation", e->string, f->string, f->valuedouble);
@@ -586,23 +577,23 @@ static void print_csv(const cJSON *root) {
 static void print_text(const cJSON *root) {
     printf("%s: %d records used, %d with errors; %d layers, %d heads; top-%d neurons per "
            "record\n",
-           jget(root, "file")->valuestring, (int)jnum(root, "n_records"),
-           (int)jnum(root, "n_errors"), (int)jnum(root, "n_layer"), (int)jnum(root, "n_head"),
-           (int)jnum(root, "neurons_k"));
+           cli_jget(root, "file")->valuestring, (int)cli_jnum(root, "n_records"),
+           (int)cli_jnum(root, "n_errors"), (int)cli_jnum(root, "n_layer"),
+           (int)cli_jnum(root, "n_head"), (int)cli_jnum(root, "neurons_k"));
     const cJSON *go;
-    cJSON_ArrayForEach(go, jget(root, "groups")) {
-        printf("\n== %s (%d records)\n", jget(go, "type")->valuestring, (int)jnum(go, "n"));
-        const cJSON *imp = jget(go, "importance");
+    cJSON_ArrayForEach(go, cli_jget(root, "groups")) {
+        printf("\n== %s (%d records)\n", cli_jget(go, "type")->valuestring, (int)cli_jnum(go, "n"));
+        const cJSON *imp = cli_jget(go, "importance");
         printf("summed importance: attention %+.4f, FFN %+.4f (per record %+.4f, %+.4f)\n",
-               jnum(imp, "attn_lpi_sum"), jnum(imp, "ffn_lpi_sum"), jnum(imp, "attn_lpi_mean"),
-               jnum(imp, "ffn_lpi_mean"));
+               cli_jnum(imp, "attn_lpi_sum"), cli_jnum(imp, "ffn_lpi_sum"),
+               cli_jnum(imp, "attn_lpi_mean"), cli_jnum(imp, "ffn_lpi_mean"));
         printf("layer histogram of the top neurons (rows per layer, summed over records):\n%6s",
                "layer");
-        const int L = (int)jnum(root, "n_layer");
+        const int L = (int)cli_jnum(root, "n_layer");
         for (int li = 0; li < N_NLISTS; li++) {
             char name[64];
             snprintf(name, sizeof name, "%s_layer_hist", neuron_lists[li].name);
-            if (jget(go, name)) printf(" %8s", neuron_lists[li].name);
+            if (cli_jget(go, name)) printf(" %8s", neuron_lists[li].name);
         }
         putchar('\n');
         for (int l = 0; l < L; l++) {
@@ -610,33 +601,35 @@ static void print_text(const cJSON *root) {
             for (int li = 0; li < N_NLISTS; li++) {
                 char name[64];
                 snprintf(name, sizeof name, "%s_layer_hist", neuron_lists[li].name);
-                const cJSON *h = jget(go, name);
+                const cJSON *h = cli_jget(go, name);
                 if (h) printf(" %8d", (int)cJSON_GetArrayItem(h, l)->valuedouble);
             }
             putchar('\n');
         }
         const cJSON *e;
-        if (jget(go, "sharing")->child)
+        if (cli_jget(go, "sharing")->child)
             printf("sharing: %% of a record's rows that are in the lists of > 50%% of the "
                    "records\n");
-        cJSON_ArrayForEach(e, jget(go, "sharing"))
+        cJSON_ArrayForEach(e, cli_jget(go, "sharing"))
             printf("  %-6s %5.1f%%  (%d shared rows of %d seen; rows %s)\n", e->string,
-                   100 * jnum(e, "rate"), (int)jnum(e, "n_shared"), (int)jnum(e, "n_distinct"),
-                   jget(e, "row")->valuestring);
+                   100 * cli_jnum(e, "rate"), (int)cli_jnum(e, "n_shared"),
+                   (int)cli_jnum(e, "n_distinct"), cli_jget(e, "row")->valuestring);
         for (int hl = 0; hl < 2; hl++) {
             printf("%s by mean LPI:", hl == 0 ? "heads " : "layers");
-            cJSON_ArrayForEach(e, jget(go, hl == 0 ? "heads" : "layers"))
-                printf(" %s %+.4f", jget(e, "id")->valuestring, jnum(e, "mean_lpi"));
+            cJSON_ArrayForEach(e, cli_jget(go, hl == 0 ? "heads" : "layers"))
+                printf(" %s %+.4f", cli_jget(e, "id")->valuestring, cli_jnum(e, "mean_lpi"));
             putchar('\n');
         }
-        const cJSON *ab = jget(go, "ablation");
+        const cJSON *ab = cli_jget(go, "ablation");
         if (ab) {
-            printf("scoring methods (top-k FFN neurons zeroed, %d records):\n", (int)jnum(ab, "n"));
+            printf("scoring methods (top-k FFN neurons zeroed, %d records):\n",
+                   (int)cli_jnum(ab, "n"));
             printf("  %-12s %10s %10s %10s %10s\n", "method", "prob", "drop%", "MRR", "drop%");
             cJSON_ArrayForEach(e, ab) {
                 if (!cJSON_IsObject(e)) continue;
-                printf("  %-12s %10.4f %10.1f %10.4f %10.1f\n", e->string, jnum(e, "prob"),
-                       jnum(e, "prob_drop_pct"), jnum(e, "mrr"), jnum(e, "mrr_drop_pct"));
+                printf("  %-12s %10.4f %10.1f %10.4f %10.1f\n", e->string, cli_jnum(e, "prob"),
+                       cli_jnum(e, "prob_drop_pct"), cli_jnum(e, "mrr"),
+                       cli_jnum(e, "mrr_drop_pct"));
             }
         }
     }
@@ -675,12 +668,12 @@ static int load(summary *s, const sum_opts *o) {
                            (long long)line_no);
             break;
         }
-        if (jget(r, "error")) {
+        if (cli_jget(r, "error")) {
             s->n_error++;
             cJSON_Delete(r);
             continue;
         }
-        if (!jget(r, "layers") || !jget(r, "layer_totals")) {
+        if (!cli_jget(r, "layers") || !cli_jget(r, "layer_totals")) {
             cJSON_Delete(r);
             rc = cli_error("%s:%lld: not a record of resid batch (no layers)", s->path,
                            (long long)line_no);
@@ -698,10 +691,10 @@ static int load(summary *s, const sum_opts *o) {
         }
         s->recs[s->n_recs++] = r;
         if (s->n_recs == 1) {
-            const cJSON *mo = jget(r, "model");
-            s->L = (int32_t)jnum(mo, "n_layer");
-            s->H = (int32_t)jnum(mo, "n_head");
-            if (!(s->L > 0 && s->L < 100000)) s->L = cJSON_GetArraySize(jget(r, "layers"));
+            const cJSON *mo = cli_jget(r, "model");
+            s->L = (int32_t)cli_jnum(mo, "n_layer");
+            s->H = (int32_t)cli_jnum(mo, "n_head");
+            if (!(s->L > 0 && s->L < 100000)) s->L = cJSON_GetArraySize(cli_jget(r, "layers"));
             if (!(s->H > 0 && s->H < 100000)) s->H = 1;
         }
     }
@@ -731,7 +724,7 @@ static int run(const cli_command *cmd, int argc, char **argv) {
     s.n_groups = 1;
     r = s.g ? load(&s, &o) : cli_error("out of memory");
     for (int64_t i = 0; r == CLI_EXIT_OK && i < s.n_recs; i++) {
-        const cJSON *t = jget(s.recs[i], "type");
+        const cJSON *t = cli_jget(s.recs[i], "type");
         if (!group_add(&s, &s.g[0], s.recs[i], o.neurons)) r = cli_error("out of memory");
         group *g = r == CLI_EXIT_OK && cJSON_IsString(t) ? group_for(&s, t->valuestring) : NULL;
         if (r == CLI_EXIT_OK && cJSON_IsString(t) &&

@@ -9,6 +9,7 @@
 #include <ctype.h>
 #include <errno.h>
 #include <limits.h>
+#include <math.h>
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
@@ -476,6 +477,15 @@ int cli_json_write(cJSON *root, const char *path) {
     free(s);
     if (!ok) return cli_error("%s: writing the JSON output failed", path);
     return CLI_EXIT_OK;
+}
+
+const cJSON *cli_jget(const cJSON *o, const char *k) {
+    return cJSON_GetObjectItemCaseSensitive(o, k);
+}
+
+double cli_jnum(const cJSON *o, const char *k) {
+    const cJSON *v = cli_jget(o, k);
+    return cJSON_IsNumber(v) ? v->valuedouble : NAN;
 }
 
 cJSON *cli_json_float(float v) {

@@ -180,6 +180,11 @@ int cli_json_print(cJSON *root);
  * code (0, or 1 after printing an error naming the file). */
 int cli_json_write(cJSON *root, const char *path);
 
+/* o's member k (case-sensitive), or NULL. */
+const cJSON *cli_jget(const cJSON *o, const char *k);
+/* o's member k as a number, NAN when it is missing or not a number. */
+double cli_jnum(const cJSON *o, const char *k);
+
 /* A float as JSON: the shortest decimal that reads back as the same float
  * (1e-05, not 9.99999974737875e-06). */
 cJSON *cli_json_float(float v);
