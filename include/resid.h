@@ -1131,8 +1131,8 @@ typedef struct resid_explain_request {
     uint64_t compare_seed; /* the random neurons' seed (default 1, as
                               `resid ablate --seed`) */
     /* Optional (default NULL): the stages, in order: "forward pass",
-     * "contexts", "layer table", "heads", "head x positions", "FFN
-     * neurons", "attention neurons", ["bottom units",] "query layers",
+     * "contexts", "layer table", "heads", "head x positions and neurons"
+     * (the top and bottom lists, ranked together), "query layers",
      * ["scoring-method comparison",] "report" (the last when the JSON is
      * built). */
     resid_progress_fn progress;

@@ -7,8 +7,9 @@
  * coefficients give exactly equal scores, which must keep the enumeration
  * order). The reference scores always come from a separate explainer, so
  * the ranking explainer's memo of exact LPIs cannot make them agree; one
- * test checks that memo. Prints how many exact scorings the certified path
- * needed.
+ * test checks that memo, one that rankings run together (rs_rank_many)
+ * return what each returns alone. Prints how many exact scorings the
+ * certified path needed.
  *
  * Cost: every exact score of a 50257-token model is a full vocabulary
  * projection, so the two GPT-2 fixtures run one prompt and skip the clamped
@@ -21,6 +22,8 @@
 #include <string.h>
 
 #include "testutil.h"
+
+#include "analysis/analysis.h"
 
 typedef struct fixture {
     const char *path;
@@ -255,8 +258,69 @@ static void test_memo(void **state) {
     resid_model_free(m);
 }
 
+/* rs_rank_many (the explain report's rankings, in lockstep: shared
+ * projections) returns what resid_rank returns for each ranking alone, bit
+ * for bit: top and bottom, vector and directional kinds, other keys, an
+ * exhaustive one among them, on GPT-2 and on a quantised Llama (columns of
+ * a row-major down projection); a bad ranking fails the call and leaves
+ * no result. */
+static void test_rank_many(void **state) {
+    (void)state;
+    const int fis[] = {0, 3, 4};
+    for (size_t f = 0; f < sizeof fis / sizeof fis[0]; f++) {
+        const fixture *fx = &fixtures[fis[f]];
+        resid_model *m = tu_open_model(fx->path);
+        resid_trace *tr = tu_trace(m, fx->ids[0], fx->n[0], RESID_CAP_ALL, RESID_POS_AUTO);
+        resid_explainer *e = explainer(m, tr, 3), *eref = explainer(m, tr, 3);
+        resid_rank_opts o[8];
+        int n = 0;
+        o[n++] = resid_rank_defaults(RESID_UNIT_HEAD_POS, 12);
+        o[n++] = resid_rank_defaults(RESID_UNIT_FFN_NEURON, 20);
+        o[n++] = resid_rank_defaults(RESID_UNIT_ATTN_NEURON, 15);
+        o[n] = resid_rank_defaults(RESID_UNIT_FFN_NEURON, 6);
+        o[n++].bottom = true;
+        o[n] = resid_rank_defaults(RESID_UNIT_ATTN_NEURON, 5);
+        o[n++].key = RESID_KEY_PROB_INC;
+        o[n] = resid_rank_defaults(RESID_UNIT_HEAD_POS, 4);
+        o[n++].exhaustive = true;
+        o[n] = resid_rank_defaults(RESID_UNIT_FFN_NEURON, 3);
+        o[n++].key = RESID_KEY_CONTRAST;
+        o[n] = resid_rank_defaults(RESID_UNIT_HEAD, 5);
+        o[n++].layer = 1;
+        resid_score *s[8];
+        int64_t ns[8];
+        resid_rank_stats st[8];
+        resid_error err;
+        assert_int_equal(rs_rank_many(e, o, n, s, ns, st, &err), RESID_OK);
+        for (int i = 0; i < n; i++) {
+            resid_score *r;
+            int64_t nr;
+            assert_int_equal(resid_rank(eref, &o[i], &r, &nr, NULL, &err), RESID_OK);
+            assert_int_equal(ns[i], nr);
+            assert_int_equal(st[i].k, nr);
+            for (int64_t q = 0; q < nr; q++) {
+                assert_memory_equal(&s[i][q].unit, &r[q].unit, sizeof r[q].unit);
+                assert_memory_equal(&s[i][q].lpi, &r[q].lpi, sizeof(double));
+                assert_memory_equal(&s[i][q].prob_inc, &r[q].prob_inc, sizeof(double));
+            }
+            free(r), free(s[i]);
+        }
+        printf("  %s: %d rankings together = alone\n", fx->path, n);
+        /* a bad ranking (k < 0) among good ones */
+        o[1].k = -1;
+        assert_int_equal(rs_rank_many(e, o, n, s, ns, st, &err), RESID_E_ARG);
+        assert_non_null(strstr(err.msg, "negative"));
+        for (int i = 0; i < n; i++) assert_null(s[i]);
+        resid_explainer_free(e);
+        resid_explainer_free(eref);
+        resid_trace_free(tr);
+        resid_model_free(m);
+    }
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_rank_many),
         cmocka_unit_test(test_ties),
         cmocka_unit_test(test_memo),
         cmocka_unit_test(test_other_keys),

@@ -670,16 +670,14 @@ static void test_ablate_mode_errors(void **state) {
 
 /* ---- GET /api/progress ------------------------------------------------- */
 
-/* The stages of one /api/explain with compare_scores, numbered 1..13 in a
+/* The stages of one /api/explain with compare_scores, numbered 1..11 in a
  * row: the report's (include/resid.h), then the web extras'
  * (src/output/html.h). */
 static const char *const explain_stages[] = {"forward pass",
                                              "contexts",
                                              "layer table",
                                              "heads",
-                                             "head x positions",
-                                             "FFN neurons",
-                                             "attention neurons",
+                                             "head x positions and neurons",
                                              "query layers",
                                              "scoring-method comparison",
                                              "report",
@@ -764,7 +762,7 @@ static int cmp_double(const void *a, const void *b) {
 
 /* While a slow /api/explain (482 tokens, compare_scores) runs, polls of
  * /api/progress answer at once with busy true, the request's id, and a
- * stage of the known list at its own number (1..13), the steps never going
+ * stage of the known list at its own number (1..11), the steps never going
  * back; afterwards busy is false. Then five requests at once: a poll sees
  * four of them waiting while the fifth computes. No timing is asserted
  * but the median poll's being under a quarter of the computation. */

@@ -481,7 +481,7 @@
     }
   }
 
-  /* "FFN neurons (6/12) · 1.3 s" in el while request `id` runs: the stage
+  /* "head x positions and neurons (5/11) · 1.3 s" in el while request `id` runs: the stage
    * from GET /api/progress, asked every 250 ms; the server names the
    * request that holds it by the id the page sent (X-Resid-Request), so
    * another's computation reads "waiting for another request". Returns

@@ -250,6 +250,14 @@ resid_status rs_units_prepare(resid_explainer *e, const resid_unit *u, int64_t n
  * pmax/pmin); the token cache, when on, keeps their tokens. */
 resid_status rs_exact_lpi(resid_explainer *e, const resid_unit *const *u, int64_t n,
                           double *lpi, resid_error *err);
+/* n rankings (resid_rank each, results in out[i], n_out[i], stats[i] when
+ * stats is given) with their certified searches in lockstep: each round's
+ * units of all of them are scored in one rs_exact_lpi, so they share the
+ * projections' calls. The results are those of n resid_rank calls;
+ * stats[i].n_projections counts every shared round whole. */
+resid_status rs_rank_many(resid_explainer *e, const resid_rank_opts *opts, int n,
+                          resid_score **out, int64_t *n_out, resid_rank_stats *stats,
+                          resid_error *err);
 /* Sets sc->lpi and sc->prob_inc = p(w|x)·expm1(lpi). */
 void rs_score_finish(resid_explainer *e, resid_score *sc, double lpi);
 

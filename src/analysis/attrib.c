@@ -451,46 +451,6 @@ static resid_status prepare(resid_explainer *e, const resid_unit *u, int64_t n,
     return RESID_OK;
 }
 
-/* LPIs of vector units, RS_CANON_ROWS at a time. */
-static resid_status exact_vectors(resid_explainer *e, const resid_unit *const *u, int64_t n,
-                                  double *lpi, resid_error *err) {
-    const int D = e->D, V = e->V, B = RS_CANON_ROWS;
-    float *y = malloc((size_t)B * D * sizeof(float));
-    float *c = rs_proj_buf(e, (size_t)B * V);
-    /* the exact projections double as the units' token lists */
-    const int32_t kt = rs_tokcache_k(e);
-    resid_token_value *tv = kt ? malloc((size_t)B * 2 * kt * sizeof *tv) : NULL;
-    if (!y || !c || (kt && !tv)) {
-        free(y), free(tv);
-        return rs_err(err, RESID_E_NOMEM, "scoring: out of memory");
-    }
-    for (int64_t i0 = 0; i0 < n; i0 += B) {
-        int nb = (int)(n - i0 < B ? n - i0 : B);
-        /* the rows' vectors, independent: in parallel */
-#pragma omp parallel for schedule(static) if ((int64_t)nb * D * e->dh >= RS_PAR_MIN_WORK)
-        for (int r = 0; r < nb; r++) {
-            float vr[D];
-            rs_unit_vector(e, u[i0 + r], vr);
-            rs_lensmap(e, vr, y + (size_t)r * D);
-        }
-        rs_project_canon(e, y, nb, c);
-#pragma omp parallel for schedule(static) if ((int64_t)nb * V >= RS_PAR_MIN_WORK)
-        for (int r = 0; r < nb; r++) {
-            float cmax, cmin;
-            rs_minmax(c + (size_t)r * V, V, &cmax, &cmin);
-            lpi[i0 + r] = rs_lpi_from(e, &e->ctx[rs_unit_ctx(u[i0 + r])], c + (size_t)r * V, 1.0f,
-                                      cmax, cmin);
-            if (kt)
-                rs_tokcache_extremes(e, c + (size_t)r * V, 1.0, tv + (size_t)r * 2 * kt,
-                                     tv + ((size_t)r * 2 + 1) * kt);
-        }
-        for (int r = 0; kt && r < nb; r++)
-            rs_tokcache_put(e, u[i0 + r], tv + (size_t)r * 2 * kt, tv + ((size_t)r * 2 + 1) * kt);
-    }
-    free(y), free(tv);
-    return RESID_OK;
-}
-
 /* Raw rows (unscaled) of nb directions into d[nb][D]. Columns of a
  * quantised, row-major FFN down-projection (Llama GGUF) are gathered a
  * block at a time, each block dequantised once for every direction of the
@@ -542,65 +502,87 @@ static int cmp_dir_ref(const void *a, const void *b) {
     return x->unit < y->unit ? -1 : x->unit > y->unit;
 }
 
-/* LPIs of directional units: each distinct direction is projected once,
- * RS_CANON_ROWS directions per projection, and records its max/min. */
-static resid_status exact_directional(resid_explainer *e, const resid_unit *const *u,
-                                      int64_t n, double *lpi, resid_error *err) {
+/* Exact LPIs of nv vector units (into lv) and nd directional units (into
+ * ld), projected together RS_CANON_ROWS rows at a time: a row is a vector
+ * unit, or a direction, once for all the units on it (which also records
+ * its max/min). The token cache, when on, keeps every row's tokens. */
+static resid_status exact_rows(resid_explainer *e, const resid_unit *const *vec, int64_t nv,
+                               const resid_unit *const *dir, int64_t nd, double *lv,
+                               double *ld, resid_error *err) {
     const int D = e->D, V = e->V;
     const int64_t maxrow = (int64_t)e->N > (int64_t)e->H * e->dh ? e->N : (int64_t)e->H * e->dh;
     const int B = RS_CANON_ROWS;
-    dir_ref *refs = malloc((size_t)n * sizeof *refs);
+    dir_ref *refs = malloc((size_t)(nd ? nd : 1) * sizeof *refs);
+    int64_t *first = malloc((size_t)(nd + 1) * sizeof *first); /* the directions in refs */
     float *y = malloc((size_t)B * D * sizeof(float));
     float *c = rs_proj_buf(e, (size_t)B * V);
     float *d = malloc((size_t)B * D * sizeof(float));
-    int64_t *first = malloc((B + 1) * sizeof(int64_t));
     const int32_t kt = rs_tokcache_k(e);
     resid_token_value *tv = kt ? malloc((size_t)B * 2 * kt * sizeof *tv) : NULL;
     resid_unit_kind bk[RS_CANON_ROWS];
     int32_t bl[RS_CANON_ROWS];
     int64_t brow[RS_CANON_ROWS];
-    if (!refs || !y || !c || !d || !first || (kt && !tv)) {
-        free(refs), free(y), free(d), free(first), free(tv);
+    if (!refs || !first || !y || !c || !d || (kt && !tv)) {
+        free(refs), free(first), free(y), free(d), free(tv);
         return rs_err(err, RESID_E_NOMEM, "scoring: out of memory");
     }
-    for (int64_t i = 0; i < n; i++) {
+    for (int64_t i = 0; i < nd; i++) {
         int64_t row;
-        rs_unit_coef(e, u[i], &row);
-        refs[i].key = ((int64_t)u[i]->kind * e->L + u[i]->layer) * maxrow + row;
+        rs_unit_coef(e, dir[i], &row);
+        refs[i].key = ((int64_t)dir[i]->kind * e->L + dir[i]->layer) * maxrow + row;
         refs[i].unit = i;
     }
-    qsort(refs, (size_t)n, sizeof *refs, cmp_dir_ref);
-    int64_t i = 0;
-    while (i < n) {
-        /* gather up to B distinct directions starting at refs[i] */
-        int nb = 0;
-        int64_t j = i;
-        while (j < n && nb < B) {
-            first[nb] = j;
-            const resid_unit *uu = u[refs[j].unit];
-            rs_unit_coef(e, uu, &brow[nb]);
-            bk[nb] = uu->kind, bl[nb] = uu->layer;
-            int64_t key = refs[j].key;
-            while (j < n && refs[j].key == key) j++;
-            nb++;
+    qsort(refs, (size_t)nd, sizeof *refs, cmp_dir_ref);
+    int64_t ndir = 0;
+    for (int64_t i = 0; i < nd; i++)
+        if (i == 0 || refs[i].key != refs[i - 1].key) first[ndir++] = i;
+    first[ndir] = nd;
+    /* rows 0 .. nv-1: the vector units; nv .. nv+ndir-1: the directions */
+    const int64_t nrow = nv + ndir;
+    for (int64_t r0 = 0; r0 < nrow; r0 += B) {
+        const int nb = (int)(nrow - r0 < B ? nrow - r0 : B);
+        const int nbv = r0 < nv ? (int)(nv - r0 < nb ? nv - r0 : nb) : 0;
+        const int64_t q0 = r0 + nbv - nv; /* the chunk's first direction */
+        /* the vector rows, independent: in parallel */
+#pragma omp parallel for schedule(static) if ((int64_t)nbv * D * e->dh >= RS_PAR_MIN_WORK)
+        for (int r = 0; r < nbv; r++) {
+            float vr[D];
+            rs_unit_vector(e, vec[r0 + r], vr);
+            rs_lensmap(e, vr, y + (size_t)r * D);
         }
-        first[nb] = j;
-        fetch_dirs(e, nb, bk, bl, brow, d);
-        for (int r = 0; r < nb; r++) rs_lensmap(e, d + (size_t)r * D, y + (size_t)r * D);
+        for (int r = 0; r < nb - nbv; r++) {
+            const resid_unit *uu = dir[refs[first[q0 + r]].unit];
+            rs_unit_coef(e, uu, &brow[r]);
+            bk[r] = uu->kind, bl[r] = uu->layer;
+        }
+        fetch_dirs(e, nb - nbv, bk, bl, brow, d);
+        for (int r = 0; r < nb - nbv; r++)
+            rs_lensmap(e, d + (size_t)r * D, y + (size_t)(nbv + r) * D);
         rs_project_canon(e, y, nb, c);
-#pragma omp parallel for schedule(dynamic) if ((j - i) * (int64_t)V >= RS_PAR_MIN_WORK)
+        const int64_t nunits = nbv + (first[q0 + nb - nbv] - first[q0]);
+#pragma omp parallel for schedule(dynamic) if (nunits * (int64_t)V >= RS_PAR_MIN_WORK)
         for (int r = 0; r < nb; r++) {
             const float *P = c + (size_t)r * V;
-            const resid_unit *u0 = u[refs[first[r]].unit];
+            if (r < nbv) { /* a vector unit */
+                float cmax, cmin;
+                rs_minmax(P, V, &cmax, &cmin);
+                lv[r0 + r] = rs_lpi_from(e, &e->ctx[rs_unit_ctx(vec[r0 + r])], P, 1.0f, cmax, cmin);
+                if (kt)
+                    rs_tokcache_extremes(e, P, 1.0, tv + (size_t)r * 2 * kt,
+                                         tv + ((size_t)r * 2 + 1) * kt);
+                continue;
+            }
+            const int64_t q = q0 + r - nbv;
+            const resid_unit *u0 = dir[refs[first[q]].unit];
             int64_t row;
             rs_unit_coef(e, u0, &row);
             rs_dirstats *ds = u0->kind == RESID_UNIT_FFN_NEURON ? &e->ffn_dirs[u0->layer]
                                                                 : &e->attn_dirs[u0->layer];
             if (isnan(ds->pmax[row])) rs_minmax(P, V, &ds->pmax[row], &ds->pmin[row]);
-            for (int64_t q = first[r]; q < first[r + 1]; q++) {
-                const resid_unit *uq = u[refs[q].unit];
+            for (int64_t i = first[q]; i < first[q + 1]; i++) {
+                const resid_unit *uq = dir[refs[i].unit];
                 float a = (float)rs_unit_coef(e, uq, NULL);
-                lpi[refs[q].unit] =
+                ld[refs[i].unit] =
                     rs_lpi_from(e, &e->ctx[rs_unit_ctx(uq)], P, a, ds->pmax[row], ds->pmin[row]);
             }
             /* P is the row's paper lens at the explainer's scale s */
@@ -609,11 +591,10 @@ static resid_status exact_directional(resid_explainer *e, const resid_unit *cons
                                      tv + ((size_t)r * 2 + 1) * kt);
         }
         for (int r = 0; kt && r < nb; r++)
-            rs_tokcache_put(e, u[refs[first[r]].unit], tv + (size_t)r * 2 * kt,
-                            tv + ((size_t)r * 2 + 1) * kt);
-        i = j;
+            rs_tokcache_put(e, r < nbv ? vec[r0 + r] : dir[refs[first[q0 + r - nbv]].unit],
+                            tv + (size_t)r * 2 * kt, tv + ((size_t)r * 2 + 1) * kt);
     }
-    free(refs), free(y), free(d), free(first), free(tv);
+    free(refs), free(first), free(y), free(d), free(tv);
     return RESID_OK;
 }
 
@@ -642,8 +623,7 @@ resid_status rs_exact_lpi(resid_explainer *e, const resid_unit *const *u, int64_
         else
             vec[nv] = u[i], vi[nv++] = i;
     }
-    if (nv && (st = exact_vectors(e, vec, nv, lv, err))) goto done;
-    if (nd && (st = exact_directional(e, dir, nd, ld, err))) goto done;
+    if ((nv || nd) && (st = exact_rows(e, vec, nv, dir, nd, lv, ld, err))) goto done;
     for (int64_t i = 0; i < nv; i++) lpi[vi[i]] = lv[i];
     for (int64_t i = 0; i < nd; i++) lpi[di[i]] = ld[i];
     for (int64_t i = 0; i < nv; i++) rs_lpimemo_put(e, vec[i], lv[i]);

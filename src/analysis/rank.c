@@ -170,32 +170,47 @@ typedef struct rank_job {
 
 static double signed_key(const rank_job *j, double key) { return j->o->bottom ? -key : key; }
 
-/* Scores units idx[0..m) exactly, fills lpi/sk. */
-static resid_status score_exact(rank_job *j, const int64_t *idx, int64_t m, resid_error *err) {
-    const resid_unit **p = calloc((size_t)(m ? m : 1), sizeof *p);
-    double *l = malloc((size_t)(m ? m : 1) * sizeof *l);
+/* Fills lpi/sk of units idx[0..m) (pointers p) from their exact LPIs l. */
+static void finish_exact(rank_job *j, const int64_t *idx, int64_t m, const resid_unit *const *p,
+                         const double *l) {
+    /* the linear parts recompute vector units' vectors: in parallel */
+#pragma omp parallel for schedule(static) if (m * (int64_t)j->e->D * j->e->dh >= RS_PAR_MIN_WORK)
+    for (int64_t i = 0; i < m; i++) {
+        resid_score sc;
+        rs_score_linear(j->e, p[i], &sc);
+        rs_score_finish(j->e, &sc, l[i]);
+        j->lpi[idx[i]] = l[i];
+        j->sk[idx[i]] = signed_key(j, key_of(j->o->key, &sc));
+    }
+    j->n_exact += m;
+}
+
+/* Scores the units idx[0..m) of each of the nj jobs (m[q] of job q) exactly,
+ * all in one rs_exact_lpi call (shared projections), and fills their
+ * lpi/sk. */
+static resid_status score_exact_many(rank_job *const *jobs, const int64_t *const *idx,
+                                     const int64_t *m, int nj, resid_error *err) {
+    int64_t total = 0;
+    for (int q = 0; q < nj; q++) total += m[q];
+    const resid_unit **p = calloc((size_t)(total ? total : 1), sizeof *p);
+    double *l = malloc((size_t)(total ? total : 1) * sizeof *l);
     if (!p || !l) {
         free(p), free(l);
         return rs_err(err, RESID_E_NOMEM, "rank: out of memory");
     }
-    for (int64_t i = 0; i < m; i++) p[i] = &j->u[idx[i]];
-    resid_status st = rs_exact_lpi(j->e, p, m, l, err);
-    if (!st) {
-        /* the linear parts recompute vector units' vectors: in parallel */
-#pragma omp parallel for schedule(static) if (m * (int64_t)j->e->D * j->e->dh >= RS_PAR_MIN_WORK)
-        for (int64_t i = 0; i < m; i++) {
-            resid_score sc;
-            rs_score_linear(j->e, p[i], &sc);
-            rs_score_finish(j->e, &sc, l[i]);
-            j->lpi[idx[i]] = l[i];
-            j->sk[idx[i]] = signed_key(j, key_of(j->o->key, &sc));
-        }
-        j->n_exact += m;
-    }
+    for (int q = 0, at = 0; q < nj; q++)
+        for (int64_t i = 0; i < m[q]; i++) p[at++] = &jobs[q]->u[idx[q][i]];
+    resid_status st = total ? rs_exact_lpi(jobs[0]->e, p, total, l, err) : RESID_OK;
+    for (int q = 0, at = 0; !st && q < nj; at += m[q], q++)
+        finish_exact(jobs[q], idx[q], m[q], p + at, l + at);
     free(p), free(l);
     return st;
 }
 
+/* Scores units idx[0..m) of one job exactly, fills lpi/sk. */
+static resid_status score_exact(rank_job *j, const int64_t *idx, int64_t m, resid_error *err) {
+    return score_exact_many(&j, &idx, &m, 1, err);
+}
 
 /* Units sharing unit i's direction: [*b0, *b1) in enumeration order. */
 static void direction_group(const rank_job *j, int64_t i, int64_t *b0, int64_t *b1) {
@@ -224,15 +239,28 @@ static kv cand_pop(kv *a, int64_t *n) {
     return top;
 }
 
-static resid_status certified(rank_job *j, heap *h, resid_error *err) {
+/* A certified search in progress: the candidates in bound order and the
+ * round being scored. */
+typedef struct cert {
+    kv *ord;        /* the candidates not yet popped: a heap, best bound first */
+    int64_t left;   /* how many */
+    char *queued;   /* [n] scored or in the round */
+    int64_t *batch; /* the round's units */
+    int64_t m;      /* how many */
+} cert;
+
+static void cert_free(cert *c) { free(c->ord), free(c->queued), free(c->batch); }
+
+/* Every unit's optimistic bound, the candidates in that order. */
+static resid_status cert_begin(rank_job *j, cert *c, resid_error *err) {
     resid_explainer *e = j->e;
     const int64_t n = j->n;
     const resid_rank_key key = j->o->key;
-    kv *ord = malloc((size_t)(n ? n : 1) * sizeof *ord);
-    int64_t *batch = malloc((size_t)RS_FILL_ROWS * (j->e->T + 1) * sizeof *batch);
-    char *queued = calloc((size_t)(n ? n : 1), 1); /* scored or in the batch */
-    if (!ord || !batch || !queued) {
-        free(ord), free(batch), free(queued);
+    *c = (cert){malloc((size_t)(n ? n : 1) * sizeof *c->ord), n,
+                calloc((size_t)(n ? n : 1), 1),
+                malloc((size_t)RS_FILL_ROWS * (e->T + 1) * sizeof *c->batch), 0};
+    if (!c->ord || !c->batch || !c->queued) {
+        cert_free(c);
         return rs_err(err, RESID_E_NOMEM, "rank: out of memory");
     }
     /* Optimistic bound of every unit in signed-key space (O(D) each,
@@ -256,95 +284,105 @@ static resid_status certified(rank_job *j, heap *h, resid_error *err) {
                 best = pw * expm1(best);
             }
             best = signed_key(j, best);
-            ord[i] = (kv){isnan(best) ? INFINITY : best, i};
+            c->ord[i] = (kv){isnan(best) ? INFINITY : best, i};
         }
         free(vb), free(yb);
     }
     if (nomem) {
-        free(ord), free(batch), free(queued);
+        cert_free(c);
         return rs_err(err, RESID_E_NOMEM, "rank: out of memory");
     }
-    int64_t left = n; /* candidates not yet popped */
-    for (int64_t i = n / 2 - 1; i >= 0; i--) cand_down(ord, n, i);
-    const bool dirl = rs_unit_is_directional(j->o->kind);
-    resid_status st = RESID_OK;
-    /* units per row: an attention neuron's direction carries all T positions */
-    const int64_t per_row = j->o->kind == RESID_UNIT_ATTN_NEURON ? e->T : 1;
-    while (left > 0) {
-        int64_t m = 0;
-        int rows = 0;
-        /* Until the heap is full every candidate in bound order is scored
-         * whatever the bounds say: take those rows in one batch. */
-        int64_t lim = (h->cap - h->n + per_row - 1) / per_row;
-        if (lim > RS_FILL_ROWS) lim = RS_FILL_ROWS;
-        if (lim < RS_PROJ_ROWS) lim = RS_PROJ_ROWS;
-        while (left > 0 && rows < lim) {
-            if (h->n == h->cap && ord[0].v < h->a[0].v) break;
-            kv x = cand_pop(ord, &left);
-            if (queued[x.i]) continue;
-            if (dirl) {
-                int64_t b0, b1;
-                direction_group(j, x.i, &b0, &b1);
-                for (int64_t q = b0; q < b1; q++) batch[m++] = q, queued[q] = 1;
-            } else {
-                batch[m++] = x.i, queued[x.i] = 1;
-            }
-            rows++;
-        }
-        if (m == 0) break;
-        if ((st = score_exact(j, batch, m, err))) break;
-        for (int64_t q = 0; q < m; q++) heap_push(h, (kv){j->sk[batch[q]], batch[q]});
-        if (h->n == h->cap && left > 0 && ord[0].v < h->a[0].v) break;
-    }
-    free(ord), free(batch), free(queued);
-    return st;
+    for (int64_t i = n / 2 - 1; i >= 0; i--) cand_down(c->ord, n, i);
+    return RESID_OK;
 }
 
-resid_status resid_rank(resid_explainer *e, const resid_rank_opts *opts, resid_score **out,
-                        int64_t *n_out, resid_rank_stats *stats, resid_error *err) {
-    *out = NULL;
-    *n_out = 0;
-    if (!opts) return rs_err(err, RESID_E_ARG, "rank: options required");
-    const resid_rank_opts o = *opts;
-    if ((unsigned)o.kind >= RESID_UNIT_KIND_COUNT)
-        return rs_err(err, RESID_E_ARG, "rank: unit kind %d unknown", (int)o.kind);
-    if (o.key < RESID_KEY_LPI || o.key > RESID_KEY_CONTRAST)
-        return rs_err(err, RESID_E_ARG, "rank: key %d unknown", (int)o.key);
-    if (o.key == RESID_KEY_CONTRAST && e->contrast < 0)
+/* The next round's units into c->batch (c->m; 0: the search is over):
+ * until the heap of the K best is full every candidate in bound order,
+ * whatever the bounds say, in one round; then RS_PROJ_ROWS rows at a time
+ * while the next optimistic bound can still beat the K-th best exact
+ * score. */
+static void cert_round(rank_job *j, const heap *h, cert *c) {
+    const bool dirl = rs_unit_is_directional(j->o->kind);
+    /* units per row: an attention neuron's direction carries all T positions */
+    const int64_t per_row = j->o->kind == RESID_UNIT_ATTN_NEURON ? j->e->T : 1;
+    int64_t lim = (h->cap - h->n + per_row - 1) / per_row;
+    if (lim > RS_FILL_ROWS) lim = RS_FILL_ROWS;
+    if (lim < RS_PROJ_ROWS) lim = RS_PROJ_ROWS;
+    int64_t m = 0, rows = 0;
+    while (c->left > 0 && rows < lim) {
+        if (h->n == h->cap && c->ord[0].v < h->a[0].v) break;
+        kv x = cand_pop(c->ord, &c->left);
+        if (c->queued[x.i]) continue;
+        if (dirl) {
+            int64_t b0, b1;
+            direction_group(j, x.i, &b0, &b1);
+            for (int64_t q = b0; q < b1; q++) c->batch[m++] = q, c->queued[q] = 1;
+        } else {
+            c->batch[m++] = x.i, c->queued[x.i] = 1;
+        }
+        rows++;
+    }
+    c->m = m;
+}
+
+/* Takes the scored round into the heap; false when the search is over. */
+static bool cert_take(rank_job *j, heap *h, cert *c) {
+    for (int64_t q = 0; q < c->m; q++) heap_push(h, (kv){j->sk[c->batch[q]], c->batch[q]});
+    return c->left > 0 && !(h->n == h->cap && c->ord[0].v < h->a[0].v);
+}
+
+static resid_status check_opts(const resid_explainer *e, const resid_rank_opts *o,
+                               resid_error *err) {
+    if (!o) return rs_err(err, RESID_E_ARG, "rank: options required");
+    if ((unsigned)o->kind >= RESID_UNIT_KIND_COUNT)
+        return rs_err(err, RESID_E_ARG, "rank: unit kind %d unknown", (int)o->kind);
+    if (o->key < RESID_KEY_LPI || o->key > RESID_KEY_CONTRAST)
+        return rs_err(err, RESID_E_ARG, "rank: key %d unknown", (int)o->key);
+    if (o->key == RESID_KEY_CONTRAST && e->contrast < 0)
         return rs_err(err, RESID_E_ARG, "rank: the contrast key needs a contrast token");
-    if (o.layer < -1 || o.layer >= e->L)
-        return rs_err(err, RESID_E_ARG, "rank: layer %d out of range [0, %d)", o.layer, e->L);
-    if (o.k < 0) return rs_err(err, RESID_E_ARG, "rank: k = %lld is negative", (long long)o.k);
+    if (o->layer < -1 || o->layer >= e->L)
+        return rs_err(err, RESID_E_ARG, "rank: layer %d out of range [0, %d)", o->layer, e->L);
+    if (o->k < 0) return rs_err(err, RESID_E_ARG, "rank: k = %lld is negative", (long long)o->k);
     if (e->lens == RESID_LENS_LOGIT)
         return rs_err(err, RESID_E_ARG,
                       "the logit lens is not linear: only the layer table accepts it");
+    return RESID_OK;
+}
 
-    rank_job j = {e, &o, NULL, rs_unit_count_layer(e, o.kind, o.layer), 0, NULL, NULL, 0};
-    j.k = o.k < j.n ? o.k : j.n;
-    const int64_t proj0 = e->n_proj;
-    const int64_t n = j.n;
-    j.u = malloc((size_t)(n ? n : 1) * sizeof *j.u);
-    j.lpi = malloc((size_t)(n ? n : 1) * sizeof *j.lpi);
-    j.sk = malloc((size_t)(n ? n : 1) * sizeof *j.sk);
-    heap h = {malloc((size_t)(j.k ? j.k : 1) * sizeof(kv)), 0, j.k};
-    resid_score *res = malloc((size_t)(j.k ? j.k : 1) * sizeof *res);
-    resid_status st = RESID_OK;
-    if (!j.u || !j.lpi || !j.sk || !h.a || !res) {
-        st = rs_err(err, RESID_E_NOMEM, "rank: out of memory (%lld units)", (long long)n);
-        goto done;
-    }
+/* One ranking of rs_rank_many. */
+typedef struct rank_run {
+    resid_rank_opts o;
+    rank_job j;
+    heap h;
+    cert c;
+    bool searching; /* its certified search has rounds to go */
+    int64_t proj;   /* projections done for it (a shared round counts whole) */
+} rank_run;
+
+/* Sets up ranking r and runs it unless it is a certified search, which is
+ * left searching (cert_begin done). */
+static resid_status run_begin(resid_explainer *e, rank_run *r, resid_error *err) {
+    const resid_rank_opts *o = &r->o;
+    rank_job *j = &r->j;
+    *j = (rank_job){e, o, NULL, rs_unit_count_layer(e, o->kind, o->layer), 0, NULL, NULL, 0};
+    j->k = o->k < j->n ? o->k : j->n;
+    const int64_t n = j->n, proj0 = e->n_proj;
+    j->u = malloc((size_t)(n ? n : 1) * sizeof *j->u);
+    j->lpi = malloc((size_t)(n ? n : 1) * sizeof *j->lpi);
+    j->sk = malloc((size_t)(n ? n : 1) * sizeof *j->sk);
+    r->h = (heap){malloc((size_t)(j->k ? j->k : 1) * sizeof(kv)), 0, j->k};
+    if (!j->u || !j->lpi || !j->sk || !r->h.a)
+        return rs_err(err, RESID_E_NOMEM, "rank: out of memory (%lld units)", (long long)n);
     for (int64_t i = 0; i < n; i++) {
-        rs_unit_from_index(e, o.kind, o.layer, i, &j.u[i]);
-        j.lpi[i] = NAN;
+        rs_unit_from_index(e, o->kind, o->layer, i, &j->u[i]);
+        j->lpi[i] = NAN;
     }
-    if ((st = rs_units_prepare(e, j.u, n, err))) goto done;
-
-    if (o.exhaustive) {
+    resid_status st = rs_units_prepare(e, j->u, n, err);
+    if (st) return st;
+    heap *h = &r->h;
+    if (o->exhaustive) {
         int64_t *all = calloc((size_t)(n ? n : 1), sizeof *all);
-        if (!all) {
-            st = rs_err(err, RESID_E_NOMEM, "rank: out of memory");
-            goto done;
-        }
+        if (!all) return rs_err(err, RESID_E_NOMEM, "rank: out of memory");
         for (int64_t i = 0; i < n; i++) all[i] = i;
         /* Every unit through the canonical projection (as fast as BLAS at
          * this batch size), so the scores are the exact ones themselves.
@@ -353,49 +391,126 @@ resid_status resid_rank(resid_explainer *e, const resid_rank_opts *opts, resid_s
          * shows (a report projects its few listed units again). */
         rs_tokcache *tok = e->tok;
         e->tok = NULL;
-        st = score_exact(&j, all, n, err);
+        st = score_exact(j, all, n, err);
         e->tok = tok;
         if (!st)
-            for (int64_t i = 0; i < n; i++) heap_push(&h, (kv){j.sk[i], i});
+            for (int64_t i = 0; i < n; i++) heap_push(h, (kv){j->sk[i], i});
         free(all);
-        if (st) goto done;
-    } else if (o.key == RESID_KEY_LOGIT || o.key == RESID_KEY_CONTRAST) {
+    } else if (o->key == RESID_KEY_LOGIT || o->key == RESID_KEY_CONTRAST) {
         /* Linear keys are exact in O(D): select, then score the winners. */
         for (int64_t i = 0; i < n; i++) {
             resid_score sc;
-            rs_score_linear(e, &j.u[i], &sc);
-            heap_push(&h, (kv){signed_key(&j, key_of(o.key, &sc)), i});
+            rs_score_linear(e, &j->u[i], &sc);
+            heap_push(h, (kv){signed_key(j, key_of(o->key, &sc)), i});
         }
-        int64_t *win = malloc((size_t)(h.n ? h.n : 1) * sizeof *win);
-        if (!win) {
-            st = rs_err(err, RESID_E_NOMEM, "rank: out of memory");
-            goto done;
-        }
-        for (int64_t q = 0; q < h.n; q++) win[q] = h.a[q].i;
-        st = score_exact(&j, win, h.n, err);
+        int64_t *win = malloc((size_t)(h->n ? h->n : 1) * sizeof *win);
+        if (!win) return rs_err(err, RESID_E_NOMEM, "rank: out of memory");
+        for (int64_t q = 0; q < h->n; q++) win[q] = h->a[q].i;
+        st = score_exact(j, win, h->n, err);
         free(win);
-        if (st) goto done;
-    } else if (j.k > 0) {
-        if ((st = certified(&j, &h, err))) goto done;
+    } else if (j->k > 0) {
+        st = cert_begin(j, &r->c, err);
+        r->searching = st == RESID_OK;
     }
-    qsort(h.a, (size_t)h.n, sizeof(kv), cmp_best_first);
-#pragma omp parallel for schedule(static) if (h.n * (int64_t)e->D * e->dh >= RS_PAR_MIN_WORK)
-    for (int64_t q = 0; q < h.n; q++) {
-        rs_score_linear(e, &j.u[h.a[q].i], &res[q]);
-        rs_score_finish(e, &res[q], j.lpi[h.a[q].i]);
+    r->proj += e->n_proj - proj0;
+    return st;
+}
+
+/* The best first list of ranking r (its heap, sorted) into *out. */
+static resid_status run_end(resid_explainer *e, rank_run *r, resid_score **out, int64_t *n_out,
+                            resid_rank_stats *stats, resid_error *err) {
+    heap *h = &r->h;
+    resid_score *res = malloc((size_t)(h->n ? h->n : 1) * sizeof *res);
+    if (!res) return rs_err(err, RESID_E_NOMEM, "rank: out of memory");
+    qsort(h->a, (size_t)h->n, sizeof(kv), cmp_best_first);
+#pragma omp parallel for schedule(static) if (h->n * (int64_t)e->D * e->dh >= RS_PAR_MIN_WORK)
+    for (int64_t q = 0; q < h->n; q++) {
+        rs_score_linear(e, &r->j.u[h->a[q].i], &res[q]);
+        rs_score_finish(e, &res[q], r->j.lpi[h->a[q].i]);
     }
     if (stats) {
-        stats->n_units = n;
-        stats->k_requested = o.k;
-        stats->k = h.n;
-        stats->clamped = o.k > n;
-        stats->n_exact = j.n_exact;
-        stats->n_projections = e->n_proj - proj0;
+        stats->n_units = r->j.n;
+        stats->k_requested = r->o.k;
+        stats->k = h->n;
+        stats->clamped = r->o.k > r->j.n;
+        stats->n_exact = r->j.n_exact;
+        stats->n_projections = r->proj;
     }
     *out = res;
-    *n_out = h.n;
-    res = NULL;
+    *n_out = h->n;
+    return RESID_OK;
+}
+
+static void run_free(rank_run *r) {
+    free(r->j.u), free(r->j.lpi), free(r->j.sk), free(r->h.a);
+    if (r->searching) cert_free(&r->c);
+}
+
+resid_status rs_rank_many(resid_explainer *e, const resid_rank_opts *opts, int n,
+                          resid_score **out, int64_t *n_out, resid_rank_stats *stats,
+                          resid_error *err) {
+    for (int i = 0; i < n; i++) out[i] = NULL, n_out[i] = 0;
+    for (int i = 0; i < n; i++) {
+        resid_status st = check_opts(e, &opts[i], err);
+        if (st) return st;
+    }
+    rank_run *r = calloc((size_t)(n ? n : 1), sizeof *r);
+    rank_job **jobs = malloc((size_t)(n ? n : 1) * sizeof *jobs);
+    const int64_t **idx = malloc((size_t)(n ? n : 1) * sizeof *idx);
+    int64_t *m = malloc((size_t)(n ? n : 1) * sizeof *m);
+    int *who = malloc((size_t)(n ? n : 1) * sizeof *who);
+    resid_status st = RESID_OK;
+    if (!r || !jobs || !idx || !m || !who) {
+        st = rs_err(err, RESID_E_NOMEM, "rank: out of memory");
+        goto done;
+    }
+    for (int i = 0; i < n && !st; i++) {
+        r[i].o = opts[i];
+        st = run_begin(e, &r[i], err);
+    }
+    /* The certified searches in lockstep: each round's units of all of
+     * them scored together, so their projections share the calls. */
+    while (!st) {
+        int nj = 0;
+        for (int i = 0; i < n; i++) {
+            if (!r[i].searching) continue;
+            cert_round(&r[i].j, &r[i].h, &r[i].c);
+            if (r[i].c.m == 0) {
+                cert_free(&r[i].c);
+                r[i].searching = false;
+                continue;
+            }
+            jobs[nj] = &r[i].j, idx[nj] = r[i].c.batch, m[nj] = r[i].c.m, who[nj++] = i;
+        }
+        if (nj == 0) break;
+        const int64_t proj0 = e->n_proj;
+        if ((st = score_exact_many(jobs, idx, m, nj, err))) break;
+        for (int q = 0; q < nj; q++) {
+            rank_run *ri = &r[who[q]];
+            ri->proj += e->n_proj - proj0;
+            if (!cert_take(&ri->j, &ri->h, &ri->c)) {
+                cert_free(&ri->c);
+                ri->searching = false;
+            }
+        }
+    }
+    for (int i = 0; i < n && !st; i++)
+        st = run_end(e, &r[i], &out[i], &n_out[i], stats ? &stats[i] : NULL, err);
+    if (st)
+        for (int i = 0; i < n; i++) {
+            free(out[i]);
+            out[i] = NULL, n_out[i] = 0;
+        }
 done:
-    free(j.u), free(j.lpi), free(j.sk), free(h.a), free(res);
+    for (int i = 0; r && i < n; i++) run_free(&r[i]);
+    free(r), free(jobs), free(idx), free(m), free(who);
     return st;
+}
+
+resid_status resid_rank(resid_explainer *e, const resid_rank_opts *opts, resid_score **out,
+                        int64_t *n_out, resid_rank_stats *stats, resid_error *err) {
+    *out = NULL;
+    *n_out = 0;
+    if (!opts) return rs_err(err, RESID_E_ARG, "rank: options required");
+    return rs_rank_many(e, opts, 1, out, n_out, stats, err);
 }

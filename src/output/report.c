@@ -224,7 +224,7 @@ static void report_free(report *r) {
 
 /* The stages the progress callback sees (resid_explain_request). */
 static int n_stages(const resid_explain_request *rq) {
-    return 9 + (rq->bottom_k > 0) + (rq->compare_scores ? 1 : 0);
+    return 7 + (rq->compare_scores ? 1 : 0);
 }
 
 static void stage(const resid_explain_request *rq, int step, const char *name) {
@@ -393,20 +393,24 @@ static resid_status compute(report *r, resid_error *err) {
         {"attn_neurons_bottom", RESID_UNIT_ATTN_NEURON},
     };
     const int64_t nk = rq->neuron_top_k > 0 ? rq->neuron_top_k : rq->top_k;
-    static const char *const stage_names[LIST_FIRST_BOTTOM + 1] = {
-        "heads", "head x positions", "FFN neurons", "attention neurons", "bottom units"};
+    /* the other lists' rankings, together (rs_rank_many) */
+    resid_rank_opts ro[N_LISTS];
+    resid_score *rs[N_LISTS];
+    int64_t rn[N_LISTS];
+    resid_rank_stats rst[N_LISTS];
+    int which[N_LISTS], nr = 0;
     for (int i = 0; i < N_LISTS; i++) {
         unit_list *ul = &r->lists[i];
         ul->name = defs[i].name;
         ul->kind = defs[i].kind;
         ul->bottom = i >= LIST_FIRST_BOTTOM;
         if (ul->bottom && rq->bottom_k <= 0) continue;
-        if (i <= LIST_FIRST_BOTTOM) stage(rq, 4 + i, stage_names[i]);
         ul->used = true;
         const int64_t k = ul->bottom                          ? rq->bottom_k
                           : i == LIST_FFN || i == LIST_ATTN ? nk
                                                             : rq->top_k;
         if (i == LIST_HEADS) {
+            stage(rq, 4, "heads");
             if ((st = resid_score_all(r->ex, ul->kind, &ul->s, &ul->n, err)) != RESID_OK) return st;
             ul->all_exact = true;
             ul->st.n_units = ul->st.n_exact = ul->n;
@@ -415,16 +419,30 @@ static resid_status compute(report *r, resid_error *err) {
             ul->st.clamped = k > ul->n;
             continue;
         }
-        resid_rank_opts ro = resid_rank_defaults(ul->kind, k);
-        ro.key = r->key;
-        ro.exhaustive = rq->exhaustive;
-        ro.bottom = ul->bottom;
-        if ((st = resid_rank(r->ex, &ro, &ul->s, &ul->n, &ul->st, err)) != RESID_OK) return st;
+        ro[nr] = resid_rank_defaults(ul->kind, k);
+        ro[nr].key = r->key;
+        ro[nr].exhaustive = rq->exhaustive;
+        ro[nr].bottom = ul->bottom;
+        which[nr++] = i;
+    }
+    stage(rq, 5, "head x positions and neurons");
+    /* the top lists, then the bottom ones, whose bounds then use the max
+     * and min of every direction the top lists projected */
+    int nt = 0;
+    while (nt < nr && !ro[nt].bottom) nt++;
+    if ((st = rs_rank_many(r->ex, ro, nt, rs, rn, rst, err)) != RESID_OK ||
+        (st = rs_rank_many(r->ex, ro + nt, nr - nt, rs + nt, rn + nt, rst + nt, err)) !=
+            RESID_OK) {
+        for (int q = 0; q < nt; q++) free(rs[q]);
+        return st;
+    }
+    for (int q = 0; q < nr; q++) {
+        unit_list *ul = &r->lists[which[q]];
+        ul->s = rs[q], ul->n = rn[q], ul->st = rst[q];
     }
 
     /* Q1: which lower layers activate the top FFN value neurons. */
-    const int next = rq->bottom_k > 0 ? 9 : 8;
-    stage(rq, next, "query layers");
+    stage(rq, 6, "query layers");
     if (rq->query) {
         resid_query_opts qo = resid_query_defaults();
         resid_error qerr;
@@ -438,7 +456,7 @@ static resid_status compute(report *r, resid_error *err) {
      * lens, plain and with each method's top-k FFN neurons zeroed). Asked
      * for explicitly, so a failure (e.g. k too large) fails the report. */
     if (rq->compare_scores) {
-        stage(rq, next + 1, "scoring-method comparison");
+        stage(rq, 7, "scoring-method comparison");
         st = resid_compare_scores(m, rq->tokens, rq->n_tokens, r->target, rq->compare_k,
                                   rq->compare_seed, &r->cmp, err);
         if (st != RESID_OK) return st;

@@ -8,7 +8,7 @@
 // answer to the same request, and the mode's errors (client-side and the
 // server's 400) shown in the page; the
 // "compare scores" box adds the comparison panel; while a long request
-// runs the status shows its stage from /api/progress ("FFN neurons (6/13)
+// runs the status shows its stage from /api/progress ("head x positions and neurons (5/11)
 // · 0.4 s"), or "waiting for another request" behind another client's,
 // then "done in"; no console errors, no request leaves 127.0.0.1.
 // Screenshots: browser-serve*.png.
@@ -217,11 +217,10 @@ test('resid serve: explain a typed prompt, open a head and a neuron', async () =
   }
 });
 
-// The stages of /api/explain with compare_scores, numbered 1..13 (the
+// The stages of /api/explain with compare_scores, numbered 1..11 (the
 // report's, then the web extras').
-const STAGES = ['forward pass', 'contexts', 'layer table', 'heads', 'head x positions', 'FFN neurons',
-  'attention neurons', 'query layers', 'scoring-method comparison', 'report', 'lens grid',
-  'head details', 'neuron details'];
+const STAGES = ['forward pass', 'contexts', 'layer table', 'heads', 'head x positions and neurons',
+  'query layers', 'scoring-method comparison', 'report', 'lens grid', 'head details', 'neuron details'];
 // 24 times PROMPT: 482 tokens; with compare scores about 1 s here.
 const LONG = Array(24).fill(PROMPT).join(' ');
 
