@@ -26,8 +26,9 @@
 #     than -O2). The ratio against such a build is the stricter comparison.
 #  4. attribution: `resid explain` (certified top-300 of every kind) and
 #     `resid explain --exhaustive` on the same model and ids, against
-#     bench/peer_explain.py (PyTorch scoring every FFN neuron and head x
-#     position exactly); their top-10s must agree. Peak RSS of those runs as a
+#     bench/peer_explain.py (PyTorch scoring every FFN neuron, head x
+#     position and attention neuron exactly, as resid does; also timed
+#     without the attention neurons); their top-10s must agree. Peak RSS of those runs as a
 #     multiple of the F32 weight bytes. Ratios are peer time / resid time.
 #     bench_peak measures this CPU's float32 FMA peak and resid's projection
 #     kernel; with the runs' projection counts they give each run's floor.
@@ -202,9 +203,12 @@ fi
 # `resid explain` as the CLI runs it (all units bounded, the exact top-300 of
 # each kind, JSON to a file), and with --exhaustive (every unit scored
 # exactly), against bench/peer_explain.py: plain PyTorch scoring EVERY FFN
-# neuron and head x position exactly by batched projection, forward included.
-# The peer also checks that its top-10 FFN neurons and head x positions are
-# resid's (same ids, LPIs within 1e-4), so the comparison is honest.
+# neuron, head x position and attention neuron exactly by batched
+# projection, forward included: the units resid ranks. The peer also checks
+# that its top-10 of each kind are resid's (same ids, LPIs within 1e-4), so
+# the comparison is honest. The info rows set resid against the peer's time
+# without the attention neurons (peer_explain_attn_s taken off): the FFN
+# neurons and head x positions alone, less than resid computes.
 runs_exp=${BENCH_RUNS:-5}
 exp_args=(explain "$gpt2" --ids "$ids" --top 300)
 # timed OUTFILE CMD...: runs CMD (stdout to /dev/null); prints "seconds peak_rss_kb"
@@ -220,7 +224,7 @@ timed() {
 }
 median() { printf '%s\n' "$@" | sort -g | awk '{ v[NR] = $1 } END {
   if (NR == 0) exit; print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
-e_t=() e_rss=() x_t="" x_rss="" p_s="" agree="" dlpi="" eload=""
+e_t=() e_rss=() x_t="" x_rss="" p_s="" p_fh="" agree="" dlpi="" eload=""
 eload=$(cut -d' ' -f1-3 /proc/loadavg 2>/dev/null)
 for ((i = 0; i < runs_exp; i++)); do
   if r=$(timed "$out/explain.time" "$build/resid" "${exp_args[@]}" --json "$out/explain.resid.json"); then
@@ -242,6 +246,8 @@ if "$py" "$root/bench/peer_explain.py" "$gpt2" --ids "$ids" --threads "$threads"
      ${e_t:+--compare "$out/explain.resid.json"} >"$exp_peer_log"; then
   cat "$exp_peer_log" >&2
   p_s=$(val peer_explain_s_median "$exp_peer_log")
+  p_attn=$(val peer_explain_attn_s "$exp_peer_log")
+  [ "$p_s" != n/a ] && [ "$p_attn" != n/a ] && p_fh=$(calc "$p_s - $p_attn")
   agree=$(val top10_agree "$exp_peer_log")
   dlpi=$(val top10_max_abs_dlpi "$exp_peer_log")
 else
@@ -260,7 +266,12 @@ row "explain top-300, 16 tok (s; peer/resid)" "${e_med:-n/a}" "${p_s:-n/a}" "${e
   "${e_best:-n/a}" ">= 50" "$(verdict "$e_ratio" ">=" 50)"
 row "explain --exhaustive (s; peer/resid)" "${x_t:-n/a}" "${p_s:-n/a}" "${x_ratio:-n/a}" "" \
   ">= 2" "$(verdict "$x_ratio" ">=" 2)"
-row "  agreement: top-10 FFN + head x pos" "${agree:-n/a}" "(torch)" "" "" "yes" \
+[ -n "$p_fh" ] && [ -n "$e_med" ] &&
+  row "  peer w/o attention neurons: top-300" "$e_med" "$p_fh" "$(calc "$p_fh / $e_med")" \
+    "$(calc "$p_fh / $e_min")" "" info
+[ -n "$p_fh" ] && [ -n "$x_t" ] &&
+  row "  peer w/o attention neurons: --exhaustive" "$x_t" "$p_fh" "$(calc "$p_fh / $x_t")" "" "" info
+row "  agreement: top-10 FFN, head x pos, attn" "${agree:-n/a}" "(torch)" "" "" "yes" \
   "$([ "$agree" = yes ] && echo PASS || echo MISS)"
 row "  max |dLPI| over those top-10s" "${dlpi:-n/a}" "" "" "" "<= 1e-4" \
   "$(verdict "$dlpi" "<=" 0.0001)"
@@ -308,7 +319,7 @@ printf '%-40s|%11s|%11s|%8s|%8s|%7s|%6s\n' "figure (median of runs)" "resid" "pe
 printf '%s\n' "----------------------------------------+-----------+-----------+--------+--------+-------+------"
 printf '%s\n' "${rows[@]}"
 echo "peers: forward = PyTorch $(val peer_torch_version "$peer_log" 2>/dev/null || true) (bench/peer_forward.py);" \
-  "explain = PyTorch (bench/peer_explain.py, every FFN neuron and head x position);" \
+  "explain = PyTorch (bench/peer_explain.py, every FFN neuron, head x position and attention neuron);" \
   "RSS = F32 weight bytes; gen = llama2.c run.c${LLAMA2C_RUN:+ ($LLAMA2C_RUN)}"
 echo "explain ratios are peer/resid (higher is better); load average before the explain runs: ${eload:-?}"
 echo "floor rows: the run's vocabulary projections x 2VD flops at this CPU's float32 FMA peak" \
