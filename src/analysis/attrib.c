@@ -542,7 +542,8 @@ static resid_status exact_rows(resid_explainer *e, const resid_unit *const *vec,
     for (int64_t r0 = 0; r0 < nrow; r0 += B) {
         const int nb = (int)(nrow - r0 < B ? nrow - r0 : B);
         const int nbv = r0 < nv ? (int)(nv - r0 < nb ? nv - r0 : nb) : 0;
-        const int64_t q0 = r0 + nbv - nv; /* the chunk's first direction */
+        const int ndc = nb - nbv;             /* the chunk's directions, */
+        const int64_t q0 = r0 + nbv - nv;     /* from this one (when ndc > 0) */
         /* the vector rows, independent: in parallel */
 #pragma omp parallel for schedule(static) if ((int64_t)nbv * D * e->dh >= RS_PAR_MIN_WORK)
         for (int r = 0; r < nbv; r++) {
@@ -550,16 +551,16 @@ static resid_status exact_rows(resid_explainer *e, const resid_unit *const *vec,
             rs_unit_vector(e, vec[r0 + r], vr);
             rs_lensmap(e, vr, y + (size_t)r * D);
         }
-        for (int r = 0; r < nb - nbv; r++) {
+        for (int r = 0; r < ndc; r++) {
             const resid_unit *uu = dir[refs[first[q0 + r]].unit];
             rs_unit_coef(e, uu, &brow[r]);
             bk[r] = uu->kind, bl[r] = uu->layer;
         }
-        fetch_dirs(e, nb - nbv, bk, bl, brow, d);
-        for (int r = 0; r < nb - nbv; r++)
+        fetch_dirs(e, ndc, bk, bl, brow, d);
+        for (int r = 0; r < ndc; r++)
             rs_lensmap(e, d + (size_t)r * D, y + (size_t)(nbv + r) * D);
         rs_project_canon(e, y, nb, c);
-        const int64_t nunits = nbv + (first[q0 + nb - nbv] - first[q0]);
+        const int64_t nunits = nbv + (ndc ? first[q0 + ndc] - first[q0] : 0);
 #pragma omp parallel for schedule(dynamic) if (nunits * (int64_t)V >= RS_PAR_MIN_WORK)
         for (int r = 0; r < nb; r++) {
             const float *P = c + (size_t)r * V;
