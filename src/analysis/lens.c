@@ -9,9 +9,9 @@
  */
 #include <cblas.h>
 #include <math.h>
-#include <sys/mman.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 
 #include "analysis/analysis.h"
 #include "core/util.h"
