@@ -7,7 +7,9 @@
  *                     ceiling of any exact float32 projection code here;
  *   canon_gflops      resid's canonical projection (rs_project_canon, the
  *                     kernel of every exact score) on a GPT-2-sized W_U
- *                     (V = 50257, D = 768) with 128 rows, median of --runs.
+ *                     (V = 50257, D = 768) with RS_CANON_ROWS rows (the
+ *                     batch of exact scoring), median of --runs;
+ *   canon_rows        that batch.
  *
  * An exact LPI needs one V×D projection (2·V·D flops), so a run that did P
  * projections cannot take less than P·2·V·D / fma_peak seconds, whatever
@@ -129,7 +131,8 @@ int main(int argc, char **argv) {
     }
     if (runs < 1) runs = 1;
     const double peak = fma_peak_gflops(runs);
-    const double canon = canon_gflops(50257, 768, 128, runs);
+    const double canon = canon_gflops(50257, 768, RS_CANON_ROWS, runs);
+    printf("canon_rows=%d\n", RS_CANON_ROWS);
     printf("threads=%d\n", omp_get_max_threads());
     if (peak > 0)
         printf("fma_peak_gflops=%.1f\n", peak);

@@ -288,8 +288,9 @@ peak_log="$out/peak.txt"
 if "$build/bench_peak" --runs 5 >"$peak_log"; then
   cat "$peak_log" >&2
   peak=$(val fma_peak_gflops "$peak_log") canon=$(val canon_gflops "$peak_log")
+  crows=$(val canon_rows "$peak_log")
   [ "$peak" = n/a ] && peak=""
-  row "canonical kernel, 128 rows (GFLOPS)" "${canon:-n/a}" "${peak:-n/a}" \
+  row "canonical kernel, ${crows:-?} rows (GFLOPS)" "${canon:-n/a}" "${peak:-n/a}" \
     "$([ -n "$canon" ] && [ -n "$peak" ] && calc "$canon / $peak" || echo n/a)" "" "" info
   # pflop JSON: projections x 2VD of an explain JSON, in TFLOP
   pflop() {

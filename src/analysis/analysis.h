@@ -28,8 +28,10 @@
 #define RS_PROJ_ROWS 32
 /* Rows per canonical projection in exact scoring (rs_project_canon streams
  * W_U once per call, so fewer, larger calls are faster; c is
- * RS_CANON_ROWS × V floats). */
-#define RS_CANON_ROWS 128
+ * RS_CANON_ROWS × V floats, 51 MB for GPT-2). On GPT-2 small, 256 rather
+ * than 128 took `explain --exhaustive` from 29-30 to 27.5-28 s; 384 was no
+ * faster. */
+#define RS_CANON_ROWS 256
 /* The canonical projection's blocks of d: a score is the sum, in order, of
  * one sequential chain per block of this many d (canon.c). Part of the
  * definition of an exact score, and the packed W_U panel's depth
