@@ -383,6 +383,104 @@ static void test_identity8(void **state) {
 }
 
 /* ---------------------------------------------------------------------- */
+/* The series path of the log-sum-exp (rs_lpi_row) vs float64             */
+/* ---------------------------------------------------------------------- */
+
+/* LPI of κ·c in the context of the float log-probabilities lp, in double:
+ * κ c_w − (log Σ e^(lp + κc) − log Σ e^lp). */
+static double lpi_ref64(const float *lp, const float *c, float kappa, int V, int w) {
+    double m1 = -INFINITY, m0 = -INFINITY, s1 = 0, s0 = 0;
+    for (int t = 0; t < V; t++) {
+        m1 = fmax(m1, (double)lp[t] + (double)kappa * c[t]);
+        m0 = fmax(m0, (double)lp[t]);
+    }
+    for (int t = 0; t < V; t++) {
+        s1 += exp((double)lp[t] + (double)kappa * c[t] - m1);
+        s0 += exp((double)lp[t] - m0);
+    }
+    return (double)kappa * c[w] - ((m1 + log(s1)) - (m0 + log(s0)));
+}
+
+static void test_series(void **state) {
+    (void)state;
+    enum { V = 5003, W = 101 }; /* not a multiple of 128: the kernels' tails */
+    resid_explainer e;
+    memset(&e, 0, sizeof e);
+    e.V = V;
+    e.target = W;
+    rs_context cx;
+    memset(&cx, 0, sizeof cx);
+    float *lp = malloc(sizeof(float) * V), *p = malloc(sizeof(float) * V);
+    float *c = malloc(sizeof(float) * V);
+    double *b = malloc(sizeof(double) * V), mx = -INFINITY, sum = 0;
+    uint32_t rng = 777;
+#define RNG01() ((rng = rng * 1664525u + 1013904223u), (rng >> 8) / (double)(1u << 24))
+    for (int t = 0; t < V; t++) {
+        b[t] = 12.0 * RNG01() - 6.0;
+        if (t % 97 == 0) b[t] = -120.0; /* p_t below FLT_MIN */
+        mx = fmax(mx, b[t]);
+    }
+    for (int t = 0; t < V; t++) sum += exp(b[t] - mx);
+    for (int t = 0; t < V; t++) lp[t] = (float)(b[t] - mx - log(sum));
+    cx.logp = lp;
+    float lpmin;
+    rs_minmax(lp, V, &cx.lpmax, &lpmin);
+    static const double rhos[] = {1e-7, 1e-4, 3e-3, 0.05, 0.2, 0.2499, 0.25, 0.2501, 0.6, 3.0};
+    const int nr = (int)(sizeof rhos / sizeof rhos[0]);
+    for (int generic = 0; generic < 2; generic++) {
+        rs_kernels_set_generic(generic);
+        rs_context_series(&e, &cx, p);
+        double worst_series = 0, worst_direct = 0;
+        for (int shape = 0; shape < 3; shape++) {
+            /* ±A (every |c_t/m| = 1: the top term at full weight), uniform
+             * in [−A, A], and one outlier among small values */
+            const float A = shape == 2 ? 40.0f : 3.0f;
+            for (int t = 0; t < V; t++) {
+                const double u = RNG01();
+                c[t] = shape == 0 ? (u < 0.5 ? -A : A) : (float)(A * (2 * u - 1));
+                if (shape == 2) c[t] *= 1e-3f;
+            }
+            if (shape == 2) c[7] = A;
+            float cmax, cmin;
+            rs_minmax(c, V, &cmax, &cmin);
+            const double m = fmax(fabs(cmax), fabs(cmin));
+            for (int i = 0; i < nr; i++)
+                for (int sg = -1; sg <= 1; sg += 2) {
+                    const float kappa = (float)(sg * rhos[i] / m);
+                    const double rho = fabs((double)kappa) * m;
+                    rs_series sr = {0};
+                    const double got = rs_lpi_row(&e, &cx, c, kappa, cmax, cmin, &sr);
+                    const double err = fabs(got - lpi_ref64(lp, c, kappa, V, W));
+                    /* the series path runs exactly when ρ <= 1/4 */
+                    assert_true((sr.cx == &cx) == (rho <= RS_SERIES_RHO));
+                    if (rho <= RS_SERIES_RHO)
+                        worst_series = fmax(worst_series, err);
+                    else
+                        worst_direct = fmax(worst_direct, err);
+                    /* a second unit on the row reuses its moments */
+                    if (sr.cx) {
+                        const double again = rs_lpi_row(&e, &cx, c, -kappa, cmax, cmin, &sr);
+                        assert_true(fabs(again - lpi_ref64(lp, c, -kappa, V, W)) <= 5e-8);
+                    }
+                }
+        }
+        rs_series sr = {0};
+        assert_true(rs_lpi_row(&e, &cx, c, 0.0f, 1.0f, -1.0f, &sr) == 0.0);
+        assert_true(rs_lpi_from(&e, &cx, c, 0.0f, 1.0f, -1.0f) == 0.0); /* lse0 */
+        printf("  series (%s kernels): max |LPI - float64| %.1e series (rho <= 1/4), "
+               "%.1e direct\n",
+               generic ? "generic" : "best", worst_series, worst_direct);
+        /* the series' truncation is <= 2.0e-8 of the sum at rho = 1/4; its
+         * top term there is 3.4e-7 for the ±A row */
+        assert_true(worst_series <= 5e-8);
+        assert_true(worst_direct <= 1e-6);
+    }
+#undef RNG01
+    rs_kernels_set_generic(false);
+    free(lp), free(p), free(c), free(b);
+}
+
+/* ---------------------------------------------------------------------- */
 /* §3.2 sums, in bs space                                                 */
 /* ---------------------------------------------------------------------- */
 
@@ -532,6 +630,7 @@ static void test_ids_and_errors(void **state) {
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_ids_and_errors), cmocka_unit_test(test_identity8),
+        cmocka_unit_test(test_series),
         cmocka_unit_test(test_ref64),          cmocka_unit_test(test_identity4),
         cmocka_unit_test(test_identity5),      cmocka_unit_test(test_identity6),
         cmocka_unit_test(test_identity7),      cmocka_unit_test(test_sums),

@@ -59,6 +59,9 @@
 typedef struct rs_context {
     float *logp;  /* [V] log p_t = b_t − lse(b), in the lens */
     float lpmax;  /* max_t logp[t] */
+    float *p;     /* [V] exp(logp[t]), for the series path, or NULL */
+    double psum;  /* Σ_t p[t] */
+    double lse0;  /* log Σ_t exp(logp[t]) as the direct path sums it (~0) */
     double pw;    /* p(w|x) */
     double logpw; /* log p(w|x) */
     float *g;     /* [D] U(v) = v·g: centre(γ ⊙ (W_U[w] − W_Uᵀp)) / s */
@@ -202,9 +205,33 @@ void rs_exp_array(const float *x, float *y, int n);
  * (c, κ, cmax, cmin) alone: pass the values rs_minmax gives. */
 double rs_lse_shift(const resid_explainer *e, const rs_context *cx, const float *c,
                     float kappa, float cmax, float cmin);
-/* LPI of κ·c in the context: κ c_w − rs_lse_shift. */
+/* LPI of κ·c in the context, the direct path: κ c_w − (rs_lse_shift −
+ * cx->lse0), so that κ = 0 gives 0 exactly. */
 double rs_lpi_from(const resid_explainer *e, const rs_context *cx, const float *c,
                    float kappa, float cmax, float cmin);
+/* The series path. When ρ = |κ|·max_t |c_t| <= RS_SERIES_RHO, the change
+ * of the log-sum-exp is log1p(Σ_k (κm)^k S_k / (k! S_0)), m = max_t |c_t|,
+ * S_k = Σ_t p_t (c_t/m)^k, S_0 = Σ_t p_t: e^x's Taylor series to order
+ * RS_SERIES_K, whose remainder is at most ρ^(K+1)/(K+1)!·e^(2ρ) = 2.0e-8
+ * of the sum (K = 6, ρ <= 1/4), below the direct path's rounding. The
+ * moments S_k take one pass over c, shared by every κ on the same row c
+ * and context: one pass for a W_O row's T attention neurons, where the
+ * direct path takes T. */
+#define RS_SERIES_K 6
+#define RS_SERIES_RHO 0.25
+typedef struct rs_series {
+    const rs_context *cx; /* the context of s[], or NULL: not taken yet */
+    double s[RS_SERIES_K + 1];
+} rs_series;
+/* LPI of κ·c in the context (cmax, cmin: c's range, as rs_minmax gives
+ * it): the series path when ρ is small enough and cx has p, else the
+ * direct path. sr caches the row's moments: zero it for each new row c;
+ * NULL: the direct path always. */
+double rs_lpi_row(const resid_explainer *e, const rs_context *cx, const float *c, float kappa,
+                  float cmax, float cmin, rs_series *sr);
+/* Sets cx->p = p (exp of cx->logp, written into p[V]), cx->psum and
+ * cx->lse0. */
+void rs_context_series(const resid_explainer *e, rs_context *cx, float *p);
 /* The largest and smallest of c[0..n) (NaN-free input). */
 void rs_minmax(const float *c, int n, float *mx, float *mn);
 double rs_dot(const float *a, const float *b, int64_t n);

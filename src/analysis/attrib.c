@@ -567,7 +567,9 @@ static resid_status exact_rows(resid_explainer *e, const resid_unit *const *vec,
             if (r < nbv) { /* a vector unit */
                 float cmax, cmin;
                 rs_minmax(P, V, &cmax, &cmin);
-                lv[r0 + r] = rs_lpi_from(e, &e->ctx[rs_unit_ctx(vec[r0 + r])], P, 1.0f, cmax, cmin);
+                rs_series sr = {0};
+                lv[r0 + r] =
+                    rs_lpi_row(e, &e->ctx[rs_unit_ctx(vec[r0 + r])], P, 1.0f, cmax, cmin, &sr);
                 if (kt)
                     rs_tokcache_extremes(e, P, 1.0, tv + (size_t)r * 2 * kt,
                                          tv + ((size_t)r * 2 + 1) * kt);
@@ -580,11 +582,12 @@ static resid_status exact_rows(resid_explainer *e, const resid_unit *const *vec,
             rs_dirstats *ds = u0->kind == RESID_UNIT_FFN_NEURON ? &e->ffn_dirs[u0->layer]
                                                                 : &e->attn_dirs[u0->layer];
             if (isnan(ds->pmax[row])) rs_minmax(P, V, &ds->pmax[row], &ds->pmin[row]);
+            rs_series sr = {0}; /* the row's moments, for all its units */
             for (int64_t i = first[q]; i < first[q + 1]; i++) {
                 const resid_unit *uq = dir[refs[i].unit];
                 float a = (float)rs_unit_coef(e, uq, NULL);
-                ld[refs[i].unit] =
-                    rs_lpi_from(e, &e->ctx[rs_unit_ctx(uq)], P, a, ds->pmax[row], ds->pmin[row]);
+                ld[refs[i].unit] = rs_lpi_row(e, &e->ctx[rs_unit_ctx(uq)], P, a, ds->pmax[row],
+                                              ds->pmin[row], &sr);
             }
             /* P is the row's paper lens at the explainer's scale s */
             if (kt)

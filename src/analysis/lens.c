@@ -287,7 +287,97 @@ void rs_exp_array(const float *x, float *y, int n) {
 
 double rs_lpi_from(const resid_explainer *e, const rs_context *cx, const float *c,
                    float kappa, float cmax, float cmin) {
-    return (double)(kappa * c[e->target]) - rs_lse_shift(e, cx, c, kappa, cmax, cmin);
+    return (double)(kappa * c[e->target]) - (rs_lse_shift(e, cx, c, kappa, cmax, cmin) - cx->lse0);
+}
+
+/* ---- the series path: small κ·c ---------------------------------------- */
+
+#if defined(__x86_64__) || defined(__i386__)
+/* S[k] += Σ_t p_t·q_t^k, q_t = c_t·im, k = 1 .. RS_SERIES_K, for t in
+ * [0, n8) (n8 a multiple of 128): each lane sums the 16 terms of a block of
+ * 128 tokens in float, the blocks in double (as lse_sum_avx2). */
+RS_AVX2 static void series_moments_avx2(const float *p, const float *c, float im, int n8,
+                                        double *S) {
+    /* terms under FLT_MIN (a tiny p_t times a high power) flush to 0,
+     * which is below the sum's rounding, instead of taking the slow
+     * subnormal path; the caller's MXCSR is restored */
+    const unsigned csr = _mm_getcsr();
+    _mm_setcsr(csr | 0x8040); /* FTZ | DAZ */
+    const __m256 s8 = _mm256_set1_ps(im);
+    __m256d d[RS_SERIES_K][2];
+    for (int k = 0; k < RS_SERIES_K; k++) d[k][0] = d[k][1] = _mm256_setzero_pd();
+    for (int t = 0; t < n8; t += 128) {
+        __m256 a[RS_SERIES_K];
+        for (int k = 0; k < RS_SERIES_K; k++) a[k] = _mm256_setzero_ps();
+        for (int u = t; u < t + 128; u += 8) {
+            const __m256 q = _mm256_mul_ps(_mm256_loadu_ps(c + u), s8);
+            __m256 r = _mm256_loadu_ps(p + u);
+#pragma GCC unroll 8
+            for (int k = 0; k < RS_SERIES_K; k++) {
+                r = _mm256_mul_ps(r, q);
+                a[k] = _mm256_add_ps(a[k], r);
+            }
+        }
+        for (int k = 0; k < RS_SERIES_K; k++) {
+            d[k][0] = _mm256_add_pd(d[k][0], _mm256_cvtps_pd(_mm256_castps256_ps128(a[k])));
+            d[k][1] = _mm256_add_pd(d[k][1], _mm256_cvtps_pd(_mm256_extractf128_ps(a[k], 1)));
+        }
+    }
+    for (int k = 0; k < RS_SERIES_K; k++) {
+        double l[8];
+        _mm256_storeu_pd(l, d[k][0]);
+        _mm256_storeu_pd(l + 4, d[k][1]);
+        S[k + 1] += ((l[0] + l[1]) + (l[2] + l[3])) + ((l[4] + l[5]) + (l[6] + l[7]));
+    }
+    _mm_setcsr(csr);
+}
+#endif
+
+/* S[k] = Σ_t p_t·(c_t/m)^k, k = 1 .. RS_SERIES_K (m > 0). */
+static void series_moments(const float *p, const float *c, float m, int V, double *S) {
+    const float im = 1.0f / m;
+    for (int k = 0; k <= RS_SERIES_K; k++) S[k] = 0;
+    int t = 0;
+#if defined(__x86_64__) || defined(__i386__)
+    if (use_avx2()) {
+        t = V / 128 * 128;
+        series_moments_avx2(p, c, im, t, S);
+    }
+#endif
+    for (; t < V; t++) {
+        const double q = (double)(c[t] * im);
+        double r = p[t];
+        for (int k = 1; k <= RS_SERIES_K; k++) S[k] += (r *= q);
+    }
+}
+
+double rs_lpi_row(const resid_explainer *e, const rs_context *cx, const float *c, float kappa,
+                  float cmax, float cmin, rs_series *sr) {
+    const float m = fmaxf(fabsf(cmax), fabsf(cmin));
+    const double rho = fabs((double)kappa) * m; /* NaN (no range): not below */
+    if (!sr || !cx->p || !(rho <= RS_SERIES_RHO))
+        return rs_lpi_from(e, cx, c, kappa, cmax, cmin);
+    if (rho == 0) return 0.0; /* κ = 0 or c = 0 */
+    if (sr->cx != cx) {
+        series_moments(cx->p, c, m, e->V, sr->s);
+        sr->cx = cx;
+    }
+    /* Σ_t p_t e^(κ c_t) / Σ_t p_t − 1 = Σ_k x^k S_k / (k! S_0), x = κ·m */
+    const double x = (double)kappa * m;
+    double h = 0;
+    for (int k = RS_SERIES_K; k >= 1; k--) h = x * (sr->s[k] / cx->psum + h) / k;
+    return (double)(kappa * c[e->target]) - log1p(h);
+}
+
+void rs_context_series(const resid_explainer *e, rs_context *cx, float *p) {
+    const int V = e->V;
+    rs_exp_array(cx->logp, p, V);
+    double s = 0;
+    for (int t = 0; t < V; t++) s += p[t];
+    cx->p = p;
+    cx->psum = s;
+    /* the base of the direct path: its log-sum-exp at κ = 0 */
+    cx->lse0 = rs_lse_shift(e, cx, cx->logp, 0.0f, 0.0f, 0.0f);
 }
 
 void rs_minmax(const float *c, int n, float *mx, float *mn) {
@@ -386,6 +476,7 @@ void resid_explainer_free(resid_explainer *e) {
     if (e->ctx)
         for (int i = 0; i <= 2 * e->L; i++) {
             free(e->ctx[i].logp);
+            free(e->ctx[i].p);
             free(e->ctx[i].g);
         }
     free(e->ctx);
@@ -556,8 +647,9 @@ resid_status resid_explainer_new(const resid_model *m, const resid_trace *tr,
     for (int ci = 0; ci < nctx; ci++) {
         rs_context *cx = &e->ctx[ci];
         cx->logp = malloc((size_t)V * sizeof(float));
+        cx->p = malloc((size_t)V * sizeof(float));
         cx->g = malloc((size_t)D * sizeof(float));
-        if (!cx->logp || !cx->g) {
+        if (!cx->logp || !cx->p || !cx->g) {
             free(y), free(b), free(q), free(pq);
             goto nomem;
         }
@@ -571,10 +663,11 @@ resid_status resid_explainer_new(const resid_model *m, const resid_trace *tr,
         /* the log-sum-exp of the exact scores (rs_logsumexp) */
         const double lse = rs_logsumexp(bc, V);
         for (int t = 0; t < V; t++) cx->logp[t] = (float)((double)bc[t] - lse);
-        rs_exp_array(cx->logp, bc, V); /* b now holds p, for W_Uᵀp below */
         float lpmax = -INFINITY, lpmin;
         rs_minmax(cx->logp, V, &lpmax, &lpmin);
         cx->lpmax = lpmax;
+        rs_context_series(e, cx, cx->p);
+        memcpy(bc, cx->p, (size_t)V * sizeof(float)); /* b now holds p, for W_Uᵀp below */
         cx->logpw = (double)cx->logp[e->target];
         cx->pw = exp(cx->logpw);
     }
