@@ -171,9 +171,10 @@ RS_AVX2 static float lse_max_avx2(const float *lp, const float *c, float kappa, 
         s1 = _mm256_add_pd(s1, _mm256_cvtps_pd(_mm256_extractf128_ps(v, 1))); \
     } while (0)
 
-/* Σ_t exp(z_t − M), z_t = fma(κ, c_t, lp_t) (M finite). Each lane sums 8
- * terms in float (blocks of 128 tokens, two accumulators, then added: a
- * relative error of at most 8 roundings, ~5e-7), and the blocks in double. */
+/* Σ_t exp(z_t − M), z_t = fma(κ, c_t, lp_t) (M finite). Over a block of
+ * 128 tokens, each lane of two float accumulators sums 8 terms and the two
+ * are added (a term passes through at most 8 roundings: ~5e-7 of the sum);
+ * the blocks are summed in double. */
 RS_AVX2 static double lse_sum_avx2(const float *lp, const float *c, float kappa, int V, float M) {
     const __m256 k8 = _mm256_set1_ps(kappa);
     const int V8 = V / 8 * 8;
