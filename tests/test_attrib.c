@@ -327,28 +327,36 @@ static void test_identity7(void **state) {
 /* §8 identity 8: single-token boost (synthetic)                          */
 /* ---------------------------------------------------------------------- */
 
+/* A bare explainer (V, target w) and a context of logits b[V] (max mx):
+ * lp = log softmax(b) in float, and cx's logp and lpmax. */
+static void synthetic_context(resid_explainer *e, rs_context *cx, int V, int w, const double *b,
+                              double mx, float *lp) {
+    memset(e, 0, sizeof *e);
+    e->V = V;
+    e->target = w;
+    memset(cx, 0, sizeof *cx);
+    double sum = 0;
+    for (int t = 0; t < V; t++) sum += exp(b[t] - mx);
+    for (int t = 0; t < V; t++) lp[t] = (float)(b[t] - mx - log(sum));
+    cx->logp = lp;
+    float lpmin;
+    rs_minmax(lp, V, &cx->lpmax, &lpmin);
+}
+
 static void test_identity8(void **state) {
     (void)state;
     enum { V = 1000, W = 17 };
     resid_explainer e;
-    memset(&e, 0, sizeof e);
-    e.V = V;
-    e.target = W;
     rs_context cx;
-    memset(&cx, 0, sizeof cx);
     float *lp = malloc(sizeof(float) * V), *c = calloc(V, sizeof(float));
-    double b[V], mx = -INFINITY, sum = 0;
+    double b[V], mx = -INFINITY;
     uint32_t rng = 12345;
     for (int t = 0; t < V; t++) {
         rng = rng * 1664525u + 1013904223u;
         b[t] = 6.0 * (rng >> 8) / (double)(1u << 24) - 3.0;
         mx = fmax(mx, b[t]);
     }
-    for (int t = 0; t < V; t++) sum += exp(b[t] - mx);
-    for (int t = 0; t < V; t++) lp[t] = (float)(b[t] - mx - log(sum));
-    cx.logp = lp;
-    float lpmin;
-    rs_minmax(lp, V, &cx.lpmax, &lpmin);
+    synthetic_context(&e, &cx, V, W, b, mx, lp);
     double A = exp(b[W]), B = 0;
     for (int t = 0; t < V; t++)
         if (t != W) B += exp(b[t]);
@@ -405,14 +413,10 @@ static void test_series(void **state) {
     (void)state;
     enum { V = 5003, W = 101 }; /* not a multiple of 128: the kernels' tails */
     resid_explainer e;
-    memset(&e, 0, sizeof e);
-    e.V = V;
-    e.target = W;
     rs_context cx;
-    memset(&cx, 0, sizeof cx);
     float *lp = malloc(sizeof(float) * V), *p = malloc(sizeof(float) * V);
     float *c = malloc(sizeof(float) * V);
-    double *b = malloc(sizeof(double) * V), mx = -INFINITY, sum = 0;
+    double *b = malloc(sizeof(double) * V), mx = -INFINITY;
     uint32_t rng = 777;
 #define RNG01() ((rng = rng * 1664525u + 1013904223u), (rng >> 8) / (double)(1u << 24))
     for (int t = 0; t < V; t++) {
@@ -420,11 +424,7 @@ static void test_series(void **state) {
         if (t % 97 == 0) b[t] = -120.0; /* p_t below FLT_MIN */
         mx = fmax(mx, b[t]);
     }
-    for (int t = 0; t < V; t++) sum += exp(b[t] - mx);
-    for (int t = 0; t < V; t++) lp[t] = (float)(b[t] - mx - log(sum));
-    cx.logp = lp;
-    float lpmin;
-    rs_minmax(lp, V, &cx.lpmax, &lpmin);
+    synthetic_context(&e, &cx, V, W, b, mx, lp);
     static const double rhos[] = {1e-7, 1e-4, 3e-3, 0.05, 0.2, 0.2499, 0.25, 0.2501, 0.6, 3.0};
     const int nr = (int)(sizeof rhos / sizeof rhos[0]);
     for (int generic = 0; generic < 2; generic++) {
