@@ -334,19 +334,22 @@ RS_AVX2 static void series_moments_avx2(const float *p, const float *c, float im
 }
 #endif
 
-/* S[k] = Σ_t p_t·(c_t/m)^k, k = 1 .. RS_SERIES_K (m > 0). */
+/* S[k] = Σ_t p_t·(c_t/m)^k, k = 1 .. RS_SERIES_K (m > 0). Rows whose
+ * largest |c_t| is below 2^-100 go through the double loop alone: in
+ * float, 1/m could overflow, and the AVX2 kernel's flush of subnormal
+ * c_t to 0 would no longer be negligible. */
 static void series_moments(const float *p, const float *c, float m, int V, double *S) {
-    const float im = 1.0f / m;
+    const double im = 1.0 / m;
     for (int k = 0; k <= RS_SERIES_K; k++) S[k] = 0;
     int t = 0;
 #if defined(__x86_64__) || defined(__i386__)
-    if (use_avx2()) {
+    if (use_avx2() && m >= 0x1p-100f) {
         t = V / 128 * 128;
-        series_moments_avx2(p, c, im, t, S);
+        series_moments_avx2(p, c, (float)im, t, S);
     }
 #endif
     for (; t < V; t++) {
-        const double q = (double)(c[t] * im);
+        const double q = (double)c[t] * im;
         double r = p[t];
         for (int k = 1; k <= RS_SERIES_K; k++) S[k] += (r *= q);
     }
