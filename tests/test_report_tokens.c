@@ -239,14 +239,6 @@ static void test_progress(void **state) {
     (void)state;
     resid_model *m = tu_open_model(STORIES);
     const int32_t ids[] = {1, 403, 407, 261, 378, 432, 383};
-    static const char *const want[] = {"forward pass",
-                                       "contexts",
-                                       "layer table",
-                                       "heads",
-                                       "head x positions and neurons",
-                                       "query layers",
-                                       "scoring-method comparison",
-                                       "report"};
     for (int cmp = 0; cmp < 2; cmp++) {
         progress_log log = {.n = 0};
         resid_explain_request rq = resid_explain_request_defaults();
@@ -265,7 +257,7 @@ static void test_progress(void **state) {
         assert_int_equal(log.n, n);
         for (int i = 0, w = 0; i < n; i++, w++) {
             if (!cmp && w == 6) w++; /* no comparison stage */
-            assert_string_equal(log.names[i], want[w]);
+            assert_string_equal(log.names[i], tu_explain_stages[w]);
             assert_int_equal(log.steps[i], i + 1);
             assert_int_equal(log.n_steps[i], n);
         }

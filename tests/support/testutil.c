@@ -97,6 +97,11 @@ resid_model *tu_open_model(const char *rel) {
     return m;
 }
 
+const char *const tu_explain_stages[TU_N_EXPLAIN_STAGES] = {
+    "forward pass", "contexts",     "layer table",
+    "heads",        "head x positions and neurons", "query layers",
+    "scoring-method comparison", "report"};
+
 const tu_fixture tu_fixtures[TU_N_FIXTURES] = {
     {"tinyllamas/stories260K.bin", {1, 403, 407, 261, 378, 432, 383, 286, 261, 376}, 10},
     {"tiny-gpt2-stories", {7454, 2402, 257, 640, 11, 612, 373}, 7},

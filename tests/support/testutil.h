@@ -45,6 +45,11 @@ typedef struct tu_fixture {
  * quantised file. */
 extern const tu_fixture tu_fixtures[];
 enum { TU_N_FIXTURES = 4 };
+/* The progress stages of resid_explain_json with compare_scores, in order
+ * (as include/resid.h lists them); without it, "scoring-method comparison"
+ * (index 6) is skipped. */
+extern const char *const tu_explain_stages[];
+enum { TU_N_EXPLAIN_STAGES = 8 };
 /* The trace of ids[0..n) with the RESID_CAP_* flags `cap` at `pos`; fails
  * the test on error. */
 resid_trace *tu_trace(resid_model *m, const int32_t *ids, int n, uint32_t cap, resid_positions pos);
