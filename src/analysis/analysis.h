@@ -59,7 +59,8 @@
 typedef struct rs_context {
     float *logp;  /* [V] log p_t = b_t − lse(b), in the lens */
     float lpmax;  /* max_t logp[t] */
-    float *p;     /* [V] exp(logp[t]), for the series path, or NULL */
+    float *p;     /* [V] exp(logp[t]), for the series path, or NULL (not
+                     owned: the explainer's ctx_p) */
     double psum;  /* Σ_t p[t] */
     double lse0;  /* log Σ_t exp(logp[t]) as the direct path sums it (~0) */
     double pw;    /* p(w|x) */
@@ -122,6 +123,7 @@ struct resid_explainer {
 
     int64_t n_proj; /* projections done (for stats) */
     float *proj_buf; /* rs_proj_buf's reused output of the exact scores */
+    float *ctx_p;    /* [2L+1][V] the contexts' p (their rs_context.p) */
     size_t proj_buf_n;
 
     const resid_ranges *ranges; /* direction ranges (bounds only), or NULL */
@@ -229,8 +231,8 @@ typedef struct rs_series {
  * NULL: the direct path always. */
 double rs_lpi_row(const resid_explainer *e, const rs_context *cx, const float *c, float kappa,
                   float cmax, float cmin, rs_series *sr);
-/* Sets cx->p = p (exp of cx->logp, written into p[V]), cx->psum and
- * cx->lse0. */
+/* Sets cx->p = p (exp of cx->logp, written into p[V], which the caller
+ * keeps), cx->psum and cx->lse0. */
 void rs_context_series(const resid_explainer *e, rs_context *cx, float *p);
 /* The largest and smallest of c[0..n) (NaN-free input). */
 void rs_minmax(const float *c, int n, float *mx, float *mn);

@@ -472,6 +472,7 @@ float *rs_proj_buf(resid_explainer *e, size_t n) {
 void resid_explainer_free(resid_explainer *e) {
     if (!e) return;
     free(e->proj_buf);
+    free(e->ctx_p);
     rs_tokcache_free(e->tok);
     rs_lpimemo_free(e->memo);
     free(e->wu_own);
@@ -480,7 +481,6 @@ void resid_explainer_free(resid_explainer *e) {
     if (e->ctx)
         for (int i = 0; i <= 2 * e->L; i++) {
             free(e->ctx[i].logp);
-            free(e->ctx[i].p);
             free(e->ctx[i].g);
         }
     free(e->ctx);
@@ -651,9 +651,8 @@ resid_status resid_explainer_new(const resid_model *m, const resid_trace *tr,
     for (int ci = 0; ci < nctx; ci++) {
         rs_context *cx = &e->ctx[ci];
         cx->logp = malloc((size_t)V * sizeof(float));
-        cx->p = malloc((size_t)V * sizeof(float));
         cx->g = malloc((size_t)D * sizeof(float));
-        if (!cx->logp || !cx->p || !cx->g) {
+        if (!cx->logp || !cx->g) {
             free(y), free(b), free(q), free(pq);
             goto nomem;
         }
@@ -670,8 +669,7 @@ resid_status resid_explainer_new(const resid_model *m, const resid_trace *tr,
         float lpmax = -INFINITY, lpmin;
         rs_minmax(cx->logp, V, &lpmax, &lpmin);
         cx->lpmax = lpmax;
-        rs_context_series(e, cx, cx->p);
-        memcpy(bc, cx->p, (size_t)V * sizeof(float)); /* b now holds p, for W_Uᵀp below */
+        rs_context_series(e, cx, bc); /* b now holds p: cx->p, and W_Uᵀp below */
         cx->logpw = (double)cx->logp[e->target];
         cx->pw = exp(cx->logpw);
     }
@@ -697,7 +695,8 @@ resid_status resid_explainer_new(const resid_model *m, const resid_trace *tr,
         for (int d = 0; d < D; d++) q[d] = crow[d];
         gvec(e, q, e->gc);
     }
-    free(y), free(b), free(q), free(pq);
+    free(y), free(q), free(pq);
+    e->ctx_p = b; /* the contexts' p */
     *out = e;
     return RESID_OK;
 nomem:
